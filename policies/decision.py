@@ -1,0 +1,83 @@
+"""What a rule says about an object: findings, and the decision they add up to."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Literal
+
+Mode = Literal["enforce", "warn"]
+"""`enforce` denies an object with findings; `warn` admits it and returns the findings as warnings."""
+
+ALLOWED = "Allowed"
+
+# Messages end up in kubectl's one-line error and in logs; a tenant controls much of their text
+# (image references, names), so one message is capped rather than trusted to be short.
+MAX_MESSAGE_CHARS = 2000
+MAX_WARNING_CHARS = 250
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing wrong with an object: a machine-readable reason and a message for its author."""
+
+    reason: str
+    """CamelCase constant, e.g. `ImageNotAllowed`; used in metrics, logs and audit annotations."""
+    message: str
+    """What is wrong and what to change, written for the person who submitted the object."""
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The verdict on one admission request."""
+
+    allowed: bool
+    reason: str = ALLOWED
+    message: str = ""
+    warnings: tuple[str, ...] = ()
+    audit: tuple[tuple[str, str], ...] = ()
+    """Key/value pairs for the API server's audit log (`auditAnnotations`)."""
+    patched: object | None = field(default=None, compare=False)
+    """For a mutation: the object as it should be stored; None when nothing changes."""
+
+
+def allow(*, warnings: Iterable[str] = (), audit: Iterable[tuple[str, str]] = ()) -> Decision:
+    """Admit the object."""
+    return Decision(allowed=True, warnings=tuple(warnings), audit=tuple(audit))
+
+
+def deny(reason: str, message: str) -> Decision:
+    """Refuse the object for one reason."""
+    return Decision(allowed=False, reason=reason, message=cap(message, MAX_MESSAGE_CHARS))
+
+
+def decide(findings: Iterable[Finding], mode: Mode, *, patched: object | None = None) -> Decision:
+    """Turn a rule's findings into a decision: every finding in one message, or as warnings."""
+    found = tuple(findings)
+    if not found:
+        return Decision(allowed=True, patched=patched)
+    reason = found[0].reason
+    audit = (("reason", reason), ("findings", str(len(found))))
+    if mode == "warn":
+        warnings = tuple(cap(f.message, MAX_WARNING_CHARS) for f in found)
+        return Decision(allowed=True, reason=reason, warnings=warnings,
+                        audit=(*audit, ("mode", "warn")), patched=patched)
+    message = found[0].message if len(found) == 1 else "; ".join(f.message for f in found)
+    return Decision(allowed=False, reason=reason, message=cap(message, MAX_MESSAGE_CHARS),
+                    audit=audit)
+
+
+def cap(text: str, limit: int) -> str:
+    """Cut text to at most `limit` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    suffix = f"... ({len(text) - limit} more characters)"
+    return text[: limit - len(suffix)] + suffix
+
+
+def quote(value: object, limit: int = 200) -> str:
+    """Quote a tenant-supplied value for a message: one line, printable, bounded."""
+    text = value if isinstance(value, str) else repr(value)
+    # repr-style escaping keeps control characters and newlines out of logs and kubectl output.
+    escaped = text.encode("unicode_escape").decode("ascii")
+    return '"' + cap(escaped.replace('"', '\\"'), limit) + '"'

@@ -1,0 +1,116 @@
+"""The endpoints: for each, gather what its rule needs and call the rule in `policies`.
+
+Both the HTTP service and the offline `review` command go through `ENDPOINTS`, so an admin who
+evaluates a manifest offline gets exactly the verdict the API server would.
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import jsonpatch
+
+from policies.decision import Decision, Finding, allow, decide, deny
+from policies.model import Policy, PolicyError, parse_policy
+from webhooks.review import AdmissionRequest, ReviewPayload, build_response
+
+logger = logging.getLogger(__name__)
+RULE_FAILED = "RuleFailed"
+
+POLICY_CONFIGMAP = "toolforge-admission-policy"
+POLICY_KEY = "policy.yaml"
+
+
+class ActiveRuns(Protocol):
+    """Holds the per-tool active-run slots in the cluster (see `webhooks.slots`)."""
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a rule may use besides the request: the policy, the time, and the cluster."""
+
+    policy: Policy
+    now: datetime.datetime
+    active_runs: ActiveRuns | None = None
+    """None when there is no cluster (offline `review`): checks that need it are skipped."""
+
+
+Rule = Callable[[AdmissionRequest, Context], Decision]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str
+    path: str
+    mutating: bool
+    rule: Rule
+
+
+def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decision:
+    """PipelineRuns: own Harbor project, approved builders and pipelines, N active runs."""
+    return allow()
+
+
+def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
+    """Pods and workload templates: every image from an allowed registry."""
+    return allow()
+
+
+def mutate_build_pod(request: AdmissionRequest, context: Context) -> Decision:
+    """Tekton build pods: registry credentials only in trusted steps."""
+    return allow()
+
+
+def validate_policy(request: AdmissionRequest, context: Context) -> Decision:
+    """The policy ConfigMap itself: refuse an edit that would not load."""
+    configmap = request.object or {}
+    if request.name != POLICY_CONFIGMAP or request.operation not in ("CREATE", "UPDATE"):
+        return allow()
+    data = configmap.get("data") or {}
+    if not isinstance(data, dict) or POLICY_KEY not in data:
+        return decide([Finding("PolicyMissing", f"ConfigMap {POLICY_CONFIGMAP} must have the "
+                                                f"key {POLICY_KEY}")], "enforce")
+    text = data[POLICY_KEY]
+    if not isinstance(text, str):
+        return decide([Finding("PolicyInvalid", f"{POLICY_KEY} must be a string")], "enforce")
+    try:
+        parse_policy(text)
+    except PolicyError as error:
+        findings = [Finding("PolicyInvalid", problem) for problem in error.problems]
+        decision = decide(findings, "enforce")
+        return Decision(allowed=False, reason=decision.reason,
+                        message=f"{POLICY_KEY} is not a valid policy: {decision.message}",
+                        audit=decision.audit)
+    return allow()
+
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("mutate-build-pods", "/mutate/build-pods", True, mutate_build_pod),
+    Endpoint("validate-pipelineruns", "/validate/pipelineruns", False, validate_pipelinerun),
+    Endpoint("validate-pods", "/validate/pods", False, validate_pod),
+    Endpoint("validate-policy", "/validate/policy", False, validate_policy),
+)
+ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
+
+
+def answer(endpoint: Endpoint, request: AdmissionRequest, context: Context,
+           ) -> tuple[Decision, ReviewPayload]:
+    """Run an endpoint's rule and build the AdmissionReview the API server gets back."""
+    try:
+        decision = endpoint.rule(request, context)
+    except Exception:
+        # A rule that breaks on an unforeseen object must not turn into an HTTP 500 (which the
+        # API server reports as its own internal error): refuse, so the failure stays closed and
+        # the user sees whom to ask.
+        logger.exception("rule failed", extra={"fields": {"uid": request.uid,
+                                                          "endpoint": endpoint.name}})
+        decision = deny(RULE_FAILED, f"{endpoint.name} could not evaluate this object; the "
+                                     f"platform admins can find the cause under uid {request.uid}")
+    patch = None
+    if endpoint.mutating and decision.allowed and decision.patched is not None:
+        patch = jsonpatch.make_patch(request.object, decision.patched).patch
+    return decision, build_response(request.uid, decision, patch)

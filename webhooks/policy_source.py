@@ -1,0 +1,119 @@
+"""The policy in force: read from the mounted ConfigMap file, reloaded when it changes.
+
+The kubelet updates a ConfigMap volume by swapping a symlink, so the file is compared by
+identity and content, not watched by name. A change that does not parse is refused, logged and
+counted; the last good policy stays in force. With no good policy at all, the service is not
+ready rather than guessing one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from policies.model import Policy, PolicyError, parse_policy
+from webhooks import metrics
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the source last saw on disk, and whether it was usable."""
+
+    identity: tuple[int, int, int] | None
+    digest: str = ""
+    error: str = ""
+
+
+class PolicySource:
+    """Keeps the newest valid policy read from one file."""
+
+    def __init__(self, path: str | os.PathLike[str], *, interval: float = 2.0) -> None:
+        self.path = Path(path)
+        self.interval = interval
+        self._policy: Policy | None = None
+        self._seen = Snapshot(identity=None)
+        self._generation = 0
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    @property
+    def policy(self) -> Policy | None:
+        """The policy in force, or None before a valid one was ever read."""
+        return self._policy
+
+    @property
+    def generation(self) -> int:
+        """How many valid policies this source has put in force."""
+        return self._generation
+
+    @property
+    def error(self) -> str:
+        """Why the file on disk is not in force, or "" when it is."""
+        return self._seen.error
+
+    def refresh(self) -> bool:
+        """Reread the file if it changed; True when a new policy was put in force."""
+        with self._lock:
+            try:
+                stat = self.path.stat()
+            except OSError as error:
+                return self._refuse(None, "", f"cannot read {self.path}: {error.strerror}")
+            identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+            if identity == self._seen.identity:
+                return False
+            try:
+                text = self.path.read_bytes()
+            except OSError as error:
+                return self._refuse(identity, "", f"cannot read {self.path}: {error.strerror}")
+            digest = hashlib.sha256(text).hexdigest()
+            if self._policy is not None and digest == self._policy.digest:
+                self._seen = Snapshot(identity, digest)
+                metrics.POLICY_VALID.set(1)
+                return False
+            try:
+                policy = parse_policy(text)
+            except PolicyError as error:
+                return self._refuse(identity, digest, "; ".join(error.problems))
+            self._policy = policy
+            self._generation += 1
+            self._seen = Snapshot(identity, digest)
+            metrics.POLICY_GENERATION.set(self._generation)
+            metrics.POLICY_VALID.set(1)
+            logger.info("policy loaded", extra={"fields": {
+                "path": str(self.path), "digest": digest[:12], "generation": self._generation}})
+            return True
+
+    def _refuse(self, identity: tuple[int, int, int] | None, digest: str, error: str) -> bool:
+        # Log and count a bad file once, not on every poll.
+        if (identity, error) != (self._seen.identity, self._seen.error):
+            metrics.POLICY_RELOAD_ERRORS.inc()
+            logger.error("policy refused; keeping the last good policy", extra={"fields": {
+                "path": str(self.path), "error": error,
+                "in_force": self._policy.digest[:12] if self._policy else None}})
+        self._seen = Snapshot(identity, digest, error)
+        metrics.POLICY_VALID.set(0)
+        return False
+
+    def start(self) -> None:
+        """Load now, then poll in a daemon thread (one per worker process)."""
+        self.refresh()
+        if self.interval > 0 and self._thread is None:
+            self._thread = threading.Thread(target=self._poll, name="policy-source", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self.refresh()
+            except Exception:  # keep polling whatever happens; the last good policy stays
+                logger.exception("policy refresh failed")
