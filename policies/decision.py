@@ -81,3 +81,16 @@ def quote(value: object, limit: int = 200) -> str:
     # repr-style escaping keeps control characters and newlines out of logs and kubectl output.
     escaped = text.encode("unicode_escape").decode("ascii")
     return '"' + cap(escaped.replace('"', '\\"'), limit) + '"'
+
+
+def combine(*decisions: Decision) -> Decision:
+    """One decision from several rules on the same object: the first denial wins, warnings add up."""
+    denied = next((d for d in decisions if not d.allowed), None)
+    warnings = tuple(w for d in decisions for w in d.warnings)
+    if denied is not None:
+        return Decision(allowed=False, reason=denied.reason, message=denied.message,
+                        warnings=warnings, audit=denied.audit)
+    patched = next((d.patched for d in decisions if d.patched is not None), None)
+    reason = next((d.reason for d in decisions if d.warnings), ALLOWED)
+    audit = tuple(a for d in decisions for a in d.audit)
+    return Decision(allowed=True, reason=reason, warnings=warnings, audit=audit, patched=patched)
