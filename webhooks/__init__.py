@@ -1,5 +1,5 @@
-"""The HTTP edge: AdmissionReviews in, AdmissionReviews out (gunicorn: `webhooks:create_app()`)."""
+"""The HTTP edge: AdmissionReviews in, AdmissionReviews out.
 
-from webhooks.app import create_app
-
-__all__ = ["create_app"]
+gunicorn loads `webhooks.app:create_app()`. Nothing is imported here, so that `serve` can set up
+prometheus_client's multiprocess directory before any metric exists.
+"""

@@ -103,9 +103,11 @@ def read_review(document: object) -> AdmissionRequest:
     dry_run = request.get("dryRun", False)
     if not isinstance(dry_run, bool | None):
         raise BadReviewError("request.dryRun must be a boolean")
+    kind = _gvk(request.get("kind"), "request.kind", required=True)
+    assert kind is not None  # required=True raises instead
     return AdmissionRequest(
         uid=uid,
-        kind=_gvk(request.get("kind"), "request.kind", required=True),
+        kind=kind,
         resource=resource["resource"],
         operation=cast(Operation, operation),
         user=_user(request.get("userInfo")),

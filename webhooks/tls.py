@@ -1,0 +1,98 @@
+"""The server's TLS context, rebuilt when the mounted certificate changes.
+
+The rotation job replaces `tls.crt` and `tls.key` in the Secret; the kubelet swaps them into the
+pod together. gunicorn asks for a context on every new connection, so a renewed certificate is
+served from the next connection on, without a restart and without touching connections that are
+open. Files that do not form a usable pair (a key that does not match, a half-written file) are
+refused: the last good context keeps serving, and the refusal is logged and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+import time
+from pathlib import Path
+
+from cryptography import x509
+
+from webhooks import metrics
+
+logger = logging.getLogger(__name__)
+
+# TLS 1.2 needs an explicit list to keep out CBC, RSA key exchange and SHA-1 suites; TLS 1.3
+# suites are all strong and are not affected by this setting.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20"
+
+
+class ServingCertificate:
+    """Hands out an SSLContext for a certificate and key on disk, reloading them on change."""
+
+    def __init__(self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
+                 *, check_interval: float = 1.0, client_ca_file: str | None = None) -> None:
+        self.cert_file = Path(cert_file)
+        self.key_file = Path(key_file)
+        self.client_ca_file = client_ca_file
+        self.check_interval = check_interval
+        self._lock = threading.Lock()
+        self._checked = 0.0
+        self._identity: tuple[object, ...] | None = None
+        self._context: ssl.SSLContext | None = None
+        self.not_after: float | None = None
+        self.refresh()
+        if self._context is None:
+            raise ssl.SSLError(f"no usable certificate in {self.cert_file} and {self.key_file}")
+
+    def context(self) -> ssl.SSLContext:
+        """The context for a new connection: at most one file check per interval."""
+        if time.monotonic() - self._checked >= self.check_interval:
+            self.refresh()
+        assert self._context is not None
+        return self._context
+
+    def refresh(self) -> bool:
+        """Rebuild the context if the files changed and form a valid pair; True if rebuilt."""
+        with self._lock:
+            self._checked = time.monotonic()
+            try:
+                identity = tuple((s.st_ino, s.st_mtime_ns, s.st_size)
+                                 for s in (self.cert_file.stat(), self.key_file.stat()))
+            except OSError as error:
+                return self._refuse(None, f"cannot read certificate files: {error}")
+            if identity == self._identity:
+                return False
+            try:
+                context = _server_context(self.cert_file, self.key_file, self.client_ca_file)
+                not_after = x509.load_pem_x509_certificate(
+                    self.cert_file.read_bytes()).not_valid_after_utc.timestamp()
+            except (OSError, ssl.SSLError, ValueError) as error:
+                return self._refuse(identity, f"certificate files refused: {error}")
+            self._context, self._identity, self.not_after = context, identity, not_after
+            metrics.CERTIFICATE_NOT_AFTER.set(not_after)
+            logger.info("serving certificate loaded", extra={"fields": {
+                "cert_file": str(self.cert_file), "not_after": int(not_after)}})
+            return True
+
+    def _refuse(self, identity: tuple[object, ...] | None, error: str) -> bool:
+        if identity != self._identity or self._context is None:
+            metrics.CERTIFICATE_RELOAD_ERRORS.inc()
+            logger.error("keeping the last good certificate", extra={"fields": {"error": error}})
+        self._identity = identity
+        return False
+
+
+def _server_context(cert_file: Path, key_file: Path, client_ca_file: str | None,
+                    ) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
+    context.set_ciphers(TLS12_CIPHERS)
+    # The API server offers h2 to loopback URLs; gunicorn's h2 costs more than HTTP/1.1 here.
+    context.set_alpn_protocols(["http/1.1"])
+    context.load_cert_chain(cert_file, key_file)
+    if client_ca_file:
+        context.verify_mode = ssl.CERT_REQUIRED
+        context.load_verify_locations(client_ca_file)
+    return context
