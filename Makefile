@@ -1,0 +1,36 @@
+# Two commands set everything up on a fresh machine:
+#   make serve   the webhook on https://127.0.0.1:8443 with the bundled example policy
+#   make test    lint, type checks, import contracts, unit and end-to-end tests
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: serve test test-unit lint fixtures clean
+
+$(STAMP): setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet --editable '.[test]'
+	touch $@
+
+serve: $(STAMP)
+	$(BIN)/toolforge-admission serve --dev
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/mypy policies webhooks certs
+	$(BIN)/lint-imports
+
+test: lint
+	$(BIN)/pytest
+
+test-unit: $(STAMP)
+	$(BIN)/pytest -m "not e2e"
+
+# Regenerate tests/fixtures/ from a real control plane and the real Tekton controller.
+fixtures: $(STAMP)
+	TOOLFORGE_ADMISSION_REGENERATE_FIXTURES=1 $(BIN)/pytest tests/e2e/test_fixtures.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
