@@ -14,8 +14,10 @@ from typing import Protocol
 
 import jsonpatch
 
+from policies.credentials import strip_build_credentials
 from policies.decision import Decision, Finding, allow, decide, deny
 from policies.model import Policy, PolicyError, parse_policy
+from policies.registry import check_pod_images
 from webhooks.review import AdmissionRequest, ReviewPayload, build_response
 
 logger = logging.getLogger(__name__)
@@ -57,12 +59,15 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
     """Pods and workload templates: every image from an allowed registry."""
-    return allow()
+    return check_pod_images(kind=request.kind.kind, operation=request.operation,
+                            namespace=request.namespace, obj=request.object,
+                            old_obj=request.old_object, policy=context.policy, now=context.now)
 
 
 def mutate_build_pod(request: AdmissionRequest, context: Context) -> Decision:
     """Tekton build pods: registry credentials only in trusted steps."""
-    return allow()
+    return strip_build_credentials(request.object, request.namespace, request.operation,
+                                   context.policy)
 
 
 def validate_policy(request: AdmissionRequest, context: Context) -> Decision:

@@ -1,0 +1,532 @@
+"""Registry credentials in Tekton build pods: only trusted steps may keep them.
+
+Tekton's creds-init hands the registry Secrets of the build ServiceAccount to **every** step of a
+TaskRun pod (tekton.md §3): a `secret` volume mounted at `/tekton/creds-secrets/<secret>`, a
+credential flag such as `-basic-docker=<secret>=<host>` before `--` in the entrypoint's args, and
+a private `/tekton/creds` emptyDir the entrypoint writes the docker config to before copying it
+into `$HOME`. In buildpacks-phases the detect, build and extender steps run the tool's code, so
+`strip_build_credentials` takes all of that away from every container that is not a trusted step.
+
+A container is trusted only when it is a step (`step-<name>`) and its name, image and recorded
+`-entrypoint` all match one `credentials.trustedSteps` entry. Everything else is untrusted:
+other steps, init containers and sidecars.
+
+What counts as a credential, since a pod does not say which Secret holds what:
+
+- credential Secrets: every Secret named by a credential flag in any container, and every Secret
+  behind a volume mounted under `/tekton/creds-secrets/` by any container;
+- credential volumes: every pod volume backed by a credential Secret (a `secret` volume, or a
+  `projected` volume with such a `secret` source), and every Secret-backed volume mounted under
+  `/tekton/creds-secrets/`. Matching is by path and source, never by volume name: Tekton named these
+  volumes `tekton-internal-secret-volume-<secret>-<random>` before v1.11 and `tekton-creds-<hash>`
+  since;
+- an untrusted container loses: mounts under `/tekton/creds-secrets/`, mounts of credential
+  volumes, its `/tekton/creds` mount, credential flags before the first `--` (`-flag=value`,
+  `--flag=value`, `-flag value`), and `env`/`envFrom` entries that read a credential Secret;
+- shared home: trusted steps find their credentials in `$HOME/.docker/config.json` (HOME defaults
+  to `/tekton/home`; `DOCKER_CONFIG` is treated the same). The volume a trusted step has mounted
+  there is a *credential home*. An untrusted container that mounts a credential home gets a private
+  emptyDir (`toolforge-untrusted-home-<index>`, medium Memory) at the same path instead, when it
+  mounts it exactly at its own HOME or DOCKER_CONFIG and the volume is an emptyDir; in any other
+  shape (a PVC, a sub-path, a directory that also holds other data) the pod is refused.
+
+Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
+untrusted step that needs the credentials itself (the `buildpacks` task's single
+`/cnb/lifecycle/creator` step) cannot be made safe and is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from policies.decision import Decision, Finding, decide, quote
+from policies.images import ImageReference, ImageReferenceError, parse_image
+from policies.model import Policy, TrustedStep
+
+CREDENTIALS_STRIPPED = "BuildCredentialsStripped"
+"""Untrusted containers of a build pod carry credentials (stripped in enforce, warned in warn)."""
+CREDENTIAL_LEAK = "BuildCredentialLeak"
+"""A stored build pod would let an untrusted container read a credential (the validator's view)."""
+SHARED_CREDENTIAL_HOME = "SharedCredentialHome"
+"""An untrusted container shares trusted steps' HOME in a shape a private mount cannot fix."""
+SINGLE_PROCESS_BUILD = "SingleProcessBuildRefused"
+"""An untrusted step both needs the push credentials and runs the tool's code."""
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+TEKTON_MANAGER = "tekton-pipelines"
+TEKTON_GROUP = "tekton.dev"
+STEP_PREFIX = "step-"
+CREDS_SECRETS_DIR = "/tekton/creds-secrets"
+CREDS_DIR = "/tekton/creds"
+DEFAULT_HOME = "/tekton/home"
+SEPARATOR = "--"
+CREATOR = "/cnb/lifecycle/creator"
+SAFE_TASK = "buildpacks-phases"
+UNTRUSTED_HOME_VOLUME = "toolforge-untrusted-home-{index}"
+CREDENTIAL_FLAGS = frozenset({"basic-docker", "docker-config", "docker-cfg", "basic-git",
+                              "ssh-git"})
+"""Entrypoint flags that make a step read a Secret (`pkg/credentials/{dockercreds,gitcreds}`)."""
+_SECRET_THEN_URL = frozenset({"basic-docker", "basic-git", "ssh-git"})
+"""Flags whose value is `<secret>=<url>`; the others' value is just `<secret>`."""
+
+
+# --- reading the pod ---------------------------------------------------------------------------
+
+
+def is_tekton_build_pod(pod: Mapping[str, Any], namespace: str, policy: Policy) -> bool:
+    """A pod the Tekton controller made for a TaskRun, in the build namespace."""
+    metadata = _mapping(pod.get("metadata"))
+    labels = _mapping(metadata.get("labels"))
+    owners = metadata.get("ownerReferences")
+    owned_by_taskrun = isinstance(owners, list) and any(
+        isinstance(o, dict) and o.get("kind") == "TaskRun"
+        and str(o.get("apiVersion", "")).startswith(TEKTON_GROUP + "/")
+        for o in owners
+    )
+    return (namespace == policy.builds.namespace
+            and labels.get(MANAGED_BY_LABEL) == TEKTON_MANAGER
+            and owned_by_taskrun)
+
+
+def split_args(args: Sequence[object]) -> tuple[list[object], list[object]]:
+    """The entrypoint's own flags, and everything from the first `--` on (never touched)."""
+    items = list(args)
+    if SEPARATOR in items:
+        at = items.index(SEPARATOR)
+        return items[:at], items[at:]
+    return items, []
+
+
+def entrypoint_of(args: Sequence[object]) -> str | None:
+    """The command Tekton records in `-entrypoint <cmd>`; the last one wins, as in Go's flag."""
+    flags, _ = split_args(args)
+    found: str | None = None
+    for i, token in enumerate(flags):
+        if not isinstance(token, str):
+            continue
+        name, has_value, value = _flag(token)
+        if name != "entrypoint":
+            continue
+        if has_value:
+            found = value
+        elif i + 1 < len(flags) and isinstance(flags[i + 1], str):
+            found = str(flags[i + 1])
+    return found
+
+
+def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[str]]:
+    """Args without credential flags before `--`, and the flags removed (each as one string)."""
+    flags, rest = split_args(args)
+    kept: list[object] = []
+    removed: list[str] = []
+    i = 0
+    while i < len(flags):
+        token = flags[i]
+        name, has_value, _ = _flag(token) if isinstance(token, str) else ("", False, "")
+        if name in CREDENTIAL_FLAGS:
+            if has_value or i + 1 >= len(flags):
+                removed.append(str(token))
+                i += 1
+            else:
+                removed.append(f"{token} {flags[i + 1]}")
+                i += 2
+            continue
+        kept.append(token)
+        i += 1
+    return kept + rest, removed
+
+
+def flag_secrets(args: Sequence[object]) -> set[str]:
+    """The Secrets that credential flags before `--` name."""
+    _, removed = strip_credential_flags(args)
+    secrets = set()
+    for text in removed:
+        flag, _, value = text.replace(" ", "=", 1).partition("=")
+        if flag.lstrip("-") in _SECRET_THEN_URL:
+            value = value.partition("=")[0]
+        if value:
+            secrets.add(value)
+    return secrets
+
+
+def _flag(token: str) -> tuple[str, bool, str]:
+    """`-name=value` → (name, True, value); `-name` / `--name` → (name, False, ""); else ""."""
+    if not token.startswith("-") or token in ("-", SEPARATOR):
+        return "", False, ""
+    body = token[2:] if token.startswith("--") else token[1:]
+    name, eq, value = body.partition("=")
+    return name, bool(eq), value
+
+
+def image_matches(allowed: ImageReference, image: ImageReference) -> bool:
+    """Whether a pod's image is one a trusted step may run.
+
+    The repository must be the same. A policy entry with a digest pins content, so the pod must
+    use exactly that digest. A policy entry with only a tag trusts whatever the repository's
+    publisher serves under that tag; a pod that adds a digest to the same tag
+    (`lifecycle:0.10.2@sha256:…`, as the catalog tasks do) still matches, because only that
+    publisher can push content to the repository at all, and the digest only narrows which of
+    its images runs. A pod with a digest but no tag does not match a tag-only entry: nothing in
+    it says which release it is.
+    """
+    if allowed.repository != image.repository:
+        return False
+    if allowed.digest is not None:
+        tags_agree = allowed.tag is None or image.tag is None or allowed.tag == image.tag
+        return image.digest == allowed.digest and tags_agree
+    wanted_tag = allowed.tag or "latest"
+    if image.tag is None:
+        return image.digest is None and wanted_tag == "latest"
+    return image.tag == wanted_tag
+
+
+def trusted_step(container: Mapping[str, Any], policy: Policy) -> TrustedStep | None:
+    """The policy entry a step container matches by name, image and entrypoint, if any."""
+    name = container.get("name")
+    image_text = container.get("image")
+    args = container.get("args")
+    if not (isinstance(name, str) and name.startswith(STEP_PREFIX) and isinstance(image_text, str)
+            and isinstance(args, list)):
+        return None
+    step_name = name[len(STEP_PREFIX):]
+    try:
+        image = parse_image(image_text)
+    except ImageReferenceError:
+        return None
+    entrypoint = entrypoint_of(args)
+    for entry in policy.credentials.trusted_steps:
+        if (entry.name == step_name and entry.entrypoint == entrypoint
+                and any(image_matches(allowed, image) for allowed in entry.images)):
+            return entry
+    return None
+
+
+# --- the analysis ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ContainerChanges:
+    """What one untrusted container carries that it must lose."""
+
+    kind: str
+    """`containers`, `initContainers` or `ephemeralContainers`."""
+    index: int
+    name: str
+    mounts: tuple[str, ...] = ()
+    """mountPaths to remove."""
+    flags: tuple[str, ...] = ()
+    env: tuple[str, ...] = ()
+    env_from: tuple[str, ...] = ()
+    """Secret names of envFrom entries to remove."""
+    home_mounts: tuple[str, ...] = ()
+    """mountPaths of a credential home to replace with a private emptyDir."""
+
+    @property
+    def empty(self) -> bool:
+        return not (self.mounts or self.flags or self.env or self.env_from or self.home_mounts)
+
+    def describe(self) -> str:
+        parts = [f"mount {p}" for p in self.mounts]
+        parts += [f"flag {quote(f, 120)}" for f in self.flags]
+        parts += [f"env {e}" for e in self.env]
+        parts += [f"envFrom secret {s}" for s in self.env_from]
+        parts += [f"shared home {p}" for p in self.home_mounts]
+        return f"{self.name}: " + ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Where credentials are in a build pod and which untrusted containers can reach them."""
+
+    changes: tuple[ContainerChanges, ...] = ()
+    refusals: tuple[Finding, ...] = ()
+    trusted: tuple[str, ...] = ()
+    secrets: frozenset[str] = field(default_factory=frozenset)
+
+
+def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
+    """Find every credential an untrusted container of a Tekton pod can read; change nothing."""
+    spec = _mapping(pod.get("spec"))
+    volumes = {v["name"]: v for v in _list(spec.get("volumes"))
+               if isinstance(v, dict) and isinstance(v.get("name"), str)}
+    all_containers = list(_containers(spec))
+    trusted = [c for kind, _, c in all_containers
+               if kind == "containers" and trusted_step(c, policy) is not None]
+    trusted_names = {c.get("name") for c in trusted}
+
+    secrets = _credential_secrets(all_containers, volumes)
+    credential_volumes = {name for name, volume in volumes.items()
+                          if _volume_secrets(volume) & secrets}
+    homes = _credential_homes(trusted, volumes)
+
+    changes: list[ContainerChanges] = []
+    refusals: list[Finding] = []
+    for kind, index, container in all_containers:
+        if kind == "containers" and container.get("name") in trusted_names:
+            continue
+        change = _untrusted_changes(kind, index, container, volumes=volumes, secrets=secrets,
+                                    credential_volumes=credential_volumes, homes=homes,
+                                    refusals=refusals)
+        if change.empty:
+            continue
+        changes.append(change)
+        args = container.get("args")
+        if isinstance(args, list) and entrypoint_of(args) == CREATOR:
+            refusals.append(Finding(SINGLE_PROCESS_BUILD, (
+                f"container {change.name} runs {CREATOR}, which builds the tool's code and pushes "
+                f"the image in one process, so it cannot get registry credentials safely; use the "
+                f"{SAFE_TASK} task, which runs the push in a separate trusted step")))
+    return Analysis(changes=tuple(changes), refusals=tuple(refusals),
+                    trusted=tuple(str(n) for n in trusted_names), secrets=frozenset(secrets))
+
+
+def _credential_secrets(containers: Iterable[tuple[str, int, Mapping[str, Any]]],
+                        volumes: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    secrets: set[str] = set()
+    for _, _, container in containers:
+        args = container.get("args")
+        if isinstance(args, list):
+            secrets |= flag_secrets(args)
+        for mount in _list(container.get("volumeMounts")):
+            if isinstance(mount, dict) and _under(mount.get("mountPath"), CREDS_SECRETS_DIR):
+                volume = volumes.get(str(mount.get("name")))
+                if volume is not None:
+                    secrets |= _volume_secrets(volume)
+    return secrets
+
+
+def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:
+    """Names of the Secrets a pod volume shows files of."""
+    found: set[str] = set()
+    secret = volume.get("secret")
+    if isinstance(secret, dict) and isinstance(secret.get("secretName"), str):
+        found.add(secret["secretName"])
+    projected = volume.get("projected")
+    if isinstance(projected, dict):
+        for source in _list(projected.get("sources")):
+            ref = source.get("secret") if isinstance(source, dict) else None
+            if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+                found.add(ref["name"])
+    return found
+
+
+def _credential_homes(trusted: Iterable[Mapping[str, Any]],
+                      volumes: Mapping[str, Mapping[str, Any]]) -> set[str]:
+    """Volumes on which a trusted step keeps `$HOME` or `$DOCKER_CONFIG`."""
+    homes: set[str] = set()
+    for container in trusted:
+        for path in _home_paths(container):
+            mount = _covering_mount(container, path)
+            if mount is not None and str(mount.get("name")) in volumes:
+                homes.add(str(mount.get("name")))
+    return homes
+
+
+def _home_paths(container: Mapping[str, Any]) -> set[str]:
+    env = {e.get("name"): e for e in _list(container.get("env")) if isinstance(e, dict)}
+    home = env.get("HOME")
+    paths = set()
+    if home is None:
+        paths.add(DEFAULT_HOME)
+    elif isinstance(home.get("value"), str) and home["value"]:
+        paths.add(_normal_path(home["value"]))
+    elif "valueFrom" in home:
+        paths.add(DEFAULT_HOME)
+    docker_config = env.get("DOCKER_CONFIG")
+    if docker_config is not None and isinstance(docker_config.get("value"), str) \
+            and docker_config["value"]:
+        paths.add(_normal_path(docker_config["value"]))
+    return paths
+
+
+def _covering_mount(container: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
+    """The mount a path lies on: the longest mountPath equal to it or above it."""
+    best: Mapping[str, Any] | None = None
+    for mount in _list(container.get("volumeMounts")):
+        if not isinstance(mount, dict) or not isinstance(mount.get("mountPath"), str):
+            continue
+        mount_path = _normal_path(mount["mountPath"])
+        if _under(path, mount_path) and (
+                best is None or len(mount_path) > len(_normal_path(best["mountPath"]))):
+            best = mount
+    return best
+
+
+def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
+                       volumes: Mapping[str, Mapping[str, Any]], secrets: set[str],
+                       credential_volumes: set[str], homes: set[str],
+                       refusals: list[Finding]) -> ContainerChanges:
+    name = str(container.get("name", f"{kind}[{index}]"))
+    own_homes = _home_paths(container)
+    mounts: list[str] = []
+    home_mounts: list[str] = []
+    for mount in _list(container.get("volumeMounts")):
+        if not isinstance(mount, dict):
+            continue
+        path = str(mount.get("mountPath", ""))
+        volume_name = str(mount.get("name", ""))
+        if (_under(path, CREDS_SECRETS_DIR) or _under(path, CREDS_DIR)
+                or volume_name in credential_volumes):
+            mounts.append(path)
+        elif volume_name in homes:
+            volume = volumes.get(volume_name, {})
+            fixable = ("emptyDir" in volume and not mount.get("subPath")
+                       and not mount.get("subPathExpr") and _normal_path(path) in own_homes)
+            replacement = volumes.get(_home_volume_name(kind, index))
+            if replacement is not None and replacement != _home_volume(kind, index):
+                fixable = False
+            if fixable:
+                home_mounts.append(path)
+            else:
+                refusals.append(Finding(SHARED_CREDENTIAL_HOME, (
+                    f"container {name} mounts volume {volume_name} at {path}, where trusted steps "
+                    f"keep their registry credentials ($HOME/.docker); keep HOME of trusted steps "
+                    f"on a volume that only they mount (the task default is /tekton/home)")))
+    args = container.get("args")
+    flags: list[str] = []
+    if isinstance(args, list):
+        _, flags = strip_credential_flags(args)
+    env = [str(e.get("name")) for e in _list(container.get("env"))
+           if isinstance(e, dict) and _secret_ref(e.get("valueFrom"), "secretKeyRef") in secrets]
+    env_from = [ref for e in _list(container.get("envFrom"))
+                if (ref := _secret_ref(e, "secretRef")) in secrets]
+    return ContainerChanges(kind=kind, index=index, name=name, mounts=tuple(mounts),
+                            flags=tuple(flags), env=tuple(env), env_from=tuple(env_from),
+                            home_mounts=tuple(home_mounts))
+
+
+def _secret_ref(holder: object, key: str) -> str | None:
+    if not isinstance(holder, dict):
+        return None
+    ref = holder.get(key)
+    if isinstance(ref, dict) and isinstance(ref.get("name"), str):
+        return str(ref["name"])
+    return None
+
+
+# --- the rules ---------------------------------------------------------------------------------
+
+
+def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, operation: str,
+                            policy: Policy) -> Decision:
+    """Mutate a Tekton build pod so that only trusted steps can read registry credentials.
+
+    `Decision.patched` is the pod as it should be stored (a copy; `pod` is never changed), or None
+    when nothing changes. In warn mode the pod is admitted unchanged, with what would be stripped.
+    """
+    if operation != "CREATE" or not isinstance(pod, dict) \
+            or not is_tekton_build_pod(pod, namespace, policy):
+        return Decision(allowed=True)
+    analysis = analyse(pod, policy)
+    mode = policy.credentials.mode
+    stripped = [Finding(CREDENTIALS_STRIPPED, f"registry credentials "
+                        f"{'would be' if mode == 'warn' else 'are'} removed from {c.describe()}")
+                for c in analysis.changes]
+    if mode == "warn":
+        return decide([*analysis.refusals, *stripped], "warn")
+    if analysis.refusals:
+        return decide(analysis.refusals, "enforce")
+    if not analysis.changes:
+        return Decision(allowed=True)
+    audit = (("credentials-stripped", ",".join(c.name for c in analysis.changes)),)
+    return Decision(allowed=True, audit=audit, patched=_apply(pod, analysis.changes))
+
+
+def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
+                          policy: Policy) -> Decision:
+    """Refuse a Tekton build pod in which an untrusted container can still read a credential."""
+    if not isinstance(pod, dict) or not is_tekton_build_pod(pod, namespace, policy):
+        return Decision(allowed=True)
+    analysis = analyse(pod, policy)
+    leaks = [Finding(CREDENTIAL_LEAK, f"untrusted container {c.describe()} can read registry "
+                                      f"credentials; the build-pod mutating webhook must remove "
+                                      f"them before the pod is stored") for c in analysis.changes]
+    return decide([*analysis.refusals, *leaks], policy.credentials.mode)
+
+
+def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[str, Any]:
+    patched: dict[str, Any] = copy.deepcopy(dict(pod))
+    spec = patched["spec"]
+    for change in changes:
+        container = spec[change.kind][change.index]
+        if change.flags:
+            container["args"], _ = strip_credential_flags(container["args"])
+        if change.env:
+            container["env"] = [e for e in container["env"]
+                                if not (isinstance(e, dict) and e.get("name") in change.env
+                                        and "valueFrom" in e)]
+        if change.env_from:
+            container["envFrom"] = [e for e in container["envFrom"]
+                                    if _secret_ref(e, "secretRef") not in change.env_from]
+        if change.mounts or change.home_mounts:
+            home_volume = _home_volume_name(change.kind, change.index)
+            mounts = []
+            for mount in container.get("volumeMounts", []):
+                path = mount.get("mountPath") if isinstance(mount, dict) else None
+                if path in change.mounts:
+                    continue
+                mounts.append({**mount, "name": home_volume} if path in change.home_mounts
+                              else mount)
+            container["volumeMounts"] = mounts
+            if change.home_mounts:
+                _add_volume(spec, _home_volume(change.kind, change.index))
+    return patched
+
+
+def _home_volume_name(kind: str, index: int) -> str:
+    prefix = {"containers": "", "initContainers": "init-"}.get(kind, "other-")
+    return UNTRUSTED_HOME_VOLUME.format(index=f"{prefix}{index}")
+
+
+def _home_volume(kind: str, index: int) -> dict[str, Any]:
+    """A private home for one untrusted container; a volume of that name must be exactly this."""
+    return {"name": _home_volume_name(kind, index), "emptyDir": {"medium": "Memory"}}
+
+
+def _add_volume(spec: dict[str, Any], volume: dict[str, Any]) -> None:
+    volumes = spec.setdefault("volumes", [])
+    if not any(isinstance(v, dict) and v.get("name") == volume["name"] for v in volumes):
+        volumes.append(volume)
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+
+def _containers(spec: Mapping[str, Any]) -> Iterable[tuple[str, int, Mapping[str, Any]]]:
+    for kind in ("initContainers", "containers", "ephemeralContainers"):
+        for index, container in enumerate(_list(spec.get(kind))):
+            if isinstance(container, dict):
+                yield kind, index, container
+
+
+def _under(path: object, directory: str) -> bool:
+    """True when path is the directory or lies below it (on "/" boundaries)."""
+    if not isinstance(path, str):
+        return False
+    path = _normal_path(path)
+    directory = _normal_path(directory)
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _normal_path(path: str) -> str:
+    parts: list[str] = []
+    for part in path.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if parts:
+                parts.pop()
+            continue
+        parts.append(part)
+    return "/" + "/".join(parts)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[Any]:
+    return value if isinstance(value, list) else []
