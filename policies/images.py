@@ -6,8 +6,12 @@ The grammar (github.com/distribution/reference, `reference.go`):
     name        := [domain "/"] path-component ["/" path-component]*
     domain      := host [":" port]          host: DNS name, IPv4, or "[" IPv6 "]"
     path-component := [a-z0-9]+ (separator [a-z0-9]+)*    separator: "." | "_" | "__" | "-"+
-    tag         := [\\w][\\w.-]{0,127}
+    tag         := [\\w][\\w.-]{0,127}                 (ASCII word characters only)
     digest      := algorithm ":" hex{32,}
+
+A digest must also be one the runtimes can verify (go-digest's `Validate`, which containerd and
+the kubelet apply): sha256, sha384 or sha512, in lower-case hex of exactly that length. Anything
+else would never pull, so it is refused here rather than allowed on a technicality.
 
 Docker's normalisation decides whether the first component is a registry: it is when it holds a
 "." or a ":", is "localhost", or has an upper-case letter; otherwise the image is on Docker Hub
@@ -16,6 +20,16 @@ lower-cased here; repository paths must already be lower case.
 
 Matching is on boundaries: a prefix covers a repository only if it is equal to it or ends where a
 "/" follows, so `harbor.example` never covers `harbor.example.evil/x` or `harbor.examplex/y`.
+A registry with a port is a different registry: `harbor.example` does not cover
+`harbor.example:5000/x`.
+
+An allow-list prefix is read literally, never with Docker's `library/` rule: its first component
+is always the registry, and its path is compared as written. So `docker.io/bitnami` is the
+`bitnami` organisation, and `docker.io/nginx` covers `docker.io/nginx/...` (a user called
+`nginx`), not the official image; to allow that, write `docker.io/library/nginx`. Reading the
+entry like an image reference would turn every one-component Docker Hub organisation into a
+`library/` image, and the two meanings cannot be told apart. A denial always shows the
+normalised repository (`docker.io/library/nginx`), so the entry to write is visible.
 """
 
 from __future__ import annotations
@@ -26,13 +40,20 @@ from dataclasses import dataclass
 DOCKER_HUB = "docker.io"
 _HUB_ALIASES = frozenset({"docker.io", "index.docker.io", "registry-1.docker.io"})
 NAME_MAX_LENGTH = 255
+# Longer than any valid reference: a name (with slack for `registry-1.docker.io`, which
+# normalises to the shorter `docker.io`), ":" tag and "@sha512:" digest. Longer input is refused
+# before any regular expression sees it, which also bounds the work a tenant can cause.
+REFERENCE_MAX_LENGTH = NAME_MAX_LENGTH + 16 + 1 + 128 + 1 + 7 + 128
 
 _DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
 _IPV6 = r"\[(?:[a-fA-F0-9:]+)\]"
 _HOST = re.compile(rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|{_IPV6})(?::[0-9]+)?")
 _PATH_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*")
-_TAG = re.compile(r"[\w][\w.-]{0,127}")
+# Python's \w also matches non-ASCII letters; Go's (the grammar's) does not.
+_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _DIGEST = re.compile(r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}")
+_DIGEST_HEX_LENGTHS = {"sha256": 64, "sha384": 96, "sha512": 128}
+_LOWER_HEX = re.compile(r"[0-9a-f]+")
 
 
 class ImageReferenceError(ValueError):
@@ -79,6 +100,9 @@ def parse_image(text: str) -> ImageReference:
     """Parse and normalise an image reference, or raise ImageReferenceError saying why."""
     if not isinstance(text, str) or not text:
         raise ImageReferenceError("an image reference must be a non-empty string")
+    if len(text) > REFERENCE_MAX_LENGTH:
+        raise ImageReferenceError(f"an image reference is at most {REFERENCE_MAX_LENGTH} "
+                                  "characters long")
     if text != text.strip():
         raise ImageReferenceError("an image reference must not contain spaces")
     rest, digest = _split_digest(text)
@@ -86,7 +110,7 @@ def parse_image(text: str) -> ImageReference:
     registry, path = _split_registry(rest)
     _check_path(path)
     if len(f"{registry}/{path}") > NAME_MAX_LENGTH:
-        raise ImageReferenceError(f"the repository name is longer than {NAME_MAX_LENGTH} characters")
+        raise ImageReferenceError(f"the repository name is over {NAME_MAX_LENGTH} characters")
     return ImageReference(registry=registry, path=path, tag=tag, digest=digest)
 
 
@@ -131,6 +155,13 @@ def _split_digest(text: str) -> tuple[str, str | None]:
         return text, None
     if not _DIGEST.fullmatch(digest):
         raise ImageReferenceError(f"invalid digest {digest[:80]!r}")
+    algorithm, _, encoded = digest.partition(":")
+    length = _DIGEST_HEX_LENGTHS.get(algorithm)
+    if length is None:
+        raise ImageReferenceError(f"unsupported digest algorithm {algorithm[:20]!r} (use sha256, "
+                                  "sha384 or sha512)")
+    if len(encoded) != length or not _LOWER_HEX.fullmatch(encoded):
+        raise ImageReferenceError(f"a {algorithm} digest is {length} lower-case hex characters")
     return name, digest
 
 

@@ -1,0 +1,313 @@
+"""The registry allow-list: every image a tool's workload runs comes from an allowed prefix.
+
+`check_pod_images` judges a Pod, or the pod template of a workload (Deployment, ReplicaSet,
+StatefulSet, DaemonSet, ReplicationController, Job, CronJob, PodTemplate). It reads containers,
+initContainers and ephemeralContainers. The `pods/ephemeralcontainers` subresource (`kubectl
+debug`) arrives as an UPDATE of the whole Pod, so it needs no case of its own.
+
+On UPDATE only images that are new or changed at their container are judged. An UPDATE that
+leaves every image alone (a label, a finalizer, `kubectl scale`) therefore always passes, so
+shrinking the allow-list never locks existing workloads out of ordinary edits.
+
+Which namespaces are checked is the webhook configuration's `namespaceSelector`; this rule checks
+every namespace it is sent except `exemptNamespaces`. Entries with `{tool}` are expanded in tool
+namespaces and dropped elsewhere. Objects of other kinds carry no pod spec this rule knows and
+are admitted (`pods/eviction` or `deployments/scale` must never be blocked by an image rule).
+"""
+
+from __future__ import annotations
+
+import datetime
+import threading
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from functools import lru_cache
+from typing import Any
+
+from policies.decision import (
+    MAX_MESSAGE_CHARS,
+    MAX_WARNING_CHARS,
+    Decision,
+    Finding,
+    allow,
+    cap,
+    decide,
+    quote,
+)
+from policies.identity import PLACEHOLDER
+from policies.images import (
+    ImageReference,
+    ImageReferenceError,
+    RepositoryPrefix,
+    parse_image,
+    parse_prefix,
+)
+from policies.model import Policy
+
+IMAGE_NOT_ALLOWED = "ImageNotAllowed"
+"""An image is valid but no allowed prefix of its namespace covers it."""
+IMAGE_INVALID = "ImageInvalid"
+"""An image is not a valid image reference, so it cannot be judged (and would not pull)."""
+
+CONTAINER_LISTS = (
+    ("containers", "container"),
+    ("initContainers", "initContainer"),
+    ("ephemeralContainers", "ephemeralContainer"),
+)
+"""The pod spec lists that hold containers, and what a message calls one of their entries."""
+
+POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
+    "Pod": ("spec",),
+    "PodTemplate": ("template", "spec"),
+    "ReplicationController": ("spec", "template", "spec"),
+    "Deployment": ("spec", "template", "spec"),
+    "ReplicaSet": ("spec", "template", "spec"),
+    "StatefulSet": ("spec", "template", "spec"),
+    "DaemonSet": ("spec", "template", "spec"),
+    "Job": ("spec", "template", "spec"),
+    "CronJob": ("spec", "jobTemplate", "spec", "template", "spec"),
+}
+"""Where each kind keeps the pod spec whose containers run."""
+
+
+@dataclass(frozen=True)
+class ContainerImage:
+    """One container's image as the object states it."""
+
+    list_kind: str
+    """`container`, `initContainer` or `ephemeralContainer`."""
+    name: str
+    image: object
+    """The raw `image` value; not trusted to be a string."""
+
+
+@dataclass(frozen=True)
+class AllowList:
+    """The prefixes that apply in one namespace on one day."""
+
+    prefixes: tuple[RepositoryPrefix, ...]
+    expired: tuple[tuple[RepositoryPrefix, datetime.date], ...] = ()
+    """Exceptions of this namespace that no longer apply, and the day they ended."""
+
+    def covers(self, image: ImageReference) -> bool:
+        return any(prefix.covers(image) for prefix in self.prefixes)
+
+    def ended_exception(self, image: ImageReference,
+                        ) -> tuple[RepositoryPrefix, datetime.date] | None:
+        return next(((p, day) for p, day in self.expired if p.covers(image)), None)
+
+
+def check_pod_images(*, kind: str, operation: str, namespace: str,
+                     obj: Mapping[str, Any] | None, old_obj: Mapping[str, Any] | None,
+                     policy: Policy, now: datetime.datetime) -> Decision:
+    """Admit an object only if every new or changed image comes from an allowed prefix."""
+    if operation not in ("CREATE", "UPDATE") or kind not in POD_SPEC_PATHS:
+        return allow()
+    if namespace in policy.exempt_namespaces:
+        return allow()
+    images = images_to_judge(kind, obj, old_obj if operation == "UPDATE" else None)
+    if not images:
+        return allow()
+    allowed = allow_list(policy, namespace, _utc_day(now))
+    findings = [f for f in (_judge(c, allowed) for c in images) if f is not None]
+    decision = decide(findings, policy.registries.mode)
+    if not findings:
+        return decision
+    if decision.allowed:  # warn mode: one warning per container, then what would be allowed
+        hint = _allowed_hint(allowed, MAX_WARNING_CHARS)
+        return replace(decision, warnings=(*decision.warnings, hint))
+    message = _denial(namespace, findings, allowed)
+    return replace(decision, message=cap(message, MAX_MESSAGE_CHARS))
+
+
+def images_to_judge(kind: str, obj: Mapping[str, Any] | None,
+                    old_obj: Mapping[str, Any] | None) -> tuple[ContainerImage, ...]:
+    """The containers whose image is new: all of them, or on UPDATE those not in `old_obj`."""
+    current = containers_of(kind, obj)
+    if old_obj is None:
+        return current
+    before = {(c.list_kind, c.name): c.image for c in containers_of(kind, old_obj)}
+    return tuple(c for c in current
+                 if (c.list_kind, c.name) not in before
+                 or before[(c.list_kind, c.name)] != c.image)
+
+
+def containers_of(kind: str, obj: Mapping[str, Any] | None) -> tuple[ContainerImage, ...]:
+    """Every container of an object's pod spec, in the order the spec lists them."""
+    spec: object = obj
+    for key in POD_SPEC_PATHS.get(kind, ()):
+        spec = spec.get(key) if isinstance(spec, Mapping) else None
+    if not isinstance(spec, Mapping):
+        return ()
+    return tuple(_containers(spec))
+
+
+def _containers(spec: Mapping[str, Any]) -> Iterator[ContainerImage]:
+    for key, list_kind in CONTAINER_LISTS:
+        entries = spec.get(key)
+        if not isinstance(entries, list):
+            continue
+        for entry in entries:
+            if isinstance(entry, Mapping):
+                name = entry.get("name")
+                yield ContainerImage(list_kind, name if isinstance(name, str) else "",
+                                     entry.get("image"))
+            else:  # the API server's schema check forbids this; fail closed if it happens
+                yield ContainerImage(list_kind, "", None)
+
+
+def allow_list(policy: Policy, namespace: str, day: datetime.date) -> AllowList:
+    """The prefixes allowed in a namespace on a day (UTC), computed once per policy and day."""
+    return _rules_for(policy).allow_list(namespace, day)
+
+
+# -- checks on one container -------------------------------------------------------------------
+
+def _judge(container: ContainerImage, allowed: AllowList) -> Finding | None:
+    try:
+        image = _parse_image(container.image)
+    except ImageReferenceError as error:
+        return Finding(IMAGE_INVALID, f"{_describe(container)} is not a valid image reference "
+                                      f"({error})")
+    if allowed.covers(image):
+        return None
+    ended = allowed.ended_exception(image)
+    note = f"; the exception for {ended[0]} ended on {ended[1].isoformat()}" if ended else ""
+    return Finding(IMAGE_NOT_ALLOWED, f"{_describe(container)} ({image.repository}) is not under "
+                                      f"an allowed prefix{note}")
+
+
+def _parse_image(value: object) -> ImageReference:
+    if not isinstance(value, str):
+        raise ImageReferenceError("the image is missing or not a string")
+    return _parse_image_text(value)
+
+
+# Pods of one tool keep using the same few images, so parsing is cached. Only successful parses
+# are kept, and parse_image refuses long input first, so the cache's memory stays bounded.
+_parse_image_text = lru_cache(maxsize=4096)(parse_image)
+
+
+def _describe(container: ContainerImage) -> str:
+    return f"{container.list_kind} {quote(container.name, 80)} image {quote(container.image, 300)}"
+
+
+def _denial(namespace: str, findings: list[Finding], allowed: AllowList) -> str:
+    count = len(findings)
+    head = ("1 container image is" if count == 1 else f"{count} container images are")
+    listed = "; ".join(f.message for f in findings)
+    return (f"{head} not allowed in namespace {quote(namespace, 80)}: {listed}. "
+            f"{_allowed_hint(allowed, 1000)}")
+
+
+def _allowed_hint(allowed: AllowList, limit: int) -> str:
+    if not allowed.prefixes:
+        return ("No registry is allowed in this namespace; ask the platform admins for an "
+                "exception.")
+    listed = ", ".join(str(p) for p in allowed.prefixes)
+    return cap(f"Use images under one of: {listed}; or ask the platform admins for an exception.",
+               limit)
+
+
+def _utc_day(now: datetime.datetime) -> datetime.date:
+    # A naive `now` is taken to be UTC already; an aware one is converted, so an exception ends
+    # at midnight UTC whatever time zone the caller's clock uses.
+    if now.tzinfo is None:
+        return now.date()
+    return now.astimezone(datetime.UTC).date()
+
+
+# -- what one policy allows, prepared once ------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Entry:
+    """An allow-list entry: parsed now when it is fixed, kept as text when it holds `{tool}`."""
+
+    prefix: RepositoryPrefix | None
+    template: str = ""
+
+    @classmethod
+    def of(cls, text: str) -> _Entry:
+        if PLACEHOLDER in text:
+            return cls(prefix=None, template=text)
+        return cls(prefix=_try_prefix(text))
+
+    def expand(self, tool: str | None) -> RepositoryPrefix | None:
+        if self.prefix is not None or not self.template:
+            return self.prefix
+        # Outside a tool namespace there is no tool to put in, so the entry does not apply. A
+        # tool name that makes an invalid prefix (e.g. `a-_b` in a repository path) cannot name
+        # a real repository either, so that entry is dropped too.
+        return _try_prefix(self.template.replace(PLACEHOLDER, tool)) if tool else None
+
+
+@dataclass(frozen=True)
+class _Exception:
+    entry: _Entry
+    expires: datetime.date | None
+
+
+class _Rules:
+    """One policy's registry section, parsed, with a per-namespace cache of allow lists."""
+
+    MAX_CACHED_NAMESPACES = 4096
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy  # kept so that its id() cannot be reused while this is cached
+        self._pattern = policy.tools.namespace_pattern
+        self._allowed = tuple(_Entry.of(text) for text in policy.registries.allowed)
+        self._exceptions = {
+            namespace: tuple(_Exception(_Entry.of(e.prefix), e.expires) for e in entries)
+            for namespace, entries in policy.registries.exceptions.items()
+        }
+        self._cache: dict[tuple[str, datetime.date], AllowList] = {}
+
+    def allow_list(self, namespace: str, day: datetime.date) -> AllowList:
+        key = (namespace, day)
+        found = self._cache.get(key)
+        if found is None:
+            found = self._compute(namespace, day)
+            if len(self._cache) >= self.MAX_CACHED_NAMESPACES:
+                self._cache.clear()  # a new day or a very large cluster; recomputing is cheap
+            self._cache[key] = found
+        return found
+
+    def _compute(self, namespace: str, day: datetime.date) -> AllowList:
+        tool = self._pattern.tool_of(namespace)
+        exceptions = self._exceptions.get(namespace, ())
+        live = [e.entry for e in exceptions if e.expires is None or day < e.expires]
+        ended = [(e.entry.expand(tool), e.expires) for e in exceptions
+                 if e.expires is not None and day >= e.expires]
+        prefixes = _unique(entry.expand(tool) for entry in (*self._allowed, *live))
+        return AllowList(prefixes=prefixes,
+                         expired=tuple((p, d) for p, d in ended if p is not None and d is not None))
+
+
+_RULES_LOCK = threading.Lock()
+_RULES: dict[int, _Rules] = {}
+_MAX_POLICIES = 4
+
+
+def _rules_for(policy: Policy) -> _Rules:
+    # Policy holds mappings, so it is not hashable; it is cached by identity instead. The cached
+    # _Rules keeps a reference to its policy, so the id cannot belong to another object meanwhile.
+    rules = _RULES.get(id(policy))
+    if rules is not None and rules.policy is policy:
+        return rules
+    rules = _Rules(policy)
+    with _RULES_LOCK:
+        if len(_RULES) >= _MAX_POLICIES:
+            _RULES.clear()
+        _RULES[id(policy)] = rules
+    return rules
+
+
+def _try_prefix(text: str) -> RepositoryPrefix | None:
+    try:
+        return parse_prefix(text)
+    except ImageReferenceError:
+        return None
+
+
+def _unique(prefixes: Iterable[RepositoryPrefix | None]) -> tuple[RepositoryPrefix, ...]:
+    return tuple(dict.fromkeys(p for p in prefixes if p is not None))
