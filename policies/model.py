@@ -194,7 +194,11 @@ class BuildsPolicy(_Section):
     max_active_runs_overrides: Mapping[Name, Count] = {}
     """Per-tool limits; 0 stops a tool from building at all."""
     max_timeout: Seconds = Field(default=3600.0, json_schema_extra={"format": "duration"})
-    """The longest `timeouts.pipeline` a run may ask for; a run without one gets Tekton's default."""
+    """The longest `timeouts.pipeline` a run may ask for."""
+    tool_label: Name = "toolforge.org/tool"
+    """The label every run must carry with its tool's name; checked, never trusted."""
+    service_account: Name = "default"
+    """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
     mode: Mode = "enforce"
 
     def max_active_runs_for(self, tool: str) -> int:
@@ -296,7 +300,9 @@ def _problem(error: Mapping[str, Any]) -> str:
     if kind == "missing":
         return f"{path}: required"
     message = str(error["msg"]).removeprefix("Value error, ")
-    if kind == "literal_error":
+    if kind == "string_type":
+        message = "must be a string (quote names such as yes, no, on, off in YAML)"
+    elif kind == "literal_error":
         message = f"must be one of {error['ctx']['expected']}"
     return f"{path}: {message}"
 

@@ -1,0 +1,117 @@
+"""The policy file: defaults, every problem reported with its path, unknown keys refused."""
+
+from __future__ import annotations
+
+import datetime
+
+import pytest
+
+from policies.model import MAX_POLICY_BYTES, PolicyError, parse_policy
+from tests.conftest import EXAMPLE_POLICY
+
+
+def problems_of(text: str) -> tuple[str, ...]:
+    with pytest.raises(PolicyError) as caught:
+        parse_policy(text)
+    return caught.value.problems
+
+
+def test_empty_policy_has_the_documented_defaults() -> None:
+    policy = parse_policy("")
+    assert str(policy.tools.namespace_pattern) == "tool-{tool}"
+    assert str(policy.tools.username_pattern) == "{tool}"
+    assert policy.tools.groups == ("toolforge",)
+    assert policy.exempt_namespaces == ("kube-system",)
+    assert policy.builds.namespace == "image-build"
+    assert policy.builds.pipelines == ("buildpacks",)
+    assert policy.builds.max_active_runs == 1
+    assert policy.builds.mode == "enforce"
+    assert policy.registries.allowed == ()
+    assert policy.credentials.trusted_steps == ()
+
+
+def test_bundled_example_policy_is_valid() -> None:
+    policy = parse_policy(EXAMPLE_POLICY.read_bytes())
+    assert policy.builds.harbor_hosts == ("tools-harbor.wmcloud.org",)
+    assert policy.builds.params.by_name["ENV_VARS"].type == "array"
+    assert policy.registries.exceptions["tool-example-byoc"][0].expires == datetime.date(2027, 6, 30)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("builds: {maxActiveRuns: 0}", "builds.maxActiveRuns: must be an integer >= 1",
+                 id="zero-active-runs"),
+    pytest.param("builds: {maxActiveRuns: '2'}", "builds.maxActiveRuns: must be an integer >= 1",
+                 id="string-active-runs"),
+    pytest.param("builds: {maxActiveRuns: true}", "builds.maxActiveRuns: must be an integer >= 1",
+                 id="bool-active-runs"),
+    pytest.param("builds: {maxActiveRunsOverrides: {a: -1}}",
+                 "builds.maxActiveRunsOverrides.a: must be an integer >= 0", id="negative-override"),
+    pytest.param("builds: {bogus: 1}", "builds.bogus: unknown key", id="unknown-nested-key"),
+    pytest.param("regsitries: {}", "regsitries: unknown key", id="typo-top-level"),
+    pytest.param("tools: {namespacePattern: tool-}",
+                 "tools.namespacePattern: must contain {tool} exactly once", id="pattern-no-tool"),
+    pytest.param("builds: {mode: audit}", "builds.mode: must be one of 'enforce' or 'warn'",
+                 id="unknown-mode"),
+    pytest.param("builds: {maxTimeout: 5}",
+                 "builds.maxTimeout: must be a duration string with a unit, e.g. 1h or 90m",
+                 id="timeout-without-unit"),
+    pytest.param("builds: {harborHosts: [harbor.example/project]}",
+                 "builds.harborHosts.0: must be a registry host (with an optional port), not a "
+                 "repository", id="harbor-host-with-path"),
+    pytest.param("builds: {builders: [Foo/Bar]}",
+                 "builds.builders.0: repository names must be lower case", id="builder-upper-case"),
+    pytest.param("builds: {params: {required: [A], optional: [A]}}",
+                 "builds.params: parameters listed more than once: A", id="param-twice"),
+    pytest.param("registries: {allowed: ['bad host/x']}",
+                 "registries.allowed.0: a registry prefix names a registry or repository, without "
+                 "tag or digest", id="prefix-with-space"),
+    pytest.param("credentials: {trustedSteps: [{name: export, images: [], entrypoint: /x}]}",
+                 "credentials.trustedSteps.0.images: Tuple should have at least 1 item after "
+                 "validation, not 0", id="trusted-step-without-image"),
+    pytest.param("builds: {maxActiveRunsOverrides: {off: 2}}",
+                 "builds.maxActiveRunsOverrides.0.[key]: must be a string (quote names such as "
+                 "yes, no, on, off in YAML)", id="yaml-boolean-tool-name"),
+    pytest.param("- a", "the policy must be a YAML mapping", id="not-a-mapping"),
+    pytest.param("digest: abc", "policy: unknown key 'digest'", id="internal-field-not-settable"),
+])
+def test_invalid_policy_reports_the_problem_with_its_path(text: str, expected: str) -> None:
+    assert expected in problems_of(text)
+
+
+def test_every_problem_is_reported_at_once() -> None:
+    problems = problems_of("builds: {maxActiveRuns: 0, bogus: 1}\nregistries: {mode: x}")
+    assert len(problems) == 3
+
+
+def test_yaml_syntax_error_names_the_position() -> None:
+    (problem,) = problems_of("a: [")
+    assert problem.startswith("not valid YAML:")
+    assert "line 1" in problem
+
+
+def test_oversized_policy_is_refused_before_parsing() -> None:
+    (problem,) = problems_of("#" * (MAX_POLICY_BYTES + 1))
+    assert "limit" in problem
+
+
+def test_policy_is_frozen_and_carries_the_digest_of_its_text() -> None:
+    policy = parse_policy("builds: {maxActiveRuns: 2}")
+    assert len(policy.digest) == 64
+    assert parse_policy("builds: {maxActiveRuns: 2}").digest == policy.digest
+    with pytest.raises(ValueError, match="frozen"):
+        policy.builds.max_active_runs = 3  # type: ignore[misc]
+
+
+def test_overrides_apply_per_tool() -> None:
+    builds = parse_policy("builds: {maxActiveRuns: 2, maxActiveRunsOverrides: {big: 5, stopped: 0}}").builds
+    assert (builds.max_active_runs_for("big"), builds.max_active_runs_for("stopped"),
+            builds.max_active_runs_for("other")) == (5, 0, 2)
+
+
+def test_durations_and_exception_dates_are_parsed() -> None:
+    policy = parse_policy("builds: {maxTimeout: 1h30m}\nregistries: {exceptions: "
+                          "{tool-a: [quay.io/a, {prefix: ghcr.io/b, expires: 2027-01-02}]}}")
+    assert policy.builds.max_timeout == 5400
+    first, second = policy.registries.exceptions["tool-a"]
+    assert (first.prefix, first.expires) == ("quay.io/a", None)
+    assert second.expires == datetime.date(2027, 1, 2)

@@ -1,0 +1,141 @@
+"""The HTTP edge: every endpoint answers the API server's envelope; bad requests get a 4xx."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from flask.testing import FlaskClient
+
+from policies.decision import Decision
+from policies.model import Policy
+from tests.conftest import make_review
+from webhooks.admission import ENDPOINTS, Context, Endpoint, answer
+from webhooks.app import create_app
+from webhooks.review import read_review
+
+
+@pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
+def test_every_endpoint_answers_an_admission_review_with_the_uid(
+        client: FlaskClient, endpoint: Endpoint) -> None:
+    review = make_review(namespace="kube-system")
+    response = client.post(endpoint.path, json=review)
+    assert response.status_code == 200
+    assert response.json is not None
+    assert response.json["apiVersion"] == "admission.k8s.io/v1"
+    assert response.json["kind"] == "AdmissionReview"
+    assert response.json["response"]["uid"] == review["request"]["uid"]
+    assert isinstance(response.json["response"]["allowed"], bool)
+    if not endpoint.mutating:
+        assert "patch" not in response.json["response"]
+
+
+@pytest.mark.parametrize(("body", "content_type", "status", "reason"), [
+    pytest.param(b"{not json", "application/json", 400, "BadReview", id="invalid-json"),
+    pytest.param(b"\xff\xfe\x00", "application/json", 400, "BadReview", id="invalid-utf8"),
+    pytest.param(b'{"kind":"AdmissionReview"}', "application/json", 400, "BadReview",
+                 id="no-api-version"),
+    pytest.param(b"{}", "text/plain", 415, "UnsupportedMediaType", id="wrong-content-type"),
+    pytest.param(b"{" + b" " * (3 * 1024 * 1024) + b"}", "application/json", 413, "BodyTooLarge",
+                 id="over-the-cap"),
+])
+def test_bad_requests_get_a_4xx_status_with_a_reason(
+        client: FlaskClient, body: bytes, content_type: str, status: int, reason: str) -> None:
+    response = client.post("/validate/pods", data=body, content_type=content_type)
+    assert response.status_code == status
+    assert response.json is not None
+    assert response.json["reason"] == reason
+    assert response.json["message"]
+
+
+def test_get_on_an_admission_endpoint_is_not_allowed(client: FlaskClient) -> None:
+    assert client.get("/validate/pods").status_code == 405
+
+
+def test_a_failing_rule_denies_instead_of_answering_500(example_policy: Policy) -> None:
+    def broken_rule(*_: object) -> Decision:
+        raise KeyError("spec")  # fault injection: a rule breaks on an unforeseen object
+
+    review = make_review()
+    request = read_review(review)
+    context = Context(policy=example_policy, now=datetime.datetime.now(datetime.UTC))
+    decision, payload = answer(Endpoint("broken", "/broken", False, broken_rule), request, context)
+    assert decision.allowed is False
+    assert payload["response"]["uid"] == review["request"]["uid"]
+    assert review["request"]["uid"] in payload["response"]["status"]["message"]
+
+
+def test_validate_policy_refuses_a_broken_policy_with_every_problem(client: FlaskClient) -> None:
+    configmap = {"apiVersion": "v1", "kind": "ConfigMap",
+                 "metadata": {"name": "toolforge-admission-policy",
+                              "namespace": "toolforge-admission"},
+                 "data": {"policy.yaml": "builds: {maxActiveRuns: 0}\nbogus: 1\n"}}
+    review = make_review(configmap, resource="configmaps", namespace="toolforge-admission",
+                         username="admin", groups=("system:masters",))
+    result = client.post("/validate/policy", json=review).json["response"]  # type: ignore[index]
+    assert result["allowed"] is False
+    assert result["status"]["message"] == (
+        "policy.yaml is not a valid policy: builds.maxActiveRuns: must be an integer >= 1; "
+        "bogus: unknown key")
+
+
+def test_validate_policy_admits_a_valid_policy_and_other_configmaps(client: FlaskClient) -> None:
+    good = {"metadata": {"name": "toolforge-admission-policy"},
+            "data": {"policy.yaml": "builds: {maxActiveRuns: 2}\n"}}
+    other = {"metadata": {"name": "something-else"}, "data": {"policy.yaml": "bogus: 1"}}
+    for configmap in (good, other):
+        review = make_review(configmap, resource="configmaps", namespace="toolforge-admission")
+        assert client.post("/validate/policy", json=review).json["response"]["allowed"]  # type: ignore[index]
+
+
+def test_validate_policy_refuses_a_configmap_without_the_policy_key(client: FlaskClient) -> None:
+    review = make_review({"metadata": {"name": "toolforge-admission-policy"}, "data": {}},
+                         resource="configmaps", namespace="toolforge-admission")
+    result = client.post("/validate/policy", json=review).json["response"]  # type: ignore[index]
+    assert result["allowed"] is False
+    assert "policy.yaml" in result["status"]["message"]
+
+
+def test_health_and_readiness(client: FlaskClient) -> None:
+    assert client.get("/healthz").status_code == 200
+    ready = client.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.text.startswith("ok: policy ")
+
+
+def test_without_a_valid_policy_the_service_is_not_ready_and_refuses(tmp_path: Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text("builds: {maxActiveRuns: 0}\n")
+    client = create_app({"POLICY_FILE": str(policy), "POLICY_RELOAD_SECONDS": 0}).test_client()
+    ready = client.get("/readyz")
+    assert ready.status_code == 503
+    assert "builds.maxActiveRuns" in ready.text
+    result = client.post("/validate/pods", json=make_review()).json["response"]  # type: ignore[index]
+    assert result["allowed"] is False
+    assert "no valid policy" in result["status"]["message"]
+
+
+def test_each_review_is_counted_and_logged_as_one_json_line(
+        client: FlaskClient, caplog: pytest.LogCaptureFixture) -> None:
+    def count() -> float:
+        for line in client.get("/metrics").text.splitlines():
+            if line.startswith('toolforge_admission_reviews_total{') and \
+                    'endpoint="validate-policy"' in line and 'operation="CREATE"' in line \
+                    and 'decision="allowed"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    before = count()
+    review = make_review({"metadata": {"name": "x"}}, resource="configmaps")
+    with caplog.at_level(logging.INFO, logger="webhooks.app"):
+        client.post("/validate/policy", json=review)
+    assert count() == before + 1
+    (record,) = [r for r in caplog.records if r.getMessage() == "review"]
+    fields = record.fields  # type: ignore[attr-defined]
+    assert fields["uid"] == review["request"]["uid"]
+    assert (fields["endpoint"], fields["decision"], fields["reason"]) == (
+        "validate-policy", "allowed", "Allowed")
+    assert "object" not in json.dumps(fields, default=str)
