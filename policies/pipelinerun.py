@@ -1,0 +1,523 @@
+"""PipelineRuns: whose run it is, what it may contain, and how it may change.
+
+Three questions, each pure:
+
+- `tool_of_requester`: which tool a CREATE is for, from trusted data only (namespace, username,
+  groups, and for system users the Harbor project the run pushes to). Labels, params and
+  annotations never decide identity; the tool label is checked against the derived tool.
+- `check_new_run`: an ordered chain of named checks over the run's content, every finding kept.
+- `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
+  cancel or stop (or to release a pending run), and never the tool label.
+
+Both Tekton shapes are read whatever `apiVersion` says: with `matchPolicy: Equivalent` and no
+conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (apiserver-behaviour.md §4).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from policies.decision import Finding, quote
+from policies.durations import format_duration, parse_duration
+from policies.identity import User
+from policies.images import ImageReferenceError, parse_image
+from policies.model import BuildsPolicy, Policy
+
+# Reasons, one per condition a check detects.
+NOT_A_TOOL = "NotATool"
+WRONG_NAMESPACE = "NamespaceNotForBuilds"
+TOOL_LABEL_WRONG = "ToolLabelWrong"
+TOOL_LABEL_CHANGED = "ToolLabelChanged"
+SPEC_INVALID = "SpecInvalid"
+FIELD_NOT_ALLOWED = "FieldNotAllowed"
+PIPELINE_NOT_ALLOWED = "PipelineNotAllowed"
+SERVICE_ACCOUNT_NOT_ALLOWED = "ServiceAccountNotAllowed"
+WORKSPACE_NOT_ALLOWED = "WorkspaceNotAllowed"
+TIMEOUT_NOT_ALLOWED = "TimeoutNotAllowed"
+PARAM_NOT_ALLOWED = "ParamNotAllowed"
+PARAM_MISSING = "ParamMissing"
+PARAM_INVALID = "ParamInvalid"
+APP_IMAGE_NOT_ALLOWED = "AppImageNotAllowed"
+BUILDER_NOT_ALLOWED = "BuilderNotAllowed"
+SPEC_CHANGED = "SpecChanged"
+TOO_MANY_RUNS = "TooManyActiveRuns"
+SLOTS_UNAVAILABLE = "ActiveRunsUnavailable"
+SLOTS_NOT_CHECKED = "ActiveRunsNotChecked"
+
+APP_IMAGE = "APP_IMAGE"
+BUILDER_IMAGE = "BUILDER_IMAGE"
+ENV_VARS = "ENV_VARS"
+
+# `spec.status` values a user may set on an existing run: they only ever stop work.
+STOP_STATUSES = frozenset({"Cancelled", "CancelledRunFinally", "StoppedRunFinally",
+                           "PipelineRunCancelled"})
+PENDING = "PipelineRunPending"
+
+# Spec fields that a run may set; each is checked below. Anything else (inline pipelineSpec,
+# taskRunSpecs, podTemplate, managedBy, resources, fields Tekton adds later) is refused by name.
+ALLOWED_SPEC_FIELDS = frozenset({"params", "pipelineRef", "workspaces", "timeouts", "timeout",
+                                 "taskRunTemplate", "serviceAccountName", "status"})
+_FIELD_HINTS = {
+    "pipelineSpec": "an inline pipelineSpec runs arbitrary steps; reference an approved pipeline",
+    "taskRunSpecs": "per-task overrides (service account, pod template, steps) are not allowed",
+    "podTemplate": "a pod template override is not allowed",
+    "managedBy": "a run managed by another controller would never be reconciled",
+    "resources": "PipelineResources are not supported",
+}
+_WORKSPACE_SOURCES = frozenset({"emptyDir", "persistentVolumeClaim", "volumeClaimTemplate"})
+_WORKSPACE_FIELDS = frozenset({"name", "subPath"}) | _WORKSPACE_SOURCES
+_TIMEOUT_KEYS = ("pipeline", "tasks", "finally")
+
+# Harbor allows no two separators in a row; builds-api inserts this filler between them
+# (toolforge.md §1, `ToolNameToHarborProjectName`).
+_HARBOR_SEPARATORS = "._-"
+_HARBOR_FILLER = "char.sep"
+_HARBOR_NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def harbor_project(builds: BuildsPolicy, tool: str) -> str:
+    """The tool's Harbor project: the pattern expanded, with Harbor's separator rule applied."""
+    name = builds.harbor_project.expand(tool)
+    out: list[str] = []
+    previous = ""
+    for char in name:
+        if char in _HARBOR_SEPARATORS and previous and previous in _HARBOR_SEPARATORS:
+            out.append(_HARBOR_FILLER)
+        out.append(char)
+        previous = char
+    return "".join(out)
+
+
+def tool_of_project(builds: BuildsPolicy, project: str) -> str | None:
+    """The tool whose Harbor project this is, or None."""
+    if not _HARBOR_NAME.fullmatch(project):
+        return None
+    sep = re.escape(_HARBOR_SEPARATORS)
+    unfilled = re.sub(rf"(?<=[{sep}]){re.escape(_HARBOR_FILLER)}(?=[{sep}])", "", project)
+    tool = builds.harbor_project.tool_of(unfilled)
+    if tool is None or harbor_project(builds, tool) != project:
+        return None
+    return tool
+
+
+# --- Who the run is for --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Identity:
+    """The tool a request acts for, or the finding that says why there is none."""
+
+    tool: str | None
+    finding: Finding | None = None
+
+
+def tool_of_requester(policy: Policy, namespace: str, user: User,
+                      run: Mapping[str, Any]) -> Identity:
+    """Derive the tool from the namespace, the requester, or (system users) the Harbor project."""
+    tools = policy.tools
+    is_system = user.username in tools.system_users
+    in_group = any(group in tools.groups for group in user.groups)
+    named_tool = tools.username_pattern.tool_of(user.username)
+    groups_text = ", ".join(tools.groups) or "(none configured)"
+    if namespace == policy.builds.namespace:
+        if is_system:
+            return _tool_from_app_image(policy.builds, run, user)
+        if named_tool is not None and in_group:
+            return Identity(named_tool)
+        if named_tool is not None:
+            why = (f"user {quote(user.username)} is not in any of the groups {groups_text}, so "
+                   f"it is not the tool {named_tool}")
+        else:
+            why = (f"user {quote(user.username)} is not a tool account "
+                   f"(username {tools.username_pattern} in one of the groups {groups_text}) "
+                   "nor a system user")
+        return Identity(None, Finding(NOT_A_TOOL, f"only tools may create PipelineRuns in "
+                                                  f"{namespace}: {why}"))
+    namespace_tool = tools.namespace_pattern.tool_of(namespace)
+    if namespace_tool is not None:
+        if is_system or (named_tool == namespace_tool and in_group):
+            return Identity(namespace_tool)
+        return Identity(None, Finding(
+            NOT_A_TOOL,
+            f"in namespace {namespace} only the tool {namespace_tool}'s account (user "
+            f"{tools.username_pattern.expand(namespace_tool)} in one of the groups "
+            f"{groups_text}) or a system user may create PipelineRuns; user "
+            f"{quote(user.username)} is neither"))
+    return Identity(None, Finding(
+        WRONG_NAMESPACE,
+        f"PipelineRuns may only be created in the build namespace {policy.builds.namespace} or "
+        f"in a tool's namespace ({tools.namespace_pattern}), not in {namespace}"))
+
+
+def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
+    value = _params(_spec(run)).get(APP_IMAGE)
+    prefix = (f"system user {quote(user.username)} acts for the tool whose Harbor project "
+              f"{APP_IMAGE} names")
+    if not isinstance(value, str):
+        return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but the run has no string "
+                                                  f"{APP_IMAGE} parameter"))
+    try:
+        image = parse_image(value)
+    except ImageReferenceError as error:
+        return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {APP_IMAGE} {quote(value)} "
+                                                  f"is not an image reference: {error}"))
+    project = image.path.split("/", 1)[0]
+    tool = tool_of_project(builds, project)
+    if tool is None:
+        return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {quote(project)} in "
+                                                  f"{APP_IMAGE} is not a tool's project "
+                                                  f"({builds.harbor_project})"))
+    return Identity(tool)
+
+
+# --- What a new run may contain ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunInput:
+    """A run under review and the tool it is for."""
+
+    tool: str
+    run: Mapping[str, Any]
+    builds: BuildsPolicy
+
+    @property
+    def spec(self) -> Mapping[str, Any]:
+        return _spec(self.run)
+
+    @property
+    def labels(self) -> Mapping[str, Any]:
+        return _mapping(_mapping(self.run.get("metadata")).get("labels"))
+
+
+Check = Callable[[RunInput], Iterator[Finding]]
+"""A named check: yields one finding per problem it detects, nothing when the run is fine."""
+
+
+def tool_label_is_wrong(run: RunInput) -> Iterator[Finding]:
+    label = run.builds.tool_label
+    value = run.labels.get(label)
+    if value != run.tool:
+        found = "is missing" if value is None else f"is {quote(value)}"
+        yield Finding(TOOL_LABEL_WRONG, f"the label {label} {found}; set metadata.labels "
+                                        f"{label}={run.tool} (the tool this run is for)")
+
+
+def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
+    if not isinstance(run.run.get("spec"), Mapping):
+        yield Finding(SPEC_INVALID, "spec must be an object")
+        return
+    for key, value in run.spec.items():
+        if key in ALLOWED_SPEC_FIELDS or _is_empty(value):
+            continue
+        hint = _FIELD_HINTS.get(key, "this field is not allowed")
+        yield Finding(FIELD_NOT_ALLOWED, f"spec.{cut(key)}: {hint}")
+    template = run.spec.get("taskRunTemplate")
+    if not _is_empty(template) and not isinstance(template, Mapping):
+        yield Finding(SPEC_INVALID, "spec.taskRunTemplate must be an object")
+        return
+    for key, value in _mapping(template).items():
+        if key != "serviceAccountName" and not _is_empty(value):
+            hint = _FIELD_HINTS.get(key, "this field is not allowed")
+            yield Finding(FIELD_NOT_ALLOWED, f"spec.taskRunTemplate.{cut(key)}: {hint}")
+
+
+def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
+    ref = run.spec.get("pipelineRef")
+    approved = ", ".join(run.builds.pipelines)
+    if not isinstance(ref, Mapping):
+        yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef must name one of the approved "
+                                            f"pipelines: {approved}")
+        return
+    for key, value in ref.items():
+        if key != "name" and not _is_empty(value):
+            yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef.{cut(key)} is not allowed; "
+                                                "reference an approved pipeline by name only")
+    name = ref.get("name")
+    if name not in run.builds.pipelines:
+        yield Finding(PIPELINE_NOT_ALLOWED, f"pipeline {quote(name)} is not approved; use one "
+                                            f"of: {approved}")
+
+
+def service_account_is_not_allowed(run: RunInput) -> Iterator[Finding]:
+    allowed = run.builds.service_account
+    places = (("spec.taskRunTemplate.serviceAccountName",
+               _mapping(run.spec.get("taskRunTemplate")).get("serviceAccountName")),
+              ("spec.serviceAccountName", run.spec.get("serviceAccountName")))
+    for path, value in places:
+        if not _is_empty(value) and value != allowed:
+            yield Finding(SERVICE_ACCOUNT_NOT_ALLOWED, f"{path} {quote(value)} is not allowed; "
+                                                       f"leave it out or use {allowed}")
+
+
+def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
+    workspaces = run.spec.get("workspaces")
+    if _is_empty(workspaces):
+        return
+    if not isinstance(workspaces, list):
+        yield Finding(SPEC_INVALID, "spec.workspaces must be a list")
+        return
+    kinds = ", ".join(sorted(_WORKSPACE_SOURCES))
+    for index, workspace in enumerate(workspaces):
+        if not isinstance(workspace, Mapping):
+            yield Finding(SPEC_INVALID, f"spec.workspaces[{index}] must be an object")
+            continue
+        where = f"workspace {quote(workspace.get('name', index))}"
+        extra = [key for key, value in workspace.items()
+                 if key not in _WORKSPACE_FIELDS and value is not None]
+        for key in extra:
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {cut(key)} is not allowed; a "
+                                                 f"workspace may only be {kinds}")
+        if not extra and not any(workspace.get(key) is not None for key in _WORKSPACE_SOURCES):
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use one of {kinds}")
+        sub_path = workspace.get("subPath")
+        if not _is_empty(sub_path) and escapes(sub_path):
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: subPath {quote(sub_path)} must be a "
+                                                 "relative path without ..")
+
+
+def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
+    timeouts = run.spec.get("timeouts")
+    if not _is_empty(timeouts) and not isinstance(timeouts, Mapping):
+        yield Finding(SPEC_INVALID, "spec.timeouts must be an object")
+        return
+    places: list[tuple[str, object]] = [("spec.timeout", run.spec.get("timeout"))]
+    for key, value in _mapping(timeouts).items():
+        if key not in _TIMEOUT_KEYS:
+            yield Finding(FIELD_NOT_ALLOWED, f"spec.timeouts.{cut(key)} is not a Tekton timeout")
+            continue
+        places.append((f"spec.timeouts.{key}", value))
+    for path, value in places:
+        if value is None:
+            continue
+        if not isinstance(value, str):
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} must be a duration string such as 1h")
+            continue
+        try:
+            seconds = parse_duration(value)
+        except ValueError as error:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path}: {error}")
+            continue
+        if seconds == 0:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} is 0, which means no timeout at all; "
+                                               f"use at most {run.builds.max_timeout_text}")
+        elif seconds > run.builds.max_timeout:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {format_duration(seconds)} is longer "
+                                               f"than the limit {run.builds.max_timeout_text}")
+
+
+def params_are_not_allowed(run: RunInput) -> Iterator[Finding]:
+    params = run.spec.get("params")
+    specs = run.builds.params.by_name
+    if not _is_empty(params) and not isinstance(params, list):
+        yield Finding(SPEC_INVALID, "spec.params must be a list")
+        return
+    seen: set[str] = set()
+    for index, param in enumerate(params or ()):
+        name = param.get("name") if isinstance(param, Mapping) else None
+        if not isinstance(name, str):
+            yield Finding(SPEC_INVALID, f"spec.params[{index}] must have a string name")
+            continue
+        if name in seen:
+            yield Finding(PARAM_INVALID, f"parameter {quote(name)} is given more than once")
+            continue
+        seen.add(name)
+        spec = specs.get(name)
+        if spec is None:
+            yield Finding(PARAM_NOT_ALLOWED, f"Pipeline parameter {quote(name)} cannot be used")
+            continue
+        value = param.get("value")
+        if spec.type == "string" and not isinstance(value, str):
+            yield Finding(PARAM_INVALID, f"parameter {name} must be a string")
+        elif spec.type == "array":
+            if not isinstance(value, list):
+                yield Finding(PARAM_INVALID, f"parameter {name} must be an array of strings")
+                continue
+            for position, item in enumerate(value):
+                if not isinstance(item, str):
+                    yield Finding(PARAM_INVALID, f"parameter {name}[{position}] must be a string")
+    for required in run.builds.params.required:
+        if required.name not in seen:
+            yield Finding(PARAM_MISSING, f"parameter {required.name} is required")
+
+
+def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
+    value = _params(run.spec).get(APP_IMAGE)
+    if not isinstance(value, str):
+        return  # reported by params_are_not_allowed
+    project = harbor_project(run.builds, run.tool)
+    hosts = ", ".join(run.builds.harbor_hosts) or "(none configured)"
+    expected = f"<harbor host>/{project}/<repository>[:tag], harbor host one of {hosts}"
+    try:
+        image = parse_image(value)
+    except ImageReferenceError as error:
+        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not an image "
+                                             f"reference ({error}); expected {expected}")
+        return
+    first, _, rest = image.path.partition("/")
+    if image.registry not in run.builds.harbor_hosts:
+        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not on an allowed "
+                                             f"Harbor host; expected {expected}")
+    elif first != project or not rest:
+        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not in the tool's "
+                                             f"own Harbor project; expected {expected}")
+
+
+def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
+    value = _params(run.spec).get(BUILDER_IMAGE)
+    if not isinstance(value, str):
+        return
+    approved = ", ".join(str(b) for b in run.builds.builders) or "(none configured)"
+    try:
+        image = parse_image(value)
+    except ImageReferenceError as error:
+        yield Finding(BUILDER_NOT_ALLOWED, f"{BUILDER_IMAGE} {quote(value)} is not an image "
+                                           f"reference ({error}); use one of: {approved}")
+        return
+    if image.canonical not in {b.canonical for b in run.builds.builders}:
+        yield Finding(BUILDER_NOT_ALLOWED, f"builder {quote(value)} is not approved; use one "
+                                           f"of: {approved}")
+
+
+def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
+    values = _params(run.spec).get(ENV_VARS)
+    if not isinstance(values, list):
+        return
+    for position, item in enumerate(values):
+        if not isinstance(item, str):
+            continue
+        name, equals, _ = item.partition("=")
+        if not equals or not _ENV_NAME.fullmatch(name):
+            yield Finding(PARAM_INVALID, f"{ENV_VARS}[{position}] must be NAME=value with a "
+                                         f"valid variable name, not {quote(item, 80)}")
+
+
+def path_param_escapes(run: RunInput) -> Iterator[Finding]:
+    for name, value in _params(run.spec).items():
+        if is_path_param(name) and isinstance(value, str) and value and escapes(value):
+            yield Finding(PARAM_INVALID, f"parameter {name} {quote(value)} must be a relative "
+                                         "path inside the source, without ..")
+
+
+CREATE_CHECKS: tuple[Check, ...] = (
+    tool_label_is_wrong,              # the label names the derived tool
+    spec_has_forbidden_fields,        # no inline spec, overrides, managedBy, unknown fields
+    pipeline_is_not_approved,         # pipelineRef: an approved name, no resolver or bundle
+    service_account_is_not_allowed,   # only the builds ServiceAccount
+    workspace_is_not_allowed,         # emptyDir / PVC / volumeClaimTemplate only
+    timeout_is_not_allowed,           # 0 < timeout <= maxTimeout
+    params_are_not_allowed,           # exactly the policy's params, each of its type
+    app_image_is_not_own_project,     # pushes only to the tool's Harbor project
+    builder_is_not_approved,          # an approved builder image
+    env_var_is_invalid,               # ENV_VARS items are NAME=value
+    path_param_escapes,               # path params stay inside the source
+)
+
+
+def check_new_run(tool: str, run: Mapping[str, Any], builds: BuildsPolicy,
+                  checks: Iterable[Check] = CREATE_CHECKS) -> tuple[Finding, ...]:
+    """Every finding of every check on a run about to be created for `tool`."""
+    subject = RunInput(tool=tool, run=run, builds=builds)
+    return tuple(finding for check in checks for finding in check(subject))
+
+
+# --- How an existing run may change ---------------------------------------------------------
+
+
+def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
+                      builds: BuildsPolicy) -> tuple[Finding, ...]:
+    """UPDATE: metadata and status pass; spec only cancels, stops or releases; the label stays."""
+    findings: list[Finding] = []
+    label = builds.tool_label
+    old_tool = _mapping(_mapping(old.get("metadata")).get("labels")).get(label)
+    new_tool = _mapping(_mapping(new.get("metadata")).get("labels")).get(label)
+    if old_tool != new_tool:
+        findings.append(Finding(TOOL_LABEL_CHANGED, f"the label {label} cannot change (it was "
+                                                    f"{_shown(old_tool)}, not {_shown(new_tool)})"))
+    old_spec, new_spec = _spec(old), _spec(new)
+    changed = sorted(k for k in set(old_spec) | set(new_spec)
+                     if old_spec.get(k) != new_spec.get(k) and k != "status")
+    if changed:
+        findings.append(Finding(SPEC_CHANGED, "the spec of a PipelineRun cannot change after "
+                                              f"creation (changed: {cut(', '.join(changed))}); "
+                                              "create a new run instead"))
+    old_status, new_status = old_spec.get("status"), new_spec.get("status")
+    if old_status != new_status and not status_change_is_allowed(old_status, new_status):
+        stops = ", ".join(sorted(STOP_STATUSES - {"PipelineRunCancelled"}))
+        findings.append(Finding(SPEC_CHANGED, f"spec.status may only be set to one of {stops} "
+                                              f"(or {PENDING} removed), not {_shown(new_status)}"))
+    return tuple(findings)
+
+
+def status_change_is_allowed(old: object, new: object) -> bool:
+    """Stopping is always allowed; releasing a pending run is too (it already holds a slot)."""
+    if new in STOP_STATUSES:
+        return True
+    return old == PENDING and _is_empty(new)
+
+
+# --- Messages about slots -------------------------------------------------------------------
+
+
+def too_many_runs(tool: str, limit: int, occupants: Iterable[str]) -> Finding:
+    """The finding for a tool that already has `limit` active runs."""
+    held = list(occupants)
+    if limit == 0:
+        return Finding(TOO_MANY_RUNS, f"the tool {tool} may not run builds (its limit is 0)")
+    example = held[0] if held else "NAMESPACE/NAME"
+    namespace, _, name = example.partition("/")
+    shown = ", ".join(held[:10]) + (f" and {len(held) - 10} more" if len(held) > 10 else "")
+    return Finding(TOO_MANY_RUNS, (
+        f"the tool {tool} already has {len(held)} active PipelineRun(s) and may have at most "
+        f"{limit}: {shown}; wait for one to finish or cancel it with: kubectl patch pipelinerun "
+        f"{name} -n {namespace} --type merge -p '{{\"spec\":{{\"status\":\"Cancelled\"}}}}'"))
+
+
+# --- Reading the object ---------------------------------------------------------------------
+
+
+def is_path_param(name: str) -> bool:
+    """Params that name a path inside the source tree (SOURCE_SUBPATH and the like)."""
+    return name.endswith(("SUBPATH", "_PATH", "_DIR"))
+
+
+def escapes(path: object) -> bool:
+    """True for a path that is absolute or climbs out with `..`."""
+    if not isinstance(path, str):
+        return True
+    return path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path)
+
+
+def cut(text: str, limit: int = 80) -> str:
+    """A tenant-chosen key, shortened and escaped for a message."""
+    return quote(text, limit)[1:-1]
+
+
+def _params(spec: Mapping[str, Any]) -> dict[str, Any]:
+    params = spec.get("params")
+    found: dict[str, Any] = {}
+    if isinstance(params, list):
+        for param in params:
+            if isinstance(param, Mapping) and isinstance(param.get("name"), str):
+                found.setdefault(param["name"], param.get("value"))
+    return found
+
+
+def _spec(run: Mapping[str, Any]) -> Mapping[str, Any]:
+    return _mapping(run.get("spec"))
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else {}
+
+
+def _is_empty(value: object) -> bool:
+    return value is None or (isinstance(value, str | list | dict) and not value)
+
+
+def _shown(value: object) -> str:
+    return "unset" if value is None else quote(value)
