@@ -282,7 +282,8 @@ def parse_policy(text: str | bytes) -> Policy:
     except yaml.YAMLError as error:
         raise PolicyError([f"not valid YAML: {_one_line(str(error))}"]) from None
     if data is None:
-        data = {}
+        # An empty file is far more often a truncated write than a wish for every default.
+        raise PolicyError(["the policy is empty; write {} to use every default"])
     if not isinstance(data, dict):
         raise PolicyError(["the policy must be a YAML mapping"])
     try:

@@ -17,7 +17,7 @@ def problems_of(text: str) -> tuple[str, ...]:
 
 
 def test_empty_policy_has_the_documented_defaults() -> None:
-    policy = parse_policy("")
+    policy = parse_policy("{}")
     assert str(policy.tools.namespace_pattern) == "tool-{tool}"
     assert str(policy.tools.username_pattern) == "{tool}"
     assert policy.tools.groups == ("toolforge",)
@@ -71,6 +71,9 @@ def test_bundled_example_policy_is_valid() -> None:
     pytest.param("builds: {maxActiveRunsOverrides: {off: 2}}",
                  "builds.maxActiveRunsOverrides.0.[key]: must be a string (quote names such as "
                  "yes, no, on, off in YAML)", id="yaml-boolean-tool-name"),
+    pytest.param("", "the policy is empty; write {} to use every default", id="empty"),
+    pytest.param("# only a comment\n", "the policy is empty; write {} to use every default",
+                 id="only-comments"),
     pytest.param("- a", "the policy must be a YAML mapping", id="not-a-mapping"),
     pytest.param("digest: abc", "policy: unknown key 'digest'", id="internal-field-not-settable"),
 ])

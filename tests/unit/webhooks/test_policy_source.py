@@ -1,0 +1,87 @@
+"""Hot reload: a valid edit takes effect, a bad one is refused and the last good policy stays."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tests.conftest import EXAMPLE_POLICY
+from webhooks.policy_source import PolicySource
+
+
+def configmap_volume(root: Path, text: str, version: int) -> Path:
+    """Write the file the way the kubelet updates a ConfigMap volume: a new dir, a symlink swap."""
+    data = root / f"..{version}"
+    data.mkdir()
+    (data / "policy.yaml").write_text(text)
+    link = root / "..data"
+    tmp = root / "..data_tmp"
+    tmp.symlink_to(data.name)
+    os.replace(tmp, link)
+    target = root / "policy.yaml"
+    if not target.is_symlink():
+        target.symlink_to("..data/policy.yaml")
+    return target
+
+
+def test_a_valid_edit_is_put_in_force(tmp_path: Path) -> None:
+    path = configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n", 1)
+    source = PolicySource(path, interval=0)
+    assert source.refresh() is True
+    assert source.policy is not None
+    assert source.policy.builds.max_active_runs == 1
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 3}\n", 2)
+    assert source.refresh() is True
+    assert source.policy.builds.max_active_runs == 3
+    assert source.generation == 2
+
+
+def test_an_unchanged_file_is_not_reparsed(tmp_path: Path) -> None:
+    path = configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n", 1)
+    source = PolicySource(path, interval=0)
+    source.refresh()
+    assert source.refresh() is False
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n", 2)  # same text, new file
+    assert source.refresh() is False
+    assert source.generation == 1
+
+
+def test_an_invalid_edit_is_refused_and_the_last_good_policy_stays(tmp_path: Path) -> None:
+    path = configmap_volume(tmp_path, EXAMPLE_POLICY.read_text(), 1)
+    source = PolicySource(path, interval=0)
+    source.refresh()
+    good = source.policy
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 0}\n", 2)
+    assert source.refresh() is False
+    assert source.policy is good
+    assert "builds.maxActiveRuns: must be an integer >= 1" in source.error
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 2}\n", 3)
+    assert source.refresh() is True
+    assert source.error == ""
+
+
+def test_garbage_truncation_and_deletion_keep_the_last_good_policy(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("builds: {maxActiveRuns: 2}\n")
+    source = PolicySource(path, interval=0)
+    source.refresh()
+    for damage in (b"\x00\xff garbage: [", b"", None):
+        if damage is None:
+            path.unlink()
+        else:
+            path.write_bytes(damage)
+        source.refresh()
+        assert source.policy is not None
+        assert source.policy.builds.max_active_runs == 2
+        assert source.error
+
+
+def test_no_policy_until_a_valid_file_appears(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    source = PolicySource(path, interval=0)
+    source.refresh()
+    assert source.policy is None
+    assert "cannot read" in source.error
+    path.write_text("{}\n")
+    assert source.refresh() is True
+    assert source.policy is not None
