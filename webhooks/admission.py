@@ -14,8 +14,8 @@ from typing import Protocol
 
 import jsonpatch
 
-from policies.credentials import strip_build_credentials
-from policies.decision import Decision, Finding, allow, decide, deny
+from policies.credentials import find_credential_leaks, strip_build_credentials
+from policies.decision import Decision, Finding, allow, combine, decide, deny
 from policies.model import Policy, PolicyError, parse_policy
 from policies.registry import check_pod_images
 from webhooks.review import AdmissionRequest, ReviewPayload, build_response
@@ -59,9 +59,13 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
     """Pods and workload templates: every image from an allowed registry."""
-    return check_pod_images(kind=request.kind.kind, operation=request.operation,
-                            namespace=request.namespace, obj=request.object,
-                            old_obj=request.old_object, policy=context.policy, now=context.now)
+    registry_decision = check_pod_images(
+        kind=request.kind.kind, operation=request.operation, namespace=request.namespace,
+        obj=request.object, old_obj=request.old_object, policy=context.policy, now=context.now)
+    leaks_decision = (find_credential_leaks(request.object, request.namespace, context.policy)
+                      if request.kind.kind == "Pod" and request.operation == "CREATE"
+                      else allow())
+    return combine(registry_decision, leaks_decision)
 
 
 def mutate_build_pod(request: AdmissionRequest, context: Context) -> Decision:

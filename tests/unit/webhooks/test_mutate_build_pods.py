@@ -32,21 +32,26 @@ def body_of(scenario: str) -> bytes:
     return (FIXTURES / scenario / "pod.create.admissionreview.json").read_bytes()
 
 
-def policy_text(namespace: str, mode: str = "enforce") -> str:
-    """The example policy with its build namespace moved to the scenario's."""
+def policy_text(namespace: str, mode: str = "enforce", registries_mode: str = "enforce") -> str:
+    """The example policy with its build namespace moved to the scenario's, and chosen modes."""
     text = EXAMPLE_POLICY.read_text()
     text = text.replace("  namespace: image-build\n", f"  namespace: {namespace}\n")
-    return text.replace("  mode: enforce\n", f"  mode: {mode}\n")
+    head, _, rest = text.partition("\nregistries:\n")
+    registries, _, credentials = rest.partition("\ncredentials:\n")
+    registries = registries.replace("  mode: enforce\n", f"  mode: {registries_mode}\n")
+    credentials = credentials.replace("  mode: enforce\n", f"  mode: {mode}\n")
+    return f"{head}\nregistries:\n{registries}\ncredentials:\n{credentials}"
 
 
 @pytest.fixture
 def make_client(tmp_path: Path) -> Iterator[Any]:
     apps: list[Flask] = []
 
-    def make(namespace: str, mode: str = "enforce") -> FlaskClient:
+    def make(namespace: str, mode: str = "enforce",
+             registries_mode: str = "enforce") -> FlaskClient:
         path = tmp_path / f"{len(apps)}" / "policy.yaml"
         path.parent.mkdir()
-        path.write_text(policy_text(namespace, mode))
+        path.write_text(policy_text(namespace, mode, registries_mode))
         app = create_app({"POLICY_FILE": str(path), "POLICY_RELOAD_SECONDS": 0, "TESTING": True})
         apps.append(app)
         return app.test_client()
@@ -145,3 +150,29 @@ def test_the_creator_task_is_refused_with_the_task_to_use(make_client: Any) -> N
     assert response["status"]["code"] == 403
     assert "buildpacks-phases" in response["status"]["message"]
     assert "patch" not in response
+
+
+# --- defence in depth: /validate/pods refuses a build pod that still carries credentials -------
+
+
+def test_validate_pods_refuses_a_build_pod_the_mutation_did_not_reach(make_client: Any) -> None:
+    body = body_of("a-taskrun-phases-0.2-basic-auth")
+    review = json.loads(body)
+    # Registry findings only warn here, so the credential rule's verdict is the one returned.
+    client = make_client(review["request"]["namespace"], registries_mode="warn")
+    response = client.post("/validate/pods", data=body, content_type="application/json").json
+    assert response is not None
+    assert response["response"]["allowed"] is False
+    assert "step-detect" in response["response"]["status"]["message"]
+    assert response["response"]["auditAnnotations"]["reason"] == "BuildCredentialLeak"
+
+
+def test_validate_pods_admits_the_build_pod_once_mutated(make_client: Any) -> None:
+    body = body_of("a-taskrun-phases-0.2-basic-auth")
+    review = json.loads(body)
+    client = make_client(review["request"]["namespace"], registries_mode="warn")
+    patch = json.loads(base64.b64decode(post(client, body)["patch"]))
+    review["request"]["object"] = jsonpatch.apply_patch(review["request"]["object"], patch)
+    response = client.post("/validate/pods", json=review).json
+    assert response is not None
+    assert response["response"]["allowed"] is True
