@@ -518,3 +518,14 @@ def test_images_of_trusted_steps_compare_after_normalisation(
 def test_the_recorded_entrypoint_is_read_before_the_separator(
         args: list[str], entrypoint: str | None) -> None:
     assert entrypoint_of(args) == entrypoint
+
+
+def test_init_containers_and_sidecars_lose_credential_mounts_too() -> None:
+    pod, namespace = load(PHASES_02)
+    mount = {"name": "tekton-creds-57c13d6b", "mountPath": "/tekton/creds-secrets/basic-user-pass"}
+    pod["spec"]["initContainers"][0]["volumeMounts"].append(dict(mount))
+    pod["spec"]["containers"].append({"name": "sidecar-proxy", "image": "example/proxy:1",
+                                      "volumeMounts": [dict(mount)]})
+    patched = mutate(pod, namespace)
+    assert mount not in patched["spec"]["initContainers"][0]["volumeMounts"]
+    assert by_name(patched)["sidecar-proxy"]["volumeMounts"] == []
