@@ -10,15 +10,26 @@ import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 import jsonpatch
 
 from policies.credentials import find_credential_leaks, strip_build_credentials
 from policies.decision import Decision, Finding, allow, combine, decide, deny
 from policies.model import Policy, PolicyError, parse_policy
+from policies.pipelinerun import (
+    SLOTS_UNAVAILABLE,
+    check_changed_run,
+    check_new_run,
+    merge_warnings,
+    not_checked_warning,
+    too_many_runs,
+    tool_of_requester,
+)
 from policies.registry import check_pod_images
+from policies.slots import Claim, Reservation
 from webhooks.review import AdmissionRequest, ReviewPayload, build_response
+from webhooks.slots import SlotsUnavailableError
 
 logger = logging.getLogger(__name__)
 RULE_FAILED = "RuleFailed"
@@ -27,8 +38,17 @@ POLICY_CONFIGMAP = "toolforge-admission-policy"
 POLICY_KEY = "policy.yaml"
 
 
+@runtime_checkable
 class ActiveRuns(Protocol):
-    """Holds the per-tool active-run slots in the cluster (see `webhooks.slots`)."""
+    """Holds the per-tool active-run slots in the cluster (`webhooks.slots.LeaseSlots`)."""
+
+    def claim(self, tool: str, candidate: Reservation, *, limit: int, label: str,
+              reserve: bool) -> Claim:
+        """Whether `candidate` fits the tool's limit; with `reserve`, take its slot if it does.
+
+        Raises `webhooks.slots.SlotsUnavailableError` when the cluster cannot answer in time.
+        """
+        ...
 
 
 @dataclass(frozen=True)
@@ -37,8 +57,11 @@ class Context:
 
     policy: Policy
     now: datetime.datetime
-    active_runs: ActiveRuns | None = None
-    """None when there is no cluster (offline `review`): checks that need it are skipped."""
+    active_runs: object | None = None
+    """An `ActiveRuns`; None when there is no cluster (offline `review`): its check is skipped.
+
+    Typed `object` only because `webhooks.app.Service` holds it untyped; `_active_runs` checks it.
+    """
 
 
 Rule = Callable[[AdmissionRequest, Context], Decision]
@@ -54,7 +77,52 @@ class Endpoint:
 
 def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decision:
     """PipelineRuns: own Harbor project, approved builders and pipelines, N active runs."""
-    return allow()
+    policy = context.policy
+    builds = policy.builds
+    if request.operation not in ("CREATE", "UPDATE"):
+        return allow()  # DELETE is not intercepted: deleting a run only frees its slot
+    if request.namespace in policy.exempt_namespaces:
+        return allow()
+    run = request.object or {}
+    if request.operation == "UPDATE":
+        if request.sub_resource:  # status and other subresources cannot change the spec
+            return allow()
+        return decide(check_changed_run(request.old_object or {}, run, builds), builds.mode)
+    identity = tool_of_requester(policy, request.namespace, request.user, run)
+    if identity.tool is None:
+        return decide([f for f in (identity.finding,) if f is not None], builds.mode)
+    tool = identity.tool
+    findings = list(check_new_run(tool, run, builds))
+    slots = _active_runs(context)
+    if slots is None:
+        return merge_warnings(decide(findings, builds.mode), (not_checked_warning(tool),))
+    metadata = run.get("metadata") or {}
+    candidate = Reservation(uid=str(metadata.get("uid") or ""), namespace=request.namespace,
+                            name=request.name or str(metadata.get("name") or ""),
+                            reserved_at=context.now)
+    limit = builds.max_active_runs_for(tool)
+    # Reserve only for a run that will be admitted; otherwise just look, to report a full slot too.
+    reserve = not request.dry_run and (not findings or builds.mode == "warn")
+    try:
+        claim = slots.claim(tool, candidate, limit=limit, label=builds.tool_label, reserve=reserve)
+    except SlotsUnavailableError as error:
+        logger.warning("active runs unavailable", extra={"fields": {
+            "uid": request.uid, "tool": tool, "error": str(error)}})
+        findings.append(Finding(SLOTS_UNAVAILABLE, (
+            f"could not check how many PipelineRuns the tool {tool} has running ({error}); the "
+            "run was not created: try again shortly, and tell the platform admins if this "
+            "persists")))
+    else:
+        if not claim.fits:
+            findings.append(too_many_runs(tool, claim.limit, claim.occupants))
+    return decide(findings, builds.mode)
+
+
+def _active_runs(context: Context) -> ActiveRuns | None:
+    slots = context.active_runs
+    if slots is None or isinstance(slots, ActiveRuns):
+        return slots
+    raise TypeError(f"ACTIVE_RUNS must implement ActiveRuns, not {type(slots).__name__}")
 
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:

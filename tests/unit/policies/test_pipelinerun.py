@@ -1,0 +1,502 @@
+"""PipelineRuns: identity from trusted data, every content rule in both Tekton shapes, UPDATEs."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from policies.identity import User
+from policies.model import Policy, parse_policy
+from policies.pipelinerun import (
+    APP_IMAGE_NOT_ALLOWED,
+    BUILDER_NOT_ALLOWED,
+    FIELD_NOT_ALLOWED,
+    NOT_A_TOOL,
+    PARAM_INVALID,
+    PARAM_MISSING,
+    PARAM_NOT_ALLOWED,
+    PIPELINE_NOT_ALLOWED,
+    SERVICE_ACCOUNT_NOT_ALLOWED,
+    SPEC_CHANGED,
+    SPEC_INVALID,
+    TIMEOUT_NOT_ALLOWED,
+    TOO_MANY_RUNS,
+    TOOL_LABEL_CHANGED,
+    TOOL_LABEL_WRONG,
+    WORKSPACE_NOT_ALLOWED,
+    WRONG_NAMESPACE,
+    check_changed_run,
+    check_new_run,
+    harbor_project,
+    too_many_runs,
+    tool_of_project,
+    tool_of_requester,
+)
+
+HARBOR = "harbor.example.org"
+BUILDER = f"{HARBOR}/toolforge/heroku-builder:22"
+POLICY_YAML = f"""
+tools:
+  namespacePattern: "tool-{{tool}}"
+  usernamePattern: "{{tool}}"
+  groups: [toolforge]
+  systemUsers: [system:serviceaccount:image-build:builds-api]
+builds:
+  namespace: image-build
+  harborHosts: [{HARBOR}]
+  harborProject: "tool-{{tool}}"
+  pipelines: [buildpacks]
+  builders: [{BUILDER}]
+  params:
+    required: [APP_IMAGE, BUILDER_IMAGE, SOURCE_URL]
+    optional: [SOURCE_REFERENCE, SOURCE_SUBPATH, {{name: ENV_VARS, type: array}}]
+  maxActiveRuns: 1
+  maxTimeout: 1h
+  serviceAccount: buildpacks-sa
+"""
+POLICY: Policy = parse_policy(POLICY_YAML)
+BUILDS = POLICY.builds
+TOOL_USER = User("mytool", ("toolforge", "system:authenticated"))
+SYSTEM_USER = User("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",))
+SHAPES = ("v1", "v1beta1")
+
+
+def make_run(shape: str = "v1", *, tool: str = "mytool", params: dict[str, Any] | None = None,
+             **spec: Any) -> dict[str, Any]:
+    """A valid run for `tool` in the given Tekton shape; `spec` keys override or add fields."""
+    values: dict[str, Any] = {
+        "APP_IMAGE": f"{HARBOR}/tool-{tool}/{tool}:latest",
+        "BUILDER_IMAGE": BUILDER,
+        "SOURCE_URL": "https://gitlab.example.org/mytool/app.git",
+        "ENV_VARS": ["A=1", "B_2=x=y"],
+    }
+    values.update(params or {})
+    body: dict[str, Any] = {
+        "pipelineRef": {"name": "buildpacks"},
+        "params": [{"name": k, "value": v} for k, v in values.items() if v is not None],
+        "workspaces": [{"name": "source-ws", "emptyDir": {}}],
+    }
+    if shape == "v1":
+        body["taskRunTemplate"] = {"serviceAccountName": "buildpacks-sa"}
+        body["timeouts"] = {"pipeline": "1h"}
+    else:
+        body["serviceAccountName"] = "buildpacks-sa"
+        body["timeout"] = "30m"
+    body.update(spec)
+    return {
+        # With matchPolicy Equivalent and no conversion, a v1beta1 body arrives labelled v1.
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"name": f"{tool}-buildpacks-pipelinerun-abcde", "namespace": "image-build",
+                     "uid": "0c8a7d3e-0000-4000-8000-000000000001",
+                     "labels": {"toolforge.org/tool": tool}},
+        "spec": body,
+    }
+
+
+def reasons(run: dict[str, Any], tool: str = "mytool") -> list[str]:
+    return [f.reason for f in check_new_run(tool, run, BUILDS)]
+
+
+def messages(run: dict[str, Any], tool: str = "mytool") -> str:
+    return "; ".join(f.message for f in check_new_run(tool, run, BUILDS))
+
+
+# --- Identity -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize(("namespace", "user", "app_tool", "tool", "reason"), [
+    pytest.param("image-build", TOOL_USER, "mytool", "mytool", None, id="build-ns-tool-account"),
+    pytest.param("image-build", TOOL_USER, "other", "mytool", None,
+                 id="build-ns-tool-is-the-requester-not-app-image"),
+    pytest.param("image-build", User("mytool", ("system:authenticated",)), "mytool", None,
+                 NOT_A_TOOL, id="build-ns-human-named-like-a-tool-is-not-the-tool"),
+    pytest.param("image-build", User("Not A Tool", ("toolforge",)), "mytool", None, NOT_A_TOOL,
+                 id="build-ns-username-not-a-tool-name"),
+    pytest.param("image-build", User("admin", ("system:masters",)), "mytool", None, NOT_A_TOOL,
+                 id="build-ns-cluster-admin-is-not-a-tool"),
+    pytest.param("image-build", SYSTEM_USER, "other", "other", None,
+                 id="build-ns-system-user-acts-for-app-image-project"),
+    pytest.param("tool-mytool", TOOL_USER, "mytool", "mytool", None, id="tool-ns-own-account"),
+    pytest.param("tool-mytool", User("other", ("toolforge",)), "mytool", None, NOT_A_TOOL,
+                 id="tool-ns-other-tool-account"),
+    pytest.param("tool-mytool", User("mytool", ()), "mytool", None, NOT_A_TOOL,
+                 id="tool-ns-own-name-without-group"),
+    pytest.param("tool-mytool", SYSTEM_USER, "other", "mytool", None,
+                 id="tool-ns-system-user-acts-for-namespace-tool"),
+    pytest.param("default", TOOL_USER, "mytool", None, WRONG_NAMESPACE,
+                 id="other-namespace-refused"),
+])
+def test_the_tool_comes_from_trusted_data_only(
+        namespace: str, user: User, app_tool: str, tool: str | None, reason: str | None) -> None:
+    run = make_run(params={"APP_IMAGE": f"{HARBOR}/tool-{app_tool}/x:1"})
+    run["metadata"]["labels"]["toolforge.org/tool"] = "someone-else"  # labels never decide
+    identity = tool_of_requester(POLICY, namespace, user, run)
+    assert identity.tool == tool
+    assert (identity.finding.reason if identity.finding else None) == reason
+
+
+@pytest.mark.parametrize("app_image", [
+    pytest.param(None, id="missing"),
+    pytest.param("not an image", id="unparsable"),
+    pytest.param(f"{HARBOR}/library/x:1", id="not-a-tool-project"),
+    pytest.param(f"{HARBOR}/tool-a--b/x:1", id="unnormalised-double-separator"),
+])
+def test_a_system_user_without_a_tool_project_in_app_image_is_refused(
+        app_image: str | None) -> None:
+    identity = tool_of_requester(POLICY, "image-build", SYSTEM_USER,
+                                 make_run(params={"APP_IMAGE": app_image}))
+    assert identity.tool is None
+    assert identity.finding is not None
+    assert identity.finding.reason == NOT_A_TOOL
+    assert "system user" in identity.finding.message
+
+
+def test_a_human_named_like_a_tool_is_told_which_group_is_missing() -> None:
+    identity = tool_of_requester(POLICY, "image-build", User("mytool", ()), make_run())
+    assert identity.finding is not None
+    assert "not in any of the groups toolforge" in identity.finding.message
+
+
+@pytest.mark.parametrize(("tool", "project"), [
+    pytest.param("mytool", "tool-mytool", id="plain"),
+    pytest.param("my-user--name", "tool-my-user-char.sep-name", id="double-dash"),
+    pytest.param("hello---world", "tool-hello-char.sep-char.sep-world", id="triple-dash"),
+    pytest.param("a_-b", "tool-a_char.sep-b", id="underscore-dash"),
+])
+def test_harbor_project_names_follow_harbors_separator_rule(tool: str, project: str) -> None:
+    assert harbor_project(BUILDS, tool) == project
+    assert tool_of_project(BUILDS, project) == tool
+
+
+# --- Content, in both shapes -----------------------------------------------------------------
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_a_well_formed_run_has_no_findings(shape: str) -> None:
+    assert reasons(make_run(shape)) == []
+
+
+def test_the_captured_toolforge_run_shape_passes() -> None:
+    run = make_run("v1", params={"ENV_VARS": None}, timeouts=None)
+    del run["spec"]["timeouts"]
+    assert reasons(run) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("label", "reason"), [
+    pytest.param(None, TOOL_LABEL_WRONG, id="missing"),
+    pytest.param("other", TOOL_LABEL_WRONG, id="another-tool"),
+])
+def test_the_tool_label_must_name_the_derived_tool(shape: str, label: str | None,
+                                                   reason: str) -> None:
+    run = make_run(shape)
+    if label is None:
+        del run["metadata"]["labels"]
+    else:
+        run["metadata"]["labels"]["toolforge.org/tool"] = label
+    assert reasons(run) == [reason]
+    assert "set metadata.labels toolforge.org/tool=mytool" in messages(run)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("app_image", "why"), [
+    pytest.param(f"{HARBOR}/tool-other/x:1", "own Harbor project", id="other-tools-project"),
+    pytest.param(f"{HARBOR}/tool-mytool:1", "own Harbor project", id="no-repository"),
+    pytest.param(f"{HARBOR}/tool-mytoolx/x", "own Harbor project", id="project-prefix-lookalike"),
+    pytest.param(f"{HARBOR}.evil.com/tool-mytool/x", "allowed Harbor host", id="host-lookalike"),
+    pytest.param(f"evil.com/{HARBOR}/tool-mytool/x", "allowed Harbor host",
+                 id="host-in-path"),
+    pytest.param(f"{HARBOR}:5000/tool-mytool/x", "allowed Harbor host", id="host-with-port"),
+    pytest.param("tool-mytool/x", "allowed Harbor host", id="docker-hub"),
+    pytest.param(f"https://{HARBOR}/tool-mytool/x", "not an image reference", id="url-scheme"),
+    pytest.param(f"{HARBOR}/Tool-MyTool/x", "not an image reference", id="upper-case"),
+    pytest.param(["x"], "must be a string", id="array-value"),
+])
+def test_app_image_must_be_in_the_tools_own_harbor_project(shape: str, app_image: object,
+                                                           why: str) -> None:
+    run = make_run(shape, params={"APP_IMAGE": app_image})
+    assert any(r in (APP_IMAGE_NOT_ALLOWED, PARAM_INVALID) for r in reasons(run))
+    assert why in messages(run)
+
+
+def test_app_image_uses_the_normalised_harbor_project_for_odd_tool_names() -> None:
+    run = make_run(tool="my--tool",
+                   params={"APP_IMAGE": f"{HARBOR}/tool-my-char.sep-tool/app:latest"})
+    assert reasons(run, "my--tool") == []
+    raw = make_run(tool="my--tool", params={"APP_IMAGE": f"{HARBOR}/tool-my--tool/app"})
+    assert reasons(raw, "my--tool") == [APP_IMAGE_NOT_ALLOWED]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("builder", "allowed"), [
+    pytest.param(BUILDER, True, id="exact"),
+    pytest.param(f"{HARBOR.upper()}/toolforge/heroku-builder:22", True, id="host-case"),
+    pytest.param(f"{BUILDER}-evil", False, id="tag-suffix"),
+    pytest.param(f"{HARBOR}/toolforge/heroku-builder", False, id="implicit-latest"),
+    pytest.param(f"evil.com/{BUILDER}", False, id="prefix"),
+    pytest.param("heroku-builder:22", False, id="docker-hub"),
+    pytest.param("::", False, id="unparsable"),
+])
+def test_builder_image_must_be_an_approved_builder(shape: str, builder: str,
+                                                   allowed: bool) -> None:
+    found = reasons(make_run(shape, params={"BUILDER_IMAGE": builder}))
+    assert found == ([] if allowed else [BUILDER_NOT_ALLOWED])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("params", "reason", "text"), [
+    pytest.param({"USER_ID": "0"}, PARAM_NOT_ALLOWED, 'Pipeline parameter "USER_ID" cannot be used',
+                 id="unknown-name"),
+    pytest.param({"SOURCE_URL": None}, PARAM_MISSING, "SOURCE_URL is required",
+                 id="required-missing"),
+    pytest.param({"BUILDER_IMAGE": None}, PARAM_MISSING, "BUILDER_IMAGE is required",
+                 id="builder-missing"),
+    pytest.param({"SOURCE_URL": ["a"]}, PARAM_INVALID, "SOURCE_URL must be a string",
+                 id="string-given-array"),
+    pytest.param({"SOURCE_URL": {"a": "b"}}, PARAM_INVALID, "SOURCE_URL must be a string",
+                 id="string-given-object"),
+    pytest.param({"ENV_VARS": "A=1"}, PARAM_INVALID, "ENV_VARS must be an array",
+                 id="array-given-string"),
+    pytest.param({"ENV_VARS": ["A=1", 2]}, PARAM_INVALID, "ENV_VARS[1] must be a string",
+                 id="array-item-not-string"),
+    pytest.param({"ENV_VARS": ["NOEQUALS"]}, PARAM_INVALID, "ENV_VARS[0] must be NAME=value",
+                 id="env-without-equals"),
+    pytest.param({"ENV_VARS": ["1BAD=x"]}, PARAM_INVALID, "ENV_VARS[0] must be NAME=value",
+                 id="env-bad-name"),
+    pytest.param({"ENV_VARS": ["A-B=x"]}, PARAM_INVALID, "ENV_VARS[0] must be NAME=value",
+                 id="env-dash-in-name"),
+    pytest.param({"SOURCE_SUBPATH": "../../etc"}, PARAM_INVALID, "without ..",
+                 id="subpath-climbs-out"),
+    pytest.param({"SOURCE_SUBPATH": "/etc"}, PARAM_INVALID, "without ..", id="subpath-absolute"),
+])
+def test_params_are_exactly_the_policys_with_their_types(
+        shape: str, params: dict[str, Any], reason: str, text: str) -> None:
+    run = make_run(shape, params=params)
+    assert reasons(run) == [reason]
+    assert text in messages(run)
+
+
+def test_a_relative_subpath_is_allowed() -> None:
+    assert reasons(make_run(params={"SOURCE_SUBPATH": "services/web"})) == []
+
+
+def test_a_param_given_twice_is_refused() -> None:
+    run = make_run()
+    run["spec"]["params"].append({"name": "SOURCE_URL", "value": "https://evil.example/x"})
+    assert reasons(run) == [PARAM_INVALID]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("spec", "reason"), [
+    pytest.param({"pipelineRef": {"name": "evil"}}, PIPELINE_NOT_ALLOWED, id="unapproved-name"),
+    pytest.param({"pipelineRef": {"name": "buildpacks", "resolver": "git"}}, PIPELINE_NOT_ALLOWED,
+                 id="resolver"),
+    pytest.param({"pipelineRef": {"name": "buildpacks", "bundle": "x/y:1"}},
+                 PIPELINE_NOT_ALLOWED, id="bundle"),
+    pytest.param({"pipelineRef": {"name": "buildpacks",
+                                  "params": [{"name": "url", "value": "x"}]}},
+                 PIPELINE_NOT_ALLOWED, id="ref-params"),
+    pytest.param({"pipelineRef": None}, PIPELINE_NOT_ALLOWED, id="no-ref"),
+    pytest.param({"pipelineSpec": {"tasks": [{"name": "t"}]}}, FIELD_NOT_ALLOWED,
+                 id="inline-pipeline-spec"),
+    pytest.param({"taskRunSpecs": [{"pipelineTaskName": "build",
+                                    "serviceAccountName": "admin"}]}, FIELD_NOT_ALLOWED,
+                 id="task-run-specs"),
+    pytest.param({"podTemplate": {"hostNetwork": True}}, FIELD_NOT_ALLOWED,
+                 id="v1beta1-pod-template"),
+    pytest.param({"taskRunTemplate": {"podTemplate": {"hostNetwork": True}}}, FIELD_NOT_ALLOWED,
+                 id="v1-pod-template"),
+    pytest.param({"managedBy": "example.com/other"}, FIELD_NOT_ALLOWED, id="managed-by"),
+    pytest.param({"resources": [{"name": "r"}]}, FIELD_NOT_ALLOWED, id="pipeline-resources"),
+    pytest.param({"somethingNew": 1}, FIELD_NOT_ALLOWED, id="unknown-field"),
+    pytest.param({"taskRunTemplate": {"serviceAccountName": "admin"}},
+                 SERVICE_ACCOUNT_NOT_ALLOWED, id="v1-service-account"),
+    pytest.param({"serviceAccountName": "admin"}, SERVICE_ACCOUNT_NOT_ALLOWED,
+                 id="v1beta1-service-account"),
+])
+def test_the_run_may_only_reference_an_approved_pipeline_without_overrides(
+        shape: str, spec: dict[str, Any], reason: str) -> None:
+    assert reason in reasons(make_run(shape, **spec))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_builds_service_account_or_none_is_allowed(shape: str) -> None:
+    assert reasons(make_run(shape, taskRunTemplate=None, serviceAccountName=None)) == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("workspace", "allowed"), [
+    pytest.param({"name": "w", "emptyDir": {}}, True, id="empty-dir"),
+    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "c"}}, True, id="pvc"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {}}, "subPath": "a"}, True,
+                 id="claim-template"),
+    pytest.param({"name": "w", "secret": {"secretName": "harbor-robot"}}, False, id="secret"),
+    pytest.param({"name": "w", "projected": {"sources": []}}, False, id="projected"),
+    pytest.param({"name": "w", "csi": {"driver": "x"}}, False, id="csi"),
+    pytest.param({"name": "w", "configMap": {"name": "c"}}, False, id="config-map"),
+    pytest.param({"name": "w", "emptyDir": {}, "secret": {"secretName": "s"}}, False,
+                 id="empty-dir-plus-secret"),
+    pytest.param({"name": "w"}, False, id="no-volume"),
+    pytest.param({"name": "w", "emptyDir": {}, "subPath": "../x"}, False, id="subpath-escapes"),
+])
+def test_workspaces_are_only_scratch_or_claims(shape: str, workspace: dict[str, Any],
+                                               allowed: bool) -> None:
+    found = reasons(make_run(shape, workspaces=[workspace]))
+    assert found == ([] if allowed else [WORKSPACE_NOT_ALLOWED] * len(found))
+    assert allowed or found
+
+
+@pytest.mark.parametrize(("spec", "allowed"), [
+    pytest.param({"timeouts": {"pipeline": "1h"}}, True, id="v1-at-limit"),
+    pytest.param({"timeouts": {"pipeline": "30m", "tasks": "20m", "finally": "10m"}}, True,
+                 id="v1-all-three"),
+    pytest.param({"timeouts": {"pipeline": "1h1s"}}, False, id="v1-pipeline-too-long"),
+    pytest.param({"timeouts": {"tasks": "2h"}}, False, id="v1-tasks-too-long"),
+    pytest.param({"timeouts": {"finally": "2h"}}, False, id="v1-finally-too-long"),
+    pytest.param({"timeouts": {"pipeline": "0"}}, False, id="v1-zero-is-no-timeout"),
+    pytest.param({"timeouts": {"pipeline": "0s"}}, False, id="v1-zero-seconds"),
+    pytest.param({"timeouts": {"pipeline": "soon"}}, False, id="v1-unparsable"),
+    pytest.param({"timeouts": {"pipeline": 3600}}, False, id="v1-number"),
+    pytest.param({"timeouts": {"other": "1m"}}, False, id="v1-unknown-key"),
+    pytest.param({"timeout": "1h"}, True, id="v1beta1-at-limit"),
+    pytest.param({"timeout": "90m"}, False, id="v1beta1-too-long"),
+    pytest.param({"timeout": "0"}, False, id="v1beta1-zero"),
+])
+def test_timeouts_are_bounded_and_never_zero(spec: dict[str, Any], allowed: bool) -> None:
+    run = make_run("v1", timeouts=None)
+    run["spec"].update(spec)
+    found = reasons(run)
+    assert found == [] if allowed else found and set(found) <= {TIMEOUT_NOT_ALLOWED,
+                                                                FIELD_NOT_ALLOWED}
+
+
+def test_every_finding_is_reported_at_once() -> None:
+    run = make_run("v1beta1", params={"APP_IMAGE": f"{HARBOR}/tool-other/x", "USER_ID": "0"},
+                   pipelineSpec={"tasks": []}, timeout="0", serviceAccountName="admin")
+    del run["metadata"]["labels"]
+    found = set(reasons(run))
+    assert found >= {TOOL_LABEL_WRONG, FIELD_NOT_ALLOWED, SERVICE_ACCOUNT_NOT_ALLOWED,
+                     TIMEOUT_NOT_ALLOWED, PARAM_NOT_ALLOWED, APP_IMAGE_NOT_ALLOWED}
+
+
+@pytest.mark.parametrize("spec", [
+    pytest.param("not a mapping", id="spec-string"),
+    pytest.param(None, id="spec-null"),
+])
+def test_a_malformed_spec_is_refused_without_crashing(spec: object) -> None:
+    run = make_run()
+    run["spec"] = spec
+    assert SPEC_INVALID in reasons(run)
+
+
+@pytest.mark.parametrize(("field", "value"), [
+    pytest.param("params", "x", id="params-not-list"),
+    pytest.param("workspaces", {"a": 1}, id="workspaces-not-list"),
+    pytest.param("timeouts", "1h", id="timeouts-not-mapping"),
+    pytest.param("taskRunTemplate", "x", id="template-not-mapping"),
+])
+def test_malformed_fields_are_refused_without_crashing(field: str, value: object) -> None:
+    run = make_run()
+    run["spec"][field] = value
+    assert SPEC_INVALID in reasons(run)
+
+
+# --- UPDATE ---------------------------------------------------------------------------------
+
+def updated(run: dict[str, Any], **spec: Any) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    new["spec"].update(spec)
+    return new
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_metadata_and_status_changes_always_pass(shape: str) -> None:
+    old = make_run(shape)
+    new = copy.deepcopy(old)
+    new["metadata"]["finalizers"] = ["chains.tekton.dev/pipelinerun"]
+    new["metadata"]["labels"]["tekton.dev/pipeline"] = "buildpacks"
+    new["status"] = {"conditions": [{"type": "Succeeded", "status": "Unknown"}]}
+    assert check_changed_run(old, new, BUILDS) == ()
+
+
+def test_old_runs_with_removed_builders_can_still_be_updated() -> None:
+    old = make_run(params={"BUILDER_IMAGE": "retired.example/builder:1"})
+    new = copy.deepcopy(old)
+    new["metadata"]["annotations"] = {"x": "y"}
+    assert check_changed_run(old, new, BUILDS) == ()
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("old_status", "new_status", "allowed"), [
+    pytest.param(None, "Cancelled", True, id="cancel"),
+    pytest.param(None, "CancelledRunFinally", True, id="cancel-run-finally"),
+    pytest.param(None, "StoppedRunFinally", True, id="stop-run-finally"),
+    pytest.param("Cancelled", "CancelledRunFinally", True, id="cancel-to-cancel-finally"),
+    pytest.param("PipelineRunPending", None, True, id="release-pending"),
+    pytest.param("PipelineRunPending", "Cancelled", True, id="cancel-pending"),
+    pytest.param(None, "PipelineRunPending", False, id="set-pending"),
+    pytest.param("Cancelled", None, False, id="uncancel"),
+    pytest.param(None, "Whatever", False, id="unknown-status"),
+])
+def test_spec_status_may_only_stop_a_run_or_release_a_pending_one(
+        shape: str, old_status: str | None, new_status: str | None, allowed: bool) -> None:
+    old = make_run(shape, status=old_status)
+    new = updated(old, status=new_status)
+    found = [f.reason for f in check_changed_run(old, new, BUILDS)]
+    assert found == ([] if allowed else [SPEC_CHANGED])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("change", [
+    pytest.param({"params": [{"name": "APP_IMAGE", "value": f"{HARBOR}/tool-other/x"}]},
+                 id="params"),
+    pytest.param({"pipelineRef": {"name": "evil"}}, id="pipeline"),
+    pytest.param({"pipelineSpec": {"tasks": []}}, id="add-inline-spec"),
+])
+def test_other_spec_changes_are_refused(shape: str, change: dict[str, Any]) -> None:
+    old = make_run(shape)
+    found = check_changed_run(old, updated(old, **change), BUILDS)
+    assert [f.reason for f in found] == [SPEC_CHANGED]
+    assert next(iter(change)) in found[0].message
+
+
+def test_a_cancel_together_with_another_spec_change_is_refused() -> None:
+    old = make_run()
+    new = updated(old, status="Cancelled", pipelineRef={"name": "evil"})
+    assert [f.reason for f in check_changed_run(old, new, BUILDS)] == [SPEC_CHANGED]
+
+
+@pytest.mark.parametrize("new_label", [
+    pytest.param("other", id="changed"),
+    pytest.param(None, id="removed"),
+])
+def test_the_tool_label_cannot_change(new_label: str | None) -> None:
+    old = make_run()
+    new = copy.deepcopy(old)
+    if new_label is None:
+        del new["metadata"]["labels"]["toolforge.org/tool"]
+    else:
+        new["metadata"]["labels"]["toolforge.org/tool"] = new_label
+    assert [f.reason for f in check_changed_run(old, new, BUILDS)] == [TOOL_LABEL_CHANGED]
+
+
+def test_the_tool_label_cannot_be_added_later() -> None:
+    old = make_run()
+    del old["metadata"]["labels"]
+    new = make_run()
+    assert [f.reason for f in check_changed_run(old, new, BUILDS)] == [TOOL_LABEL_CHANGED]
+
+
+# --- Slot messages --------------------------------------------------------------------------
+
+def test_a_full_slot_names_the_active_runs_and_how_to_cancel_one() -> None:
+    finding = too_many_runs("mytool", 1, ["image-build/mytool-run-1"])
+    assert finding.reason == TOO_MANY_RUNS
+    assert "image-build/mytool-run-1" in finding.message
+    assert ("kubectl patch pipelinerun mytool-run-1 -n image-build --type merge -p "
+            """'{"spec":{"status":"Cancelled"}}'""") in finding.message
+
+
+def test_a_tool_with_limit_zero_is_told_it_may_not_build() -> None:
+    assert "may not run builds" in too_many_runs("mytool", 0, []).message

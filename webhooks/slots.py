@@ -1,0 +1,257 @@
+"""Active-run slots kept in the cluster, with the API server as the arbiter.
+
+Each tool has one `coordination.k8s.io/v1` Lease in the suite's namespace. Its annotation holds
+the reservations of admitted runs. A claim reads the Lease and lists the tool's PipelineRuns (by
+the tool label, in every namespace), lets `policies.slots.claim_slot` decide, and writes the new
+reservations back with the Lease's resourceVersion as a precondition: when two replicas (or two
+workers) claim at once, one write wins and the other gets 409 Conflict, reads again and decides
+again. So at most N runs are ever admitted, however many requests arrive together.
+
+Everything is bounded by one deadline (`DEFAULT_BUDGET_SECONDS`), well inside the webhook's
+timeout. When the API server cannot be reached, errors or is too slow, `SlotsUnavailableError` is
+raised and the rule refuses the run (fail closed).
+
+RBAC the ServiceAccount needs: list `pipelineruns.tekton.dev` in all namespaces (runs live in the
+build namespace and tools' namespaces), and get/create/update `leases.coordination.k8s.io` in its
+own namespace.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import logging
+import os
+import random
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from policies.slots import Claim, Reservation, claim_slot, listed_run
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_NAMESPACE = "toolforge-admission"
+DEFAULT_BUDGET_SECONDS = 2.5
+MAX_ATTEMPTS = 8
+RESERVATIONS_ANNOTATION = "toolforge.org/reservations"
+TOOL_ANNOTATION = "toolforge.org/tool"
+LEASE_PREFIX = "pipelineruns-"
+MANAGED_BY = {"app.kubernetes.io/managed-by": "toolforge-admission"}
+
+
+class SlotsUnavailableError(Exception):
+    """The cluster could not say whether a run fits (unreachable, an error, or too slow)."""
+
+
+class ConflictError(Exception):
+    """A write lost against a concurrent one (HTTP 409): read again and retry."""
+
+
+class LeaseStore(Protocol):
+    """Leases in one namespace, as plain dicts; `timeout` bounds each call in seconds."""
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None: ...
+
+    def create(self, body: dict[str, Any], timeout: float) -> None: ...
+
+    def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+        """Write `body`; raise ConflictError unless its resourceVersion is still current."""
+
+
+class RunLister(Protocol):
+    """PipelineRuns in all namespaces, selected by label."""
+
+    def list(self, label_selector: str, timeout: float) -> Sequence[Mapping[str, Any]]: ...
+
+
+def lease_name(tool: str) -> str:
+    """A valid object name for a tool's Lease; tool names may hold `_` and be 256 long."""
+    readable = re.sub(r"[^a-z0-9-]", "-", tool.lower())[:200].strip("-")
+    digest = hashlib.sha256(tool.encode()).hexdigest()[:10]
+    return f"{LEASE_PREFIX}{readable}-{digest}"
+
+
+class LeaseSlots:
+    """Claims active-run slots for tools, in Leases updated with optimistic concurrency."""
+
+    def __init__(self, leases: LeaseStore, runs: RunLister, *,
+                 budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+                 monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.leases = leases
+        self.runs = runs
+        self.budget_seconds = budget_seconds
+        self._monotonic = monotonic
+        self._sleep = sleep
+
+    def claim(self, tool: str, candidate: Reservation, *, limit: int, label: str,
+              reserve: bool) -> Claim:
+        """Decide whether `candidate` fits; when it does and `reserve` is set, record it."""
+        deadline = self._monotonic() + self.budget_seconds
+        name = lease_name(tool)
+        for attempt in range(MAX_ATTEMPTS):
+            lease = self.leases.get(name, self._remaining(deadline))
+            listed = self.runs.list(f"{label}={tool}", self._remaining(deadline))
+            claim = claim_slot(candidate, read_reservations(lease),
+                               [listed_run(run) for run in listed], limit=limit,
+                               now=candidate.reserved_at)
+            if not (reserve and claim.fits and claim.changed):
+                return claim
+            body = lease_body(name, tool, claim.reservations, lease)
+            try:
+                if lease is None:
+                    self.leases.create(body, self._remaining(deadline))
+                else:
+                    self.leases.replace(name, body, self._remaining(deadline))
+            except ConflictError:
+                pause = min(0.01 * 2**attempt + random.uniform(0, 0.02),  # noqa: S311
+                            self._remaining(deadline) / 2)
+                self._sleep(pause)
+                continue
+            return claim
+        raise SlotsUnavailableError(f"the reservation for tool {tool} kept conflicting with "
+                                    f"others after {MAX_ATTEMPTS} attempts")
+
+    def _remaining(self, deadline: float) -> float:
+        left = deadline - self._monotonic()
+        if left <= 0:
+            raise SlotsUnavailableError(f"the API server did not answer within "
+                                        f"{self.budget_seconds:g} s")
+        return left
+
+
+def read_reservations(lease: Mapping[str, Any] | None) -> tuple[Reservation, ...]:
+    """The reservations stored in a Lease; entries that do not parse are dropped."""
+    if lease is None:
+        return ()
+    annotations = (lease.get("metadata") or {}).get("annotations") or {}
+    text = annotations.get(RESERVATIONS_ANNOTATION)
+    if not text:
+        return ()
+    try:
+        entries = json.loads(text)
+    except ValueError:
+        logger.warning("unreadable reservations dropped", extra={"fields": {"text": text[:200]}})
+        return ()
+    found = []
+    for entry in entries if isinstance(entries, list) else ():
+        try:
+            found.append(Reservation(
+                uid=str(entry["uid"]), namespace=str(entry["namespace"]),
+                name=str(entry["name"]),
+                reserved_at=datetime.datetime.fromisoformat(entry["at"])))
+        except (KeyError, TypeError, ValueError):
+            logger.warning("unreadable reservation dropped", extra={"fields": {"entry": entry}})
+    return tuple(found)
+
+
+def lease_body(name: str, tool: str, reservations: Sequence[Reservation],
+               current: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The Lease to write; with `current`, it carries its resourceVersion as the precondition."""
+    entries = [{"uid": r.uid, "namespace": r.namespace, "name": r.name,
+                "at": r.reserved_at.isoformat()} for r in reservations]
+    metadata: dict[str, Any] = {
+        "name": name,
+        "labels": dict(MANAGED_BY),
+        "annotations": {TOOL_ANNOTATION: tool,
+                        RESERVATIONS_ANNOTATION: json.dumps(entries, separators=(",", ":"))},
+    }
+    if current is not None:
+        metadata["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
+    return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
+            "spec": {"holderIdentity": "toolforge-admission"}}
+
+
+# --- The kubernetes client adapters ---------------------------------------------------------
+
+
+class KubernetesLeases:
+    """LeaseStore over the kubernetes client's CoordinationV1Api."""
+
+    def __init__(self, api: Any, namespace: str) -> None:
+        self.api = api
+        self.namespace = namespace
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+        try:
+            response = self.api.read_namespaced_lease(name, self.namespace,
+                                                      _preload_content=False,
+                                                      _request_timeout=timeout)
+        except Exception as error:
+            if getattr(error, "status", None) == 404:
+                return None
+            raise _unavailable("reading", error) from error
+        return _json(response)
+
+    def create(self, body: dict[str, Any], timeout: float) -> None:
+        self._write(lambda: self.api.create_namespaced_lease(
+            self.namespace, body, _preload_content=False, _request_timeout=timeout))
+
+    def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+        self._write(lambda: self.api.replace_namespaced_lease(
+            name, self.namespace, body, _preload_content=False, _request_timeout=timeout))
+
+    @staticmethod
+    def _write(call: Callable[[], object]) -> None:
+        try:
+            call()
+        except Exception as error:
+            if getattr(error, "status", None) == 409:
+                raise ConflictError(str(error)) from error
+            raise _unavailable("writing", error) from error
+
+
+class KubernetesRuns:
+    """RunLister over the kubernetes client's CustomObjectsApi (tekton.dev/v1)."""
+
+    def __init__(self, api: Any) -> None:
+        self.api = api
+
+    def list(self, label_selector: str, timeout: float) -> Sequence[Mapping[str, Any]]:
+        try:
+            response = self.api.list_cluster_custom_object(
+                "tekton.dev", "v1", "pipelineruns", label_selector=label_selector,
+                _preload_content=False, _request_timeout=timeout)
+        except Exception as error:
+            raise _unavailable("listing PipelineRuns", error) from error
+        items = _json(response).get("items")
+        return items if isinstance(items, list) else []
+
+
+def from_environment() -> LeaseSlots:
+    """The real slots: in-cluster config (or KUBECONFIG), Leases in $POD_NAMESPACE.
+
+    Call it in each worker process, after gunicorn forks: the client's connection pool must not
+    be shared between processes.
+    """
+    from kubernetes import client, config  # noqa: PLC0415 - only the service needs the client
+
+    configuration = client.Configuration()
+    try:
+        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    except config.ConfigException:
+        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+    # One attempt per call: retries are ours, within the deadline.
+    configuration.retries = 0
+    api_client = client.ApiClient(configuration)
+    namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
+    return LeaseSlots(KubernetesLeases(client.CoordinationV1Api(api_client), namespace),
+                      KubernetesRuns(client.CustomObjectsApi(api_client)))
+
+
+def _json(response: Any) -> dict[str, Any]:
+    data = json.loads(response.data)
+    return data if isinstance(data, dict) else {}
+
+
+def _unavailable(action: str, error: Exception) -> SlotsUnavailableError:
+    status = getattr(error, "status", None)
+    reason = getattr(error, "reason", None)
+    if status is not None:
+        detail = f"HTTP {status} {reason or ''}".strip()
+    else:
+        detail = f"{type(error).__name__}: {str(error)[:200]}"
+    return SlotsUnavailableError(f"{action} failed: {detail}")
