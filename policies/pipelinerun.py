@@ -15,12 +15,13 @@ conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (apiserver-b
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import Finding, quote
+from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, quote
 from policies.durations import format_duration, parse_duration
 from policies.identity import User
 from policies.images import ImageReferenceError, parse_image
@@ -475,6 +476,18 @@ def too_many_runs(tool: str, limit: int, occupants: Iterable[str]) -> Finding:
         f"the tool {tool} already has {len(held)} active PipelineRun(s) and may have at most "
         f"{limit}: {shown}; wait for one to finish or cancel it with: kubectl patch pipelinerun "
         f"{name} -n {namespace} --type merge -p '{{\"spec\":{{\"status\":\"Cancelled\"}}}}'"))
+
+
+def not_checked_warning(tool: str) -> str:
+    """The warning for a review made without a cluster (offline), where slots cannot be seen."""
+    return (f"the number of active PipelineRuns of the tool {tool} was not checked: there is no "
+            "cluster connection (offline review)")
+
+
+def merge_warnings(decision: Decision, warnings: Iterable[str]) -> Decision:
+    """The decision with more warnings after its own."""
+    extra = tuple(cap(w, MAX_WARNING_CHARS) for w in warnings)
+    return dataclasses.replace(decision, warnings=(*decision.warnings, *extra))
 
 
 # --- Reading the object ---------------------------------------------------------------------
