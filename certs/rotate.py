@@ -1,0 +1,216 @@
+"""One rotation run: gather → decide → act, until nothing is left to do or a wait is too long.
+
+Each pass reads everything afresh, asks `renewal.decide` for one step and performs it with one
+write. A 409 from a concurrent run only means "read again". Waits shorter than `max_wait` (the
+propagation delays of a CA rollover) are slept through, so one run of the bootstrap Job or the
+CronJob normally finishes a whole rollover; a longer wait ends the run and the next one resumes
+from the state kept in the Secrets.
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from certs import bundle, state
+from certs.issue import KeyPair, new_ca, new_serving_cert
+from certs.renewal import CHAIN, WRITES, Action, View, evaluate, view
+from certs.state import Observed, Secret, Settings
+from certs.store import ConflictError, Store
+
+Clock = Callable[[], datetime.datetime]
+"""Returns the current time (aware, UTC)."""
+Sleep = Callable[[float], None]
+"""Sleeps for the given number of seconds (tests advance their fake clock instead)."""
+Log = Callable[[dict[str, Any]], None]
+"""Receives one structured event."""
+
+
+class RotationError(Exception):
+    """The run could not do its work; the message says why."""
+
+
+class ForeignSecretError(RotationError):
+    """A Secret we would write was not issued by toolforge-admission."""
+
+
+class RotationStuckError(RotationError):
+    """Too many steps without reaching a stable state (a writer fighting us?)."""
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended: `final` is a `done` or a `wait` beyond the run's patience."""
+
+    final: Action
+    steps: tuple[Action, ...]
+    view: View
+
+
+def gather(store: Store, settings: Settings) -> Observed:
+    """Read everything a decision needs.
+
+    The CA Secret is read last and is written first (a CA enters webhook-ca before any bundle,
+    and leaves it before any bundle). So if a bundle read here holds a CA, the webhook-ca read
+    after it holds that CA too, unless it was retired: a run with a stale view cannot remove a
+    CA that another run has just added.
+    """
+    certs_secret = store.read_secret(settings.certs_secret)
+    configurations = store.list_webhook_configurations()
+    ca_secret = store.read_secret(settings.ca_secret)
+    return Observed(certs_secret=certs_secret, ca_secret=ca_secret,
+                    webhook_configurations=configurations)
+
+
+def _marks(now: datetime.datetime | None = None) -> tuple[dict[str, str], dict[str, str]]:
+    annotations = {state.ISSUED_BY_ANNOTATION: state.MANAGED_BY}
+    if now is not None:
+        annotations[state.LEAF_ISSUED_AT_ANNOTATION] = _iso(now)
+    return annotations, {state.MANAGED_BY_LABEL: state.MANAGED_BY}
+
+
+def _iso(t: datetime.datetime) -> str:
+    return t.astimezone(datetime.UTC).isoformat(timespec="seconds")
+
+
+def _new_ca(now: datetime.datetime, settings: Settings) -> KeyPair:
+    # A distinct name per CA keeps issuer lookups unambiguous while two CAs coexist.
+    return new_ca(f"toolforge-admission-ca@{int(now.timestamp())}", now, settings.ca_lifetime)
+
+
+def _without(data: dict[str, bytes], *keys: str) -> dict[str, bytes]:
+    return {k: v for k, v in data.items() if k not in keys}
+
+
+def _write(store: Store, old: Secret | None, new: Secret) -> None:
+    if old is None:
+        store.create_secret(new)
+    else:
+        store.replace_secret(replace(new, resource_version=old.resource_version,
+                                     type=old.type))  # type is immutable (kyverno#6317)
+
+
+def _pem(cert: Any) -> bytes:
+    return bundle.encode_bundle([cert])
+
+
+def act(action: Action, v: View, store: Store, now: datetime.datetime) -> None:
+    """Perform one step with one write."""
+    settings, ca_secret, certs_secret = v.settings, v.observed.ca_secret, v.observed.certs_secret
+    ca_data = dict(ca_secret.data) if ca_secret else {}
+    ca_annotations = dict(ca_secret.annotations) if ca_secret else {}
+
+    def write_ca(data: dict[str, bytes], annotations: dict[str, str]) -> None:
+        marks, labels = _marks()
+        labels = {**(dict(ca_secret.labels) if ca_secret else {}), **labels}
+        _write(store, ca_secret, Secret(settings.ca_secret, data, {**annotations, **marks}, labels,
+                                        state.SECRET_TYPE_OPAQUE))
+
+    unmarked = _without_keys(ca_annotations, state.BUNDLED_CA_ANNOTATION,
+                             state.BUNDLED_AT_ANNOTATION)
+    kind = action.kind
+    if kind == "create-ca":
+        pair = _new_ca(now, settings)
+        data = {state.CA_CRT: pair.cert_pem, state.CA_KEY: pair.key_pem}
+        if action.ca is not None:
+            data[state.PREVIOUS_CA_CRT] = _pem(action.ca)
+        write_ca(data, unmarked)
+    elif kind == "drop-next-ca":
+        write_ca(_without(ca_data, state.NEXT_CA_CRT, state.NEXT_CA_KEY), ca_annotations)
+    elif kind in {"drop-previous-ca", "retire-previous-ca"}:
+        write_ca(_without(ca_data, state.PREVIOUS_CA_CRT), ca_annotations)
+    elif kind == "clear-bundled-mark":
+        write_ca(ca_data, unmarked)
+    elif kind == "mark-bundled":
+        assert action.ca is not None
+        write_ca(ca_data, {**ca_annotations,
+                           state.BUNDLED_CA_ANNOTATION: bundle.fingerprint(action.ca),
+                           state.BUNDLED_AT_ANNOTATION: _iso(now)})
+    elif kind == "start-rollover":
+        pair = _new_ca(now, settings)
+        write_ca({**ca_data, state.NEXT_CA_CRT: pair.cert_pem, state.NEXT_CA_KEY: pair.key_pem},
+                 ca_annotations)
+    elif kind == "promote-next-ca":
+        data = _without(ca_data, state.NEXT_CA_CRT, state.NEXT_CA_KEY)
+        data.update({state.CA_CRT: ca_data[state.NEXT_CA_CRT],
+                     state.CA_KEY: ca_data[state.NEXT_CA_KEY],
+                     state.PREVIOUS_CA_CRT: ca_data[state.CA_CRT]})
+        write_ca(data, ca_annotations)
+    elif kind == "sync-webhook-bundle":
+        assert action.configuration is not None
+        store.replace_ca_bundles(action.configuration, bundle.encode_bundle(action.bundle))
+    elif kind == "sync-secret-bundle":
+        assert certs_secret is not None
+        _write(store, certs_secret, replace(
+            certs_secret, data={**certs_secret.data,
+                                state.CA_BUNDLE: bundle.encode_bundle(action.bundle)}))
+    elif kind == "issue-leaf":
+        assert v.current is not None
+        assert bundle.contains(action.bundle, v.current.cert)
+        leaf = new_serving_cert(KeyPair(v.current.cert_pem, v.current.key_pem),
+                                settings.dns_names, now, settings.leaf_lifetime)
+        annotations, labels = _marks(now)
+        old_annotations = dict(certs_secret.annotations) if certs_secret else {}
+        old_labels = dict(certs_secret.labels) if certs_secret else {}
+        _write(store, certs_secret, Secret(
+            settings.certs_secret,
+            {state.TLS_CRT: leaf.cert_pem, state.TLS_KEY: leaf.key_pem,
+             state.CA_BUNDLE: bundle.encode_bundle(action.bundle)},
+            {**old_annotations, **annotations}, {**old_labels, **labels}, state.SECRET_TYPE_TLS))
+    else:
+        raise AssertionError(f"not a write: {kind}")
+
+
+def _without_keys(d: dict[str, str], *keys: str) -> dict[str, str]:
+    return {k: v for k, v in d.items() if k not in keys}
+
+
+def event(action: Action, **extra: Any) -> dict[str, Any]:
+    """The structured log record of a decision."""
+    record: dict[str, Any] = {"event": action.kind, "reason": action.reason,
+                              "message": action.message}
+    if action.configuration is not None:
+        record["configuration"] = action.configuration.label
+    if action.bundle:
+        record["bundle"] = [bundle.fingerprint(c) for c in action.bundle]
+    if action.until is not None:
+        record["until"] = _iso(action.until)
+    record.update(extra)
+    return record
+
+
+def rotate(store: Store, settings: Settings, *, clock: Clock, sleep: Sleep, log: Log,
+           max_wait: datetime.timedelta = datetime.timedelta(minutes=15),
+           max_steps: int = 100) -> Outcome:
+    """Run steps until done or until the next step is more than `max_wait` away."""
+    settings.check()
+    deadline = clock() + max_wait
+    steps: list[Action] = []
+    for _ in range(max_steps):
+        now = clock()
+        observed = gather(store, settings)
+        current_view = view(observed, now, settings)
+        action = evaluate(CHAIN, current_view)
+        if action.kind == "refuse":
+            log(event(action))
+            raise ForeignSecretError(action.message)
+        if action.kind == "done":
+            return Outcome(action, tuple(steps), current_view)
+        if action.kind == "wait":
+            assert action.until is not None
+            if action.until > deadline:
+                return Outcome(action, tuple(steps), current_view)
+            log(event(action))
+            sleep(max(0.0, (action.until - now).total_seconds()))
+            continue
+        assert action.kind in WRITES
+        try:
+            act(action, current_view, store, now)
+        except ConflictError as e:
+            log(event(action, conflict=str(e)))  # another run wrote first: decide again
+            continue
+        log(event(action))
+        steps.append(action)
+    raise RotationStuckError(f"no stable state after {max_steps} steps; last: {steps[-1:]}")
