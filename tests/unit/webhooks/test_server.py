@@ -1,0 +1,184 @@
+"""The service as it runs in production: gunicorn through the CLI, over TLS, with hot reload."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import EXAMPLE_POLICY, make_review
+
+
+@dataclass
+class Server:
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    ca_file: str
+    policy_file: Path
+
+    def context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        for name, version in versions.items():
+            setattr(context, name, version)
+        return context
+
+    def connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context(), timeout=10)
+
+    def replace_policy(self, text: str) -> None:
+        """Swap the file in one step, as the kubelet does for a ConfigMap volume."""
+        staged = self.policy_file.with_suffix(".new")
+        staged.write_text(text)
+        os.replace(staged, self.policy_file)
+
+    def get(self, path: str) -> tuple[int, str]:
+        connection = self.connection()
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    policy_file = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    policy_file.write_bytes(EXAMPLE_POLICY.read_bytes())
+    port = free_port()
+    command = [sys.executable, "-m", "webhooks.cli", "serve", "--dev", "--bind",
+               f"127.0.0.1:{port}", "--policy", str(policy_file), "--workers", "2"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    ca_file = ""
+    for line in process.stdout:
+        found = re.search(r"CA certificate: (\S+)", line)
+        if found:
+            ca_file = found.group(1)
+            break
+    assert ca_file, "serve --dev did not print its CA"
+    server = Server(process, "127.0.0.1", port, ca_file, policy_file)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if server.get("/readyz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    yield server
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+
+
+def post_review(connection: http.client.HTTPSConnection, review: dict[str, object],
+                path: str = "/validate/policy") -> dict[str, object]:
+    connection.request("POST", path, body=json.dumps(review),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    return json.loads(response.read())  # type: ignore[no-any-return]
+
+
+def test_dev_server_answers_a_review_over_tls(server: Server) -> None:
+    review = make_review({"metadata": {"name": "x"}}, resource="configmaps")
+    connection = server.connection()
+    answer = post_review(connection, review)
+    assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
+
+
+def test_connections_are_kept_alive_across_reviews(server: Server) -> None:
+    connection = server.connection()
+    post_review(connection, make_review({"metadata": {"name": "x"}}, resource="configmaps"))
+    first = connection.sock
+    post_review(connection, make_review({"metadata": {"name": "x"}}, resource="configmaps"))
+    assert connection.sock is first
+
+
+def test_tls_below_1_2_is_refused(server: Server) -> None:
+    old = server.context()
+    with pytest.warns(DeprecationWarning):
+        old.minimum_version = ssl.TLSVersion.TLSv1
+        old.maximum_version = ssl.TLSVersion.TLSv1_1
+    old.set_ciphers("ALL:@SECLEVEL=0")
+    with socket.create_connection((server.host, server.port)) as raw, \
+            pytest.raises(ssl.SSLError):
+        old.wrap_socket(raw, server_hostname=server.host)
+
+
+def test_tls_1_2_uses_a_forward_secret_aead_cipher_without_compression(server: Server) -> None:
+    context = server.context(maximum_version=ssl.TLSVersion.TLSv1_2)
+    with socket.create_connection((server.host, server.port)) as raw, \
+            context.wrap_socket(raw, server_hostname=server.host) as tls:
+        name, version, _ = tls.cipher()  # type: ignore[misc]
+        assert version == "TLSv1.2"
+        assert name.startswith("ECDHE") and ("GCM" in name or "CHACHA20" in name)
+        assert tls.compression() is None
+
+
+def test_a_bad_policy_edit_is_refused_while_the_old_policy_keeps_serving(server: Server) -> None:
+    _, before = server.get("/readyz")
+    good_digest = before.split()[2]
+    server.replace_policy("builds: {maxActiveRuns: 0}\n")
+    deadline = time.monotonic() + 15
+    notes: set[str] = set()
+    while time.monotonic() < deadline and len(notes) < 2:
+        status, text = server.get("/readyz")
+        assert status == 200
+        assert text.split()[2] == good_digest
+        if "refused" in text:
+            notes.add(text)
+        time.sleep(0.2)
+    assert any("builds.maxActiveRuns: must be an integer >= 1" in note for note in notes)
+
+
+def test_a_valid_edit_reaches_every_worker_within_seconds(server: Server) -> None:
+    server.replace_policy("builds: {maxActiveRuns: 4}\n")
+    deadline = time.monotonic() + 15
+    seen_new = 0
+    while time.monotonic() < deadline and seen_new < 20:
+        # New connections land on either worker; twenty fresh answers in a row means both.
+        _, text = server.get("/readyz")
+        seen_new = seen_new + 1 if "refused" not in text and _digest_of(server) == text.split()[2] \
+            else 0
+        time.sleep(0.05)
+    assert seen_new >= 20
+
+
+def _digest_of(server: Server) -> str:
+    import hashlib
+
+    return hashlib.sha256(server.policy_file.read_bytes()).hexdigest()[:12]
+
+
+def test_metrics_are_summed_across_workers(server: Server) -> None:
+    for _ in range(6):
+        connection = server.connection()
+        post_review(connection, make_review({"metadata": {"name": "x"}}, resource="configmaps"))
+        connection.close()
+    status, text = server.get("/metrics")
+    assert status == 200
+    counts = [float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+              if line.startswith("toolforge_admission_reviews_total{")
+              and 'endpoint="validate-policy"' in line and 'decision="allowed"' in line]
+    assert sum(counts) >= 6
+    assert "toolforge_admission_certificate_not_after_timestamp_seconds" in text
