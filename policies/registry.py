@@ -20,7 +20,7 @@ from __future__ import annotations
 import datetime
 import threading
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
@@ -88,9 +88,20 @@ class AllowList:
     prefixes: tuple[RepositoryPrefix, ...]
     expired: tuple[tuple[RepositoryPrefix, datetime.date], ...] = ()
     """Exceptions of this namespace that no longer apply, and the day they ended."""
+    _by_registry: Mapping[str, tuple[RepositoryPrefix, ...]] = field(
+        default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_registry: dict[str, list[RepositoryPrefix]] = {}
+        for prefix in self.prefixes:
+            by_registry.setdefault(prefix.registry, []).append(prefix)
+        object.__setattr__(self, "_by_registry",
+                           {registry: tuple(p) for registry, p in by_registry.items()})
 
     def covers(self, image: ImageReference) -> bool:
-        return any(prefix.covers(image) for prefix in self.prefixes)
+        # Most entries name another registry; look only at those on the image's registry.
+        candidates: tuple[RepositoryPrefix, ...] = self._by_registry.get(image.registry, ())
+        return any(prefix.covers(image) for prefix in candidates)
 
     def ended_exception(self, image: ImageReference,
                         ) -> tuple[RepositoryPrefix, datetime.date] | None:
@@ -134,21 +145,22 @@ def images_to_judge(kind: str, obj: Mapping[str, Any] | None,
 
 def containers_of(kind: str, obj: Mapping[str, Any] | None) -> tuple[ContainerImage, ...]:
     """Every container of an object's pod spec, in the order the spec lists them."""
+    # The object is decoded JSON, so its mappings are dicts (a cheaper isinstance than Mapping).
     spec: object = obj
     for key in POD_SPEC_PATHS.get(kind, ()):
-        spec = spec.get(key) if isinstance(spec, Mapping) else None
-    if not isinstance(spec, Mapping):
+        spec = spec.get(key) if isinstance(spec, dict) else None
+    if not isinstance(spec, dict):
         return ()
     return tuple(_containers(spec))
 
 
-def _containers(spec: Mapping[str, Any]) -> Iterator[ContainerImage]:
+def _containers(spec: dict[str, Any]) -> Iterator[ContainerImage]:
     for key, list_kind in CONTAINER_LISTS:
         entries = spec.get(key)
         if not isinstance(entries, list):
             continue
         for entry in entries:
-            if isinstance(entry, Mapping):
+            if isinstance(entry, dict):
                 name = entry.get("name")
                 yield ContainerImage(list_kind, name if isinstance(name, str) else "",
                                      entry.get("image"))
