@@ -1,0 +1,257 @@
+"""Lease-backed slots: optimistic concurrency holds the limit exactly; failures close the door."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import pytest
+from kubernetes.client import ApiException
+
+from policies.slots import Reservation
+from webhooks.slots import (
+    RESERVATIONS_ANNOTATION,
+    ConflictError,
+    KubernetesLeases,
+    KubernetesRuns,
+    LeaseSlots,
+    SlotsUnavailableError,
+    lease_body,
+    lease_name,
+    read_reservations,
+)
+
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
+LABEL = "toolforge.org/tool"
+
+
+class FakeCluster:
+    """Leases and PipelineRuns in memory, with the API server's resourceVersion rules."""
+
+    def __init__(self, *, delay: float = 0.0) -> None:
+        self.lock = threading.Lock()
+        self.leases: dict[str, dict[str, Any]] = {}
+        self.runs: list[dict[str, Any]] = []
+        self.version = 0
+        self.delay = delay
+        self.writes = 0
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+        time.sleep(self.delay)
+        with self.lock:
+            lease = self.leases.get(name)
+            return copy.deepcopy(lease) if lease else None
+
+    def create(self, body: dict[str, Any], timeout: float) -> None:
+        time.sleep(self.delay)
+        with self.lock:
+            name = body["metadata"]["name"]
+            if name in self.leases:
+                raise ConflictError("already exists")
+            self._store(name, body)
+
+    def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+        time.sleep(self.delay)
+        with self.lock:
+            current = self.leases[name]["metadata"]["resourceVersion"]
+            if body["metadata"].get("resourceVersion") != current:
+                raise ConflictError("the object has been modified")
+            self._store(name, body)
+
+    def list(self, label_selector: str, timeout: float) -> Sequence[Mapping[str, Any]]:
+        key, _, value = label_selector.partition("=")
+        with self.lock:
+            return [copy.deepcopy(r) for r in self.runs
+                    if r["metadata"].get("labels", {}).get(key) == value]
+
+    def add_run(self, tool: str, uid: str, status: str | None = None) -> None:
+        run: dict[str, Any] = {"metadata": {"name": f"run-{uid}", "namespace": "image-build",
+                                            "uid": uid, "labels": {LABEL: tool}}}
+        if status is not None:
+            run["status"] = {"conditions": [{"type": "Succeeded", "status": status}]}
+        with self.lock:
+            self.runs.append(run)
+
+    def _store(self, name: str, body: dict[str, Any]) -> None:
+        self.version += 1
+        self.writes += 1
+        stored = copy.deepcopy(body)
+        stored["metadata"]["resourceVersion"] = str(self.version)
+        self.leases[name] = stored
+
+
+def candidate(uid: str, at: datetime.datetime = NOW) -> Reservation:
+    return Reservation(uid=uid, namespace="image-build", name=f"run-{uid}", reserved_at=at)
+
+
+def slots(cluster: Any, **options: Any) -> LeaseSlots:
+    return LeaseSlots(cluster, cluster, **options)
+
+
+def claim(store: LeaseSlots, tool: str, uid: str, *, limit: int = 1,
+          reserve: bool = True) -> bool:
+    return store.claim(tool, candidate(uid), limit=limit, label=LABEL, reserve=reserve).fits
+
+
+def test_the_first_run_reserves_and_the_second_is_refused() -> None:
+    cluster = FakeCluster()
+    store = slots(cluster)
+    assert claim(store, "mytool", "a")
+    assert not claim(store, "mytool", "b")
+    lease = cluster.leases[lease_name("mytool")]
+    assert [r.uid for r in read_reservations(lease)] == ["a"]
+
+
+def test_another_tool_is_never_blocked() -> None:
+    store = slots(FakeCluster())
+    assert claim(store, "mytool", "a")
+    assert claim(store, "othertool", "b")
+
+
+def test_a_dry_run_reports_the_fit_and_reserves_nothing() -> None:
+    cluster = FakeCluster()
+    store = slots(cluster)
+    assert claim(store, "mytool", "a", reserve=False)
+    assert cluster.writes == 0
+    assert claim(store, "mytool", "b")
+
+
+def test_a_finished_run_frees_its_slot() -> None:
+    cluster = FakeCluster()
+    store = slots(cluster)
+    assert claim(store, "mytool", "a")
+    cluster.add_run("mytool", "a")
+    assert not claim(store, "mytool", "b")
+    cluster.runs[0]["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+    assert claim(store, "mytool", "b")
+
+
+def test_a_run_never_stored_frees_its_slot_after_the_grace() -> None:
+    cluster = FakeCluster()
+    store = slots(cluster)
+    store.claim("mytool", candidate("a", NOW - datetime.timedelta(minutes=5)), limit=1,
+                label=LABEL, reserve=True)
+    assert claim(store, "mytool", "b")
+
+
+def test_active_runs_count_even_without_a_reservation() -> None:
+    cluster = FakeCluster()
+    cluster.add_run("mytool", "old", status="Unknown")
+    assert not claim(slots(cluster), "mytool", "b")
+
+
+def test_concurrent_claims_through_several_workers_admit_exactly_the_limit() -> None:
+    cluster = FakeCluster(delay=0.002)
+    workers = [slots(cluster) for _ in range(4)]
+    results: list[bool] = []
+    barrier = threading.Barrier(20)
+
+    def attempt(index: int) -> None:
+        barrier.wait()
+        try:
+            results.append(claim(workers[index % 4], "mytool", f"r{index}", limit=2))
+        except SlotsUnavailableError:
+            results.append(False)
+
+    threads = [threading.Thread(target=attempt, args=(i,)) for i in range(20)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 2
+    assert len(read_reservations(cluster.leases[lease_name("mytool")])) == 2
+
+
+class BrokenCluster(FakeCluster):
+    def __init__(self, fail: str) -> None:
+        super().__init__()
+        self.fail = fail
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+        if self.fail == "get":
+            raise SlotsUnavailableError("reading failed: HTTP 500 Internal Server Error")
+        return super().get(name, timeout)
+
+    def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+        raise ConflictError("always")
+
+    def create(self, body: dict[str, Any], timeout: float) -> None:
+        raise ConflictError("always")
+
+
+@pytest.mark.parametrize(("fail", "text"), [
+    pytest.param("get", "HTTP 500", id="api-error"),
+    pytest.param("write", "kept conflicting", id="endless-conflicts"),
+])
+def test_failures_raise_slots_unavailable(fail: str, text: str) -> None:
+    store = slots(BrokenCluster(fail), sleep=lambda _: None)
+    with pytest.raises(SlotsUnavailableError, match=text):
+        claim(store, "mytool", "a")
+
+
+def test_a_slow_api_server_runs_out_the_deadline() -> None:
+    ticks = iter(range(100))
+    store = slots(FakeCluster(), budget_seconds=2.5, monotonic=lambda: float(next(ticks)) * 2)
+    with pytest.raises(SlotsUnavailableError, match=r"did not answer within 2\.5 s"):
+        claim(store, "mytool", "a")
+
+
+@pytest.mark.parametrize("tool", [
+    pytest.param("mytool", id="plain"),
+    pytest.param("my_tool", id="underscore"),
+    pytest.param("a" * 256, id="longest"),
+])
+def test_lease_names_are_valid_object_names(tool: str) -> None:
+    name = lease_name(tool)
+    assert len(name) <= 253
+    assert name == name.lower()
+    assert all(c.isalnum() or c == "-" for c in name)
+    assert lease_name(tool) != lease_name(tool + "x")
+
+
+def test_unreadable_reservations_are_dropped() -> None:
+    lease = {"metadata": {"annotations": {RESERVATIONS_ANNOTATION: "[{\"uid\": 1}, 7]"}}}
+    assert read_reservations(lease) == ()
+    assert read_reservations({"metadata": {"annotations": {RESERVATIONS_ANNOTATION: "{"}}}) == ()
+
+
+def test_a_replaced_lease_carries_the_read_resource_version() -> None:
+    body = lease_body("n", "mytool", [candidate("a")], {"metadata": {"resourceVersion": "42"}})
+    assert body["metadata"]["resourceVersion"] == "42"
+    assert [r.uid for r in read_reservations(body)] == ["a"]
+
+
+class FailingApi:
+    """The kubernetes client's API classes, failing the way a fault would."""
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def __getattr__(self, name: str) -> Any:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            raise self.error
+        return call
+
+
+@pytest.mark.parametrize(("error", "outcome"), [
+    pytest.param(ApiException(status=409, reason="Conflict"), ConflictError, id="conflict"),
+    pytest.param(ApiException(status=403, reason="Forbidden"), SlotsUnavailableError,
+                 id="forbidden"),
+    pytest.param(ConnectionRefusedError("refused"), SlotsUnavailableError, id="unreachable"),
+])
+def test_client_errors_on_write_map_to_conflict_or_unavailable(
+        error: Exception, outcome: type[Exception]) -> None:
+    with pytest.raises(outcome):
+        KubernetesLeases(FailingApi(error), "ns").replace("n", {}, 1.0)
+
+
+def test_a_missing_lease_reads_as_none_and_other_errors_as_unavailable() -> None:
+    assert KubernetesLeases(FailingApi(ApiException(status=404)), "ns").get("n", 1.0) is None
+    with pytest.raises(SlotsUnavailableError, match="HTTP 500"):
+        KubernetesLeases(FailingApi(ApiException(status=500, reason="Boom")), "ns").get("n", 1.0)
+    with pytest.raises(SlotsUnavailableError, match="listing PipelineRuns"):
+        KubernetesRuns(FailingApi(TimeoutError("slow"))).list("a=b", 1.0)
