@@ -116,9 +116,10 @@ def test_connections_are_kept_alive_across_reviews(server: Server) -> None:
 
 def test_tls_below_1_2_is_refused(server: Server) -> None:
     old = server.context()
-    with pytest.warns(DeprecationWarning):
-        old.minimum_version = ssl.TLSVersion.TLSv1
+    with pytest.warns(DeprecationWarning, match="TLSv1_1"):
         old.maximum_version = ssl.TLSVersion.TLSv1_1
+    with pytest.warns(DeprecationWarning, match="TLSv1"):
+        old.minimum_version = ssl.TLSVersion.TLSv1
     old.set_ciphers("ALL:@SECLEVEL=0")
     with socket.create_connection((server.host, server.port)) as raw, \
             pytest.raises(ssl.SSLError):
@@ -131,7 +132,8 @@ def test_tls_1_2_uses_a_forward_secret_aead_cipher_without_compression(server: S
             context.wrap_socket(raw, server_hostname=server.host) as tls:
         name, version, _ = tls.cipher()  # type: ignore[misc]
         assert version == "TLSv1.2"
-        assert name.startswith("ECDHE") and ("GCM" in name or "CHACHA20" in name)
+        assert name.startswith("ECDHE")
+        assert "GCM" in name or "CHACHA20" in name
         assert tls.compression() is None
 
 
