@@ -115,7 +115,7 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
         "dry_run": review.dry_run,
         "decision": outcome,
         "reason": decision.reason,
-        "message": decision.message,
+        "detail": decision.message,
         "duration_ms": round(seconds * 1000, 3),
     }})
 
