@@ -4,6 +4,8 @@ on "/" boundaries."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from policies.images import (
     REFERENCE_MAX_LENGTH,
@@ -174,3 +176,30 @@ def test_invalid_prefixes_are_refused(text: str) -> None:
 ])
 def test_prefix_covers_on_path_boundaries(prefix: str, image: str, covered: bool) -> None:
     assert parse_prefix(prefix).covers(parse_image(image)) is covered
+
+
+# -- properties ---------------------------------------------------------------------------------
+
+_LABEL = st.from_regex(r"[a-z0-9](?:[a-z0-9-]{0,8}[a-z0-9])?", fullmatch=True)
+_HOSTS = st.builds(lambda labels, port: ".".join(labels) + (f":{port}" if port else ""),
+                   st.lists(_LABEL, min_size=2, max_size=4),
+                   st.one_of(st.none(), st.integers(1, 65535)))
+_PATHS = st.lists(st.from_regex(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+){0,2}", fullmatch=True),
+                  min_size=1, max_size=3).map("/".join)
+_TAGS = st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True))
+
+
+@given(host=_HOSTS, path=_PATHS, tag=_TAGS)
+def test_a_parsed_reference_reads_back_as_itself(host: str, path: str, tag: str | None) -> None:
+    image = parse_image(f"{host}/{path}" + (f":{tag}" if tag else ""))
+    assert (image.registry, image.path, image.tag) == (host, path, tag)
+    assert parse_image(str(image)) == image
+
+
+@given(labels=st.lists(_LABEL, min_size=2, max_size=4),
+       extra=st.one_of(_LABEL, _LABEL.map(lambda label: f".{label}")), path=_PATHS)
+def test_a_host_prefix_never_covers_a_longer_host(labels: list[str], extra: str,
+                                                  path: str) -> None:
+    host = ".".join(labels)
+    assert not parse_prefix(host).covers(parse_image(f"{host}{extra}/{path}"))
+    assert parse_prefix(host).covers(parse_image(f"{host}/{path}"))
