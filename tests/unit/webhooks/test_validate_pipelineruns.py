@@ -1,0 +1,232 @@
+"""POST /validate/pipelineruns: the verdict the API server gets for each operation and requester."""
+
+from __future__ import annotations
+
+import copy
+import datetime
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from policies.slots import Claim, Reservation
+from tests.conftest import make_review
+from tests.unit.policies.test_pipelinerun import POLICY_YAML, make_run
+from tests.unit.webhooks.test_slots import FakeCluster
+from webhooks.app import EXTENSION, create_app
+from webhooks.slots import LeaseSlots, SlotsUnavailableError
+
+PATH = "/validate/pipelineruns"
+NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
+V1BETA1 = ("tekton.dev", "v1", "PipelineRun")
+
+
+class Unreachable:
+    """An ActiveRuns whose API server cannot be reached."""
+
+    def claim(self, tool: str, candidate: Reservation, *, limit: int, label: str,
+              reserve: bool) -> Claim:
+        raise SlotsUnavailableError("reading failed: ConnectionRefusedError: refused")
+
+
+def make_app(tmp_path: Path, active_runs: object | None, policy: str = POLICY_YAML) -> Flask:
+    path = tmp_path / "policy.yaml"
+    path.write_text(policy)
+    return create_app({"POLICY_FILE": str(path), "POLICY_RELOAD_SECONDS": 0, "TESTING": True,
+                       "ACTIVE_RUNS": active_runs, "CLOCK": lambda: NOW})
+
+
+@pytest.fixture
+def cluster() -> FakeCluster:
+    return FakeCluster()
+
+
+@pytest.fixture
+def client(tmp_path: Path, cluster: FakeCluster) -> Iterator[FlaskClient]:
+    app = make_app(tmp_path, LeaseSlots(cluster, cluster))
+    yield app.test_client()
+    app.extensions[EXTENSION].source.stop()
+
+
+def run_for(tool: str = "mytool", uid: str = "u1", shape: str = "v1", **spec: Any,
+            ) -> dict[str, Any]:
+    run = make_run(shape, tool=tool, **spec)
+    run["metadata"]["uid"] = uid
+    run["metadata"]["name"] = f"{tool}-buildpacks-pipelinerun-{uid}"
+    return run
+
+
+def post(client: FlaskClient, obj: dict[str, Any] | None, **options: Any) -> dict[str, Any]:
+    options.setdefault("namespace", "image-build")
+    options.setdefault("username", "mytool")
+    review = make_review(obj, resource="pipelineruns", **options)
+    response = client.post(PATH, json=review)
+    assert response.status_code == 200
+    assert response.json is not None
+    answer: dict[str, Any] = response.json["response"]
+    assert answer["uid"] == review["request"]["uid"]
+    assert "patch" not in answer
+    return answer
+
+
+@pytest.mark.parametrize("shape", ["v1", "v1beta1"])
+def test_a_good_run_is_admitted_and_a_second_one_is_refused_naming_the_first(
+        client: FlaskClient, cluster: FakeCluster, shape: str) -> None:
+    assert post(client, run_for(uid="u1", shape=shape))["allowed"]
+    cluster.add_run("mytool", "u1")
+    denied = post(client, run_for(uid="u2", shape=shape))
+    assert not denied["allowed"]
+    assert denied["status"]["reason"] == "Forbidden"
+    assert "mytool-buildpacks-pipelinerun-u1" in denied["status"]["message"] or (
+        "run-u1" in denied["status"]["message"])
+    assert "kubectl patch pipelinerun" in denied["status"]["message"]
+    assert denied["auditAnnotations"]["reason"] == "TooManyActiveRuns"
+
+
+def test_a_v1beta1_body_labelled_v1_is_checked_by_its_v1beta1_fields(
+        client: FlaskClient) -> None:
+    run = run_for(shape="v1beta1", serviceAccountName="admin", timeout="0")
+    answer = post(client, run, kind=V1BETA1)
+    assert not answer["allowed"]
+    assert "spec.serviceAccountName" in answer["status"]["message"]
+    assert "spec.timeout is 0" in answer["status"]["message"]
+
+
+def test_another_tool_is_never_blocked(client: FlaskClient) -> None:
+    assert post(client, run_for(uid="u1"))["allowed"]
+    assert post(client, run_for(tool="othertool", uid="o1"), username="othertool")["allowed"]
+
+
+def test_a_dry_run_gets_the_same_verdict_and_reserves_nothing(
+        client: FlaskClient, cluster: FakeCluster) -> None:
+    assert post(client, run_for(uid="u1"), dry_run=True)["allowed"]
+    assert cluster.writes == 0
+    assert post(client, run_for(uid="u2"))["allowed"]
+    refused = post(client, run_for(uid="u3"), dry_run=True)
+    assert not refused["allowed"]
+    assert "at most 1" in refused["status"]["message"]
+
+
+def test_a_refused_run_reserves_nothing_but_still_reports_a_full_slot(
+        client: FlaskClient, cluster: FakeCluster) -> None:
+    bad = run_for(uid="u1", pipelineRef={"name": "evil"})
+    assert not post(client, bad)["allowed"]
+    assert cluster.writes == 0
+    assert post(client, run_for(uid="u2"))["allowed"]
+    both = post(client, run_for(uid="u3", pipelineRef={"name": "evil"}))
+    assert "not approved" in both["status"]["message"]
+    assert "at most 1" in both["status"]["message"]
+
+
+@pytest.mark.parametrize(("namespace", "username", "groups", "text"), [
+    pytest.param("image-build", "mytool", ("system:authenticated",), "not in any of the groups",
+                 id="human-with-a-tools-name"),
+    pytest.param("image-build", "system:admin", ("system:masters",), "not a tool account",
+                 id="cluster-admin"),
+    pytest.param("tool-mytool", "othertool", ("toolforge",), "only the tool mytool",
+                 id="other-tool-in-tool-namespace"),
+    pytest.param("default", "mytool", ("toolforge",), "may only be created",
+                 id="unrelated-namespace"),
+])
+def test_requesters_who_are_not_the_tool_are_refused_saying_why(
+        client: FlaskClient, namespace: str, username: str, groups: tuple[str, ...],
+        text: str) -> None:
+    answer = post(client, run_for(), namespace=namespace, username=username, groups=groups)
+    assert not answer["allowed"]
+    assert text in answer["status"]["message"]
+
+
+def test_a_system_user_builds_for_the_tool_of_the_app_image_project(client: FlaskClient) -> None:
+    answer = post(client, run_for(tool="othertool"),
+                  username="system:serviceaccount:image-build:builds-api",
+                  groups=("system:serviceaccounts",))
+    assert answer["allowed"]
+
+
+def test_a_missing_tool_label_is_refused_with_the_label_to_set(client: FlaskClient) -> None:
+    run = run_for()
+    del run["metadata"]["labels"]
+    answer = post(client, run)
+    assert not answer["allowed"]
+    assert "set metadata.labels toolforge.org/tool=mytool" in answer["status"]["message"]
+
+
+@pytest.mark.parametrize("shape", ["v1", "v1beta1"])
+@pytest.mark.parametrize(("change", "allowed"), [
+    pytest.param({"status": "Cancelled"}, True, id="cancel"),
+    pytest.param({"status": "StoppedRunFinally"}, True, id="stop"),
+    pytest.param({}, True, id="metadata-only"),
+    pytest.param({"pipelineRef": {"name": "evil"}}, False, id="spec-change"),
+])
+def test_updates_pass_unless_the_spec_changes_beyond_stopping(
+        client: FlaskClient, shape: str, change: dict[str, Any], allowed: bool) -> None:
+    old = run_for(shape=shape)
+    new = copy.deepcopy(old)
+    new["spec"].update(change)
+    new["metadata"]["finalizers"] = ["x"]
+    # Even a full slot or an unapproved builder never blocks an UPDATE.
+    new["spec"]["params"][1]["value"] = old["spec"]["params"][1]["value"] = "retired/builder:1"
+    answer = post(client, new, operation="UPDATE", old=old,
+                  username="system:serviceaccount:tekton-pipelines:tekton-pipelines-controller")
+    assert answer["allowed"] is allowed
+
+
+def test_a_status_subresource_update_always_passes(client: FlaskClient) -> None:
+    old = run_for()
+    new = copy.deepcopy(old)
+    new["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+    assert post(client, new, operation="UPDATE", old=old, sub_resource="status")["allowed"]
+
+
+def test_the_tool_label_cannot_change_on_update(client: FlaskClient) -> None:
+    old = run_for()
+    new = copy.deepcopy(old)
+    new["metadata"]["labels"]["toolforge.org/tool"] = "othertool"
+    answer = post(client, new, operation="UPDATE", old=old)
+    assert not answer["allowed"]
+    assert "cannot change" in answer["status"]["message"]
+
+
+def test_delete_is_not_intercepted(client: FlaskClient) -> None:
+    assert post(client, None, operation="DELETE", old=run_for())["allowed"]
+
+
+def test_exempt_namespaces_are_not_checked(client: FlaskClient) -> None:
+    assert post(client, run_for(pipelineSpec={"tasks": []}), namespace="kube-system")["allowed"]
+
+
+def test_an_unreachable_api_server_is_a_clear_denial(tmp_path: Path) -> None:
+    app = make_app(tmp_path, Unreachable())
+    answer = post(app.test_client(), run_for())
+    app.extensions[EXTENSION].source.stop()
+    assert not answer["allowed"]
+    assert "could not check how many PipelineRuns" in answer["status"]["message"]
+    assert "ConnectionRefusedError" in answer["status"]["message"]
+
+
+def test_without_a_cluster_the_slot_check_is_skipped_with_a_warning(tmp_path: Path) -> None:
+    app = make_app(tmp_path, None)
+    answer = post(app.test_client(), run_for())
+    app.extensions[EXTENSION].source.stop()
+    assert answer["allowed"]
+    assert any("was not checked" in w for w in answer["warnings"])
+
+
+def test_warn_mode_admits_with_every_finding_as_a_warning(tmp_path: Path) -> None:
+    app = make_app(tmp_path, None, POLICY_YAML.replace("  maxTimeout: 1h",
+                                                       "  maxTimeout: 1h\n  mode: warn"))
+    answer = post(app.test_client(), run_for(pipelineRef={"name": "evil"}, timeout="0"))
+    app.extensions[EXTENSION].source.stop()
+    assert answer["allowed"]
+    assert len(answer["warnings"]) >= 2
+
+
+def test_a_wrong_active_runs_object_fails_closed(tmp_path: Path) -> None:
+    app = make_app(tmp_path, object())
+    answer = post(app.test_client(), run_for())
+    app.extensions[EXTENSION].source.stop()
+    assert not answer["allowed"]
+    assert answer["status"]["message"].startswith("validate-pipelineruns could not evaluate")
