@@ -10,6 +10,7 @@ from the state kept in the Secrets.
 from __future__ import annotations
 
 import datetime
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
@@ -76,8 +77,10 @@ def _iso(t: datetime.datetime) -> str:
 
 
 def _new_ca(now: datetime.datetime, settings: Settings) -> KeyPair:
-    # A distinct name per CA keeps issuer lookups unambiguous while two CAs coexist.
-    return new_ca(f"toolforge-admission-ca@{int(now.timestamp())}", now, settings.ca_lifetime)
+    # A distinct name per CA keeps issuer lookups unambiguous while two CAs coexist, even when
+    # two concurrent runs each make one in the same second (only one of them is kept).
+    name = f"toolforge-admission-ca@{int(now.timestamp())}-{secrets.token_hex(4)}"
+    return new_ca(name, now, settings.ca_lifetime)
 
 
 def _without(data: dict[str, bytes], *keys: str) -> dict[str, bytes]:

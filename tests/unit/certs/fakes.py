@@ -97,6 +97,9 @@ class FakeStore:
         self._rv += 1
         return str(self._rv)
 
+    def before_write(self) -> None:
+        """Called before a write checks its precondition: where a concurrent writer slips in."""
+
     def _write(self, what: str) -> None:
         if self.fail_after_writes is not None:
             if self.fail_after_writes <= 0:
@@ -109,6 +112,7 @@ class FakeStore:
         return self.secrets.get(name)
 
     def create_secret(self, secret: Secret) -> None:
+        self.before_write()
         if secret.name in self.secrets:
             raise ConflictError(f"secrets {secret.name!r} already exists")
         self._write(f"create secret/{secret.name}")
@@ -116,6 +120,7 @@ class FakeStore:
         self.record()
 
     def replace_secret(self, secret: Secret) -> None:
+        self.before_write()
         old = self.secrets.get(secret.name)
         if old is None or old.resource_version != secret.resource_version:
             raise ConflictError(f"secret {secret.name} changed")
@@ -129,6 +134,7 @@ class FakeStore:
                      for (kind, _), obj in sorted(self.configurations.items()))
 
     def replace_ca_bundles(self, configuration: WebhookConfiguration, ca_bundle: bytes) -> None:
+        self.before_write()
         key = (configuration.kind, configuration.name)
         obj = self.configurations.get(key)
         if obj is None or obj["metadata"]["resourceVersion"] != configuration.resource_version:
