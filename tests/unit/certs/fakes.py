@@ -199,7 +199,10 @@ def assert_bundles_always_trust_served_leaf(history: list[Snapshot],
                 spans.append((snap.at, until, pem))
     checked = 0
     for l_from, l_to, leaf_pem in leaves:
-        leaf = x509.load_pem_x509_certificate(leaf_pem)
+        try:
+            leaf = x509.load_pem_x509_certificate(leaf_pem)
+        except ValueError:
+            continue  # a tampered tls.crt: the pods cannot serve it at all
         for where, spans in bundles.items():
             for b_from, b_to, pem in spans:
                 if not pem.strip():

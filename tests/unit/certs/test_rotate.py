@@ -6,6 +6,7 @@ import contextlib
 import datetime
 import io
 import json
+from dataclasses import replace
 
 import pytest
 from cryptography import x509
@@ -278,6 +279,52 @@ def test_swapped_order_would_break_the_invariant(store, clock):
     with pytest.raises(AssertionError, match="does not trust"):
         assert_bundles_always_trust_served_leaf(store.history, SETTINGS.propagation_delay,
                                                 clock())
+
+
+def _delete_ca(store: FakeStore) -> None:
+    del store.secrets["webhook-ca"]
+
+
+def _garbage_ca(store: FakeStore) -> None:
+    ca = store.secrets["webhook-ca"]
+    store.put_secret(Secret(ca.name, {**ca.data, "ca.crt": b"junk"}, ca.annotations, ca.labels))
+
+
+def _mismatched_ca_key(store: FakeStore) -> None:
+    ca = store.secrets["webhook-ca"]
+    other = new_ca("other", datetime.datetime.now(datetime.UTC), DAY)
+    store.put_secret(Secret(ca.name, {**ca.data, "ca.key": other.key_pem}, ca.annotations,
+                            ca.labels))
+
+
+def _garbage_leaf(store: FakeStore) -> None:
+    certs = store.secrets["webhook-certs"]
+    store.put_secret(replace(certs, data={**certs.data, "tls.crt": b"junk"}))
+
+
+def _mismatched_leaf_key(store: FakeStore) -> None:
+    certs = store.secrets["webhook-certs"]
+    other = new_ca("other", datetime.datetime.now(datetime.UTC), DAY)
+    store.put_secret(replace(certs, data={**certs.data, "tls.key": other.key_pem}))
+
+
+@pytest.mark.parametrize("tamper", [
+    pytest.param(_delete_ca, id="ca-secret-deleted"),
+    pytest.param(_garbage_ca, id="garbage-ca-crt"),
+    pytest.param(_mismatched_ca_key, id="ca-key-does-not-match"),
+    pytest.param(_garbage_leaf, id="garbage-tls-crt"),
+    pytest.param(_mismatched_leaf_key, id="tls-key-does-not-match"),
+])
+def test_tampered_secrets_are_repaired_without_distrusting_the_served_leaf(store, clock, tamper):
+    run(store, clock)
+    clock.advance(DAY)
+    tamper(store)
+    clock.advance(HOUR)
+    outcome = run(store, clock, max_wait=datetime.timedelta(minutes=15))
+    assert outcome.final.kind == "done"
+    assert_leaf_verifies_against_every_bundle(store, clock())
+    assert "previous-ca.crt" not in store.secrets["webhook-ca"].data
+    assert_bundles_always_trust_served_leaf(store.history, SETTINGS.propagation_delay, clock())
 
 
 def test_a_foreign_certificate_secret_is_refused_and_left_untouched(store, clock):
