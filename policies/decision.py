@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 Mode = Literal["enforce", "warn"]
-"""`enforce` denies an object with findings; `warn` admits it and returns the findings as warnings."""
+"""`enforce` denies an object with findings; `warn` admits it with the findings as warnings."""
 
 ALLOWED = "Allowed"
 
@@ -84,7 +84,7 @@ def quote(value: object, limit: int = 200) -> str:
 
 
 def combine(*decisions: Decision) -> Decision:
-    """One decision from several rules on the same object: the first denial wins, warnings add up."""
+    """One decision from several rules on one object: the first denial wins, warnings add up."""
     denied = next((d for d in decisions if not d.allowed), None)
     warnings = tuple(w for d in decisions for w in d.warnings)
     if denied is not None:

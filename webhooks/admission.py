@@ -57,11 +57,8 @@ class Context:
 
     policy: Policy
     now: datetime.datetime
-    active_runs: object | None = None
-    """An `ActiveRuns`; None when there is no cluster (offline `review`): its check is skipped.
-
-    Typed `object` only because `webhooks.app.Service` holds it untyped; `_active_runs` checks it.
-    """
+    active_runs: ActiveRuns | None = None
+    """None when there is no cluster (offline `review`): the active-run check is skipped."""
 
 
 Rule = Callable[[AdmissionRequest, Context], Decision]
@@ -93,7 +90,7 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
         return decide([f for f in (identity.finding,) if f is not None], builds.mode)
     tool = identity.tool
     findings = list(check_new_run(tool, run, builds))
-    slots = _active_runs(context)
+    slots = context.active_runs
     if slots is None:
         return merge_warnings(decide(findings, builds.mode), (not_checked_warning(tool),))
     metadata = run.get("metadata") or {}
@@ -116,13 +113,6 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
         if not claim.fits:
             findings.append(too_many_runs(tool, claim.limit, claim.occupants))
     return decide(findings, builds.mode)
-
-
-def _active_runs(context: Context) -> ActiveRuns | None:
-    slots = context.active_runs
-    if slots is None or isinstance(slots, ActiveRuns):
-        return slots
-    raise TypeError(f"ACTIVE_RUNS must implement ActiveRuns, not {type(slots).__name__}")
 
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:

@@ -14,7 +14,7 @@ from werkzeug.exceptions import RequestEntityTooLarge
 
 from policies.decision import Decision, deny
 from webhooks import metrics
-from webhooks.admission import ENDPOINTS, Context, Endpoint, answer
+from webhooks.admission import ENDPOINTS, ActiveRuns, Context, Endpoint, answer
 from webhooks.errors import BodyTooLargeError, UnsupportedMediaError, WebhookError
 from webhooks.policy_source import PolicySource
 from webhooks.review import MAX_BODY_BYTES, AdmissionRequest, build_response, parse_review
@@ -34,7 +34,7 @@ class Service:
     """What the endpoints share inside one worker process."""
 
     def __init__(self, source: PolicySource, clock: Callable[[], datetime.datetime],
-                 active_runs: object | None) -> None:
+                 active_runs: ActiveRuns | None) -> None:
         self.source = source
         self.clock = clock
         self.active_runs = active_runs

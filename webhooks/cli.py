@@ -107,7 +107,8 @@ def _serve(args: argparse.Namespace) -> int:
     options = ServerOptions(
         bind=bind, cert_file=cert_dir / "tls.crt", key_file=cert_dir / "tls.key",
         policy_file=policy, workers=args.workers, threads=args.threads,
-        client_ca_file=Path(args.client_ca) if args.client_ca else None)
+        client_ca_file=Path(args.client_ca) if args.client_ca else None,
+        cluster=not args.dev or bool(os.environ.get("KUBECONFIG")))
     WebhookServer(options).run()
     return EXIT_OK
 

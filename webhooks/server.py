@@ -33,6 +33,9 @@ class ServerOptions:
     client_ca_file: Path | None = None
     """When set, only clients with a certificate from this CA (the API server) may connect."""
     log_level: str = "info"
+    cluster: bool = True
+    """Use the cluster (in-cluster config or KUBECONFIG) for the active-run check; without it
+    the check is skipped with a warning, as in `--dev` mode with no KUBECONFIG."""
 
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]
@@ -47,9 +50,14 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             self.cfg.set(key, value)
 
     def load(self) -> Callable[..., Any]:
+        # Runs in each worker after the fork: the Kubernetes client's connection pool must not
+        # be shared between processes.
         from webhooks.app import create_app
+        from webhooks.slots import from_environment
 
-        return create_app({"POLICY_FILE": str(self.options.policy_file)})
+        active_runs = from_environment() if self.options.cluster else None
+        return create_app({"POLICY_FILE": str(self.options.policy_file),
+                           "ACTIVE_RUNS": active_runs})
 
 
 def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
