@@ -437,8 +437,12 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
 
 def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
                           policy: Policy) -> Decision:
-    """Refuse a Tekton build pod in which an untrusted container can still read a credential."""
-    if not isinstance(pod, dict) or not is_tekton_build_pod(pod, namespace, policy):
+    """Refuse a build-namespace pod in which an untrusted container can still read a credential.
+
+    Every pod of the build namespace is looked at, not only those with Tekton's label and owner:
+    the mutating webhook is scoped to those, so a pod that escapes its scope must be stopped here.
+    """
+    if not isinstance(pod, dict) or namespace != policy.builds.namespace:
         return Decision(allowed=True)
     analysis = analyse(pod, policy)
     leaks = [Finding(CREDENTIAL_LEAK, f"untrusted container {c.describe()} can read registry "

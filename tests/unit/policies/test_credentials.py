@@ -448,10 +448,17 @@ def test_the_validator_only_warns_in_warn_mode() -> None:
     assert decision.warnings
 
 
-def test_the_validator_ignores_pods_tekton_did_not_make() -> None:
+def test_the_validator_also_refuses_credentials_in_pods_that_escape_the_mutations_scope() -> None:
     pod, namespace = load(PHASES_02)
     _no_owner(pod)
-    assert find_credential_leaks(pod, namespace, policy_for(namespace)).allowed
+    pod["metadata"]["labels"].pop("app.kubernetes.io/managed-by")
+    assert not strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace)).patched
+    assert not find_credential_leaks(pod, namespace, policy_for(namespace)).allowed
+
+
+def test_the_validator_ignores_pods_outside_the_build_namespace() -> None:
+    pod, namespace = load(PHASES_02)
+    assert find_credential_leaks(pod, "tool-mytool", policy_for(namespace)).allowed
 
 
 # --- the pieces --------------------------------------------------------------------------------
