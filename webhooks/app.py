@@ -47,7 +47,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.config.from_prefixed_env("TOOLFORGE_ADMISSION")
     if config is not None:
         app.config.update(config)
-    source = PolicySource(app.config["POLICY_FILE"], interval=app.config["POLICY_RELOAD_SECONDS"])
+    source = PolicySource(app.config["POLICY_FILE"], interval=app.config["POLICY_RELOAD_SECONDS"],
+                          last_good=app.config.get("POLICY_LAST_GOOD_FILE"))
     source.start()
     clock = app.config.get("CLOCK") or (lambda: datetime.datetime.now(datetime.UTC))
     app.extensions[EXTENSION] = Service(source, clock, app.config.get("ACTIVE_RUNS"))

@@ -87,8 +87,8 @@ def _endpoint_names() -> list[str]:
 def _serve(args: argparse.Namespace) -> int:
     # prometheus_client picks its multiprocess mode when it is first imported, so the directory
     # must exist before anything imports the app.
-    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR",
-                          tempfile.mkdtemp(prefix="toolforge-admission-metrics-"))
+    state_dir = Path(tempfile.mkdtemp(prefix="toolforge-admission-"))
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(state_dir))
     from webhooks.server import ServerOptions, WebhookServer
 
     cert_dir = Path(args.cert_dir)
@@ -108,7 +108,7 @@ def _serve(args: argparse.Namespace) -> int:
         bind=bind, cert_file=cert_dir / "tls.crt", key_file=cert_dir / "tls.key",
         policy_file=policy, workers=args.workers, threads=args.threads,
         client_ca_file=Path(args.client_ca) if args.client_ca else None,
-        cluster=not args.dev or bool(os.environ.get("KUBECONFIG")))
+        state_dir=state_dir, cluster=not args.dev or bool(os.environ.get("KUBECONFIG")))
     WebhookServer(options).run()
     return EXIT_OK
 

@@ -4,6 +4,10 @@ The kubelet updates a ConfigMap volume by swapping a symlink, so the file is com
 identity and content, not watched by name. A change that does not parse is refused, logged and
 counted; the last good policy stays in force. With no good policy at all, the service is not
 ready rather than guessing one.
+
+Each accepted policy is also saved to a file shared by the pod's workers, so that a worker that
+starts (or is restarted) while the mounted file is bad serves the same last good policy as its
+siblings instead of being unready.
 """
 
 from __future__ import annotations
@@ -33,8 +37,10 @@ class Snapshot:
 class PolicySource:
     """Keeps the newest valid policy read from one file."""
 
-    def __init__(self, path: str | os.PathLike[str], *, interval: float = 2.0) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, interval: float = 2.0,
+                 last_good: str | os.PathLike[str] | None = None) -> None:
         self.path = Path(path)
+        self.last_good = Path(last_good) if last_good else None
         self.interval = interval
         self._policy: Policy | None = None
         self._seen = Snapshot(identity=None)
@@ -81,14 +87,41 @@ class PolicySource:
                 policy = parse_policy(text)
             except PolicyError as error:
                 return self._refuse(identity, digest, "; ".join(error.problems))
-            self._policy = policy
-            self._generation += 1
+            self._put_in_force(policy)
             self._seen = Snapshot(identity, digest)
-            metrics.POLICY_GENERATION.set(self._generation)
+            self._save_last_good(text)
             metrics.POLICY_VALID.set(1)
             logger.info("policy loaded", extra={"fields": {
                 "path": str(self.path), "digest": digest[:12], "generation": self._generation}})
             return True
+
+    def _put_in_force(self, policy: Policy) -> None:
+        self._policy = policy
+        self._generation += 1
+        metrics.POLICY_GENERATION.set(self._generation)
+
+    def _save_last_good(self, text: bytes) -> None:
+        if self.last_good is None:
+            return
+        staged = self.last_good.with_name(f".{self.last_good.name}.{os.getpid()}")
+        try:
+            staged.write_bytes(text)
+            os.replace(staged, self.last_good)
+        except OSError as error:
+            logger.warning("cannot save the last good policy", extra={"fields": {
+                "path": str(self.last_good), "error": error.strerror}})
+
+    def _load_last_good(self) -> None:
+        if self.last_good is None or self._policy is not None:
+            return
+        try:
+            policy = parse_policy(self.last_good.read_bytes())
+        except (OSError, PolicyError):
+            return
+        self._put_in_force(policy)
+        logger.warning("serving the last good policy of this pod while the file is refused",
+                       extra={"fields": {"path": str(self.last_good),
+                                         "digest": policy.digest[:12]}})
 
     def _refuse(self, identity: tuple[int, int, int] | None, digest: str, error: str) -> bool:
         # Log and count a bad file once, not on every poll.
@@ -99,6 +132,7 @@ class PolicySource:
                 "in_force": self._policy.digest[:12] if self._policy else None}})
         self._seen = Snapshot(identity, digest, error)
         metrics.POLICY_VALID.set(0)
+        self._load_last_good()
         return False
 
     def start(self) -> None:

@@ -33,6 +33,8 @@ class ServerOptions:
     client_ca_file: Path | None = None
     """When set, only clients with a certificate from this CA (the API server) may connect."""
     log_level: str = "info"
+    state_dir: Path = Path("/tmp")  # noqa: S108 - the pod's own emptyDir in production
+    """Files the workers of this server share (the last good policy)."""
     cluster: bool = True
     """Use the cluster (in-cluster config or KUBECONFIG) for the active-run check; without it
     the check is skipped with a warning, as in `--dev` mode with no KUBECONFIG."""
@@ -56,8 +58,11 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         from webhooks.slots import from_environment
 
         active_runs = from_environment() if self.options.cluster else None
-        return create_app({"POLICY_FILE": str(self.options.policy_file),
-                           "ACTIVE_RUNS": active_runs})
+        return create_app({
+            "POLICY_FILE": str(self.options.policy_file),
+            "POLICY_LAST_GOOD_FILE": self.options.state_dir / "last-good-policy.yaml",
+            "ACTIVE_RUNS": active_runs,
+        })
 
 
 def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:

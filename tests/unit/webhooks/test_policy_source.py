@@ -85,3 +85,27 @@ def test_no_policy_until_a_valid_file_appears(tmp_path: Path) -> None:
     path.write_text("{}\n")
     assert source.refresh() is True
     assert source.policy is not None
+
+
+def test_a_worker_started_while_the_file_is_bad_serves_its_siblings_last_good_policy(
+        tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    shared = tmp_path / "last-good-policy.yaml"
+    path.write_text("builds: {maxActiveRuns: 2}\n")
+    first = PolicySource(path, interval=0, last_good=shared)
+    first.refresh()
+    path.write_text("builds: {maxActiveRuns: 0}\n")
+    late = PolicySource(path, interval=0, last_good=shared)
+    late.refresh()
+    assert late.policy is not None
+    assert late.policy.builds.max_active_runs == 2
+    assert "builds.maxActiveRuns" in late.error
+
+
+def test_without_a_saved_policy_a_bad_file_leaves_the_worker_without_policy(
+        tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("builds: {maxActiveRuns: 0}\n")
+    source = PolicySource(path, interval=0, last_good=tmp_path / "missing.yaml")
+    source.refresh()
+    assert source.policy is None
