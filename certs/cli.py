@@ -95,14 +95,17 @@ def kubernetes_store(kubeconfig: str | None, settings: Settings) -> Store:
     from kubernetes import config as kube_config  # noqa: PLC0415
 
     config: Any = kube_config  # untyped library
-
-    if kubeconfig:
-        return KubernetesStore(config.new_client_from_config(config_file=kubeconfig), settings)
     try:
-        config.load_incluster_config()
-        return KubernetesStore(client.ApiClient(), settings)
-    except config.ConfigException:
-        return KubernetesStore(config.new_client_from_config(), settings)
+        if kubeconfig:
+            return KubernetesStore(config.new_client_from_config(config_file=kubeconfig),
+                                   settings)
+        try:
+            config.load_incluster_config()
+            return KubernetesStore(client.ApiClient(), settings)
+        except config.ConfigException:
+            return KubernetesStore(config.new_client_from_config(), settings)
+    except (config.ConfigException, OSError, ValueError) as e:
+        raise StoreError(f"cannot configure the Kubernetes client: {e}") from e
 
 
 def _utc_now() -> datetime.datetime:
