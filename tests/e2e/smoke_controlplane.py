@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from build import ensure_binaries  # noqa: E402
+from build import ensure_binaries
 
 SERVICE_CIDR = "10.0.0.0/24"  # never routed: there is no kube-proxy
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -240,6 +240,10 @@ def main() -> None:
             f"--etcd-servers={etcd_url}",
             "--bind-address=127.0.0.1",
             "--advertise-address=127.0.0.1",
+            # kube 1.37 refuses a loopback advertise address for the endpoint
+            # reconciler (which maintains the "kubernetes" Service's
+            # endpoints); with no kube-proxy nothing uses them anyway.
+            "--endpoint-reconciler-type=none",
             f"--secure-port={api_port}",
             f"--cert-dir={workdir / 'apiserver-certs'}",
             f"--tls-cert-file={workdir / 'apiserver.crt'}",
@@ -259,7 +263,9 @@ def main() -> None:
         context.load_cert_chain(workdir / "admin.crt", workdir / "admin.key")
         server = f"https://127.0.0.1:{api_port}"
         took = wait_ready(f"{server}/readyz", context, 120, apiserver)
-        print(f"kube-apiserver ready after {took:.1f}s (control plane {time.monotonic() - t0:.1f}s)")
+        print(
+            f"kube-apiserver ready after {took:.1f}s (control plane {time.monotonic() - t0:.1f}s)"
+        )
         del t1
 
         kubeconfig = write_kubeconfig(workdir, server)
@@ -290,7 +296,9 @@ def main() -> None:
         # "default" ServiceAccount; pods are refused until it exists.
         started = time.monotonic()
         while subprocess.run(
-            [*kubectl, "-n", "smoke", "get", "serviceaccount", "default"], capture_output=True
+            [*kubectl, "-n", "smoke", "get", "serviceaccount", "default"],
+            capture_output=True,
+            check=False,
         ).returncode:
             if kcm.poll() is not None:
                 raise RuntimeError("kube-controller-manager exited")
@@ -310,10 +318,19 @@ def main() -> None:
             while True:
                 time.sleep(3600)
     finally:
+        # One at a time, newest first: kube-apiserver's graceful shutdown
+        # hangs if etcd is already gone, so etcd must stop last.
         for proc in reversed(procs):
+            stopping = time.monotonic()
             proc.terminate()
-        for proc in procs:
-            proc.wait(timeout=30)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+            print(
+                f"stopped {pathlib.Path(proc.args[0]).name} in {time.monotonic() - stopping:.1f}s"
+            )
 
 
 def install_tekton(bins, kubectl, kubeconfig, workdir, procs) -> None:
@@ -335,6 +352,7 @@ def install_tekton(bins, kubectl, kubeconfig, workdir, procs) -> None:
         [
             str(bins["tekton-controller"]),
             f"--kubeconfig={kubeconfig}",
+            "-disable-ha",  # one replica: no leader election to wait for
             # Image names are only written into the pods it creates.
             "-entrypoint-image=example.invalid/entrypoint",
             "-nop-image=example.invalid/nop",
@@ -344,13 +362,22 @@ def install_tekton(bins, kubectl, kubeconfig, workdir, procs) -> None:
             "-shell-image-win=example.invalid/powershell",
         ],
         workdir,
+        # The same environment as Tekton's config/controller.yaml gives it.
         SYSTEM_NAMESPACE="tekton-pipelines",
+        CONFIG_DEFAULTS_NAME="config-defaults",
+        CONFIG_SPIRE="config-spire",
         CONFIG_LOGGING_NAME="config-logging",
         CONFIG_OBSERVABILITY_NAME="config-observability",
         CONFIG_FEATURE_FLAGS_NAME="feature-flags",
         CONFIG_LEADERELECTION_NAME="config-leader-election-controller",
         METRICS_DOMAIN="tekton.dev/pipeline",
         KUBERNETES_MIN_VERSION="v1.28.0",
+        # Its probe, profiling and metrics servers default to the fixed ports
+        # 8080, 8008 and 9090 on all interfaces; use free ones instead.
+        PROBES_PORT=str(free_port()),
+        PROFILING_PORT=str(free_port()),
+        METRICS_PROMETHEUS_PORT=str(free_port()),
+        METRICS_PROMETHEUS_HOST="127.0.0.1",
     )
     procs.append(controller)
     taskrun = """apiVersion: tekton.dev/v1
@@ -368,9 +395,20 @@ spec:
         if controller.poll() is not None:
             raise RuntimeError(f"tekton controller exited; see {workdir}/tekton-controller.log")
         pods = subprocess.run(
-            [*kubectl, "-n", "smoke", "get", "pods", "-l", "tekton.dev/taskRun=hello", "-o", "name"],
+            [
+                *kubectl,
+                "-n",
+                "smoke",
+                "get",
+                "pods",
+                "-l",
+                "tekton.dev/taskRun=hello",
+                "-o",
+                "name",
+            ],
             capture_output=True,
             text=True,
+            check=False,
         ).stdout.strip()
         if pods:
             print(f"Tekton made pod {pods} after {time.monotonic() - started:.1f}s")
