@@ -17,10 +17,9 @@ kubernetes 1.37 accepts (it defaults to etcd 3.7.0). Building it also keeps the
 harness free of apt/root: it needs only `go` and the Go module proxy.
 
 Only the first run pays for the build (19 minutes on 2 cores, measured with
-empty Go caches); the binaries
-go to a cache directory keyed by the go.mod/go.sum contents, the Go version and
-the build flags, so later runs return immediately, and changing a pinned
-version builds into a new directory.
+empty Go caches); the binaries go to a cache directory keyed by the go.mod and
+go.sum contents, the Go version and the build flags, so later runs return at
+once (0.2 s), and changing a pinned version builds into a new directory.
 
     python tests/e2e/build.py          # build if needed, print the paths
 
@@ -299,7 +298,7 @@ def ensure_binaries() -> dict[str, pathlib.Path]:
         started = time.monotonic()
         if missing:
             log(f"{go_version()}: building {', '.join(missing)} into {directory}")
-            log("the first build takes 15-25 minutes on 2 cores; later runs reuse it")
+            log("the first build takes about 20 minutes on 2 cores; later runs reuse it")
         for name in missing:
             _build_one(name, directory)
         if not paths["tekton-config"].exists():
