@@ -40,3 +40,7 @@ fixtures: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
+
+# Server-side benchmark against a Go reference (not part of the tests): bench/README.md.
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(BENCH_ARGS)

@@ -1,0 +1,3 @@
+module toolforge-admission/bench/goref
+
+go 1.22
