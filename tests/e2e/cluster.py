@@ -14,6 +14,7 @@ listens beyond loopback. Every process is started here and stopped here by its P
 from __future__ import annotations
 
 import base64
+import contextlib
 import copy
 import datetime
 import hashlib
@@ -152,7 +153,7 @@ class Process:
         self.argv = argv
         self.log_path = workdir / f"{name}.log"
         with open(self.log_path, "ab") as log_file:
-            self.popen = subprocess.Popen(  # noqa: S603 - our own binaries and arguments
+            self.popen = subprocess.Popen(
                 argv, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env={**os.environ, **(env or {})}, cwd=workdir, start_new_session=True)
         self.pid = self.popen.pid
@@ -199,7 +200,7 @@ def wait_http(url: str, context: ssl.SSLContext | None, deadline_s: float,
         if process is not None:
             process.check_alive()
         try:
-            with urllib.request.urlopen(url, context=context, timeout=2) as response:  # noqa: S310
+            with urllib.request.urlopen(url, context=context, timeout=2) as response:
                 if response.status == 200:
                     return time.monotonic() - started
         except (OSError, urllib.error.URLError) as error:
@@ -412,7 +413,7 @@ class ControlPlane:
         """Run the built kubectl as the admin (or with the kubeconfig `user`)."""
         argv = [str(self.bins["kubectl"]), f"--kubeconfig={user or self.kubeconfig}", *args]
         text = input.decode() if isinstance(input, bytes) else input
-        result = subprocess.run(argv, input=text, capture_output=True, text=True,  # noqa: S603
+        result = subprocess.run(argv, input=text, capture_output=True, text=True,
                                 timeout=timeout, check=False)
         if check and result.returncode != 0:
             raise KubectlError(result.returncode, argv, result.stdout, result.stderr)
@@ -614,10 +615,8 @@ class Suite:
         if self.process is not None:
             self.process.stop(timeout=10, sig=signal.SIGINT)
             # The workers too (they share the master's process group): no orphan keeps the port.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self.process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             # The port must be closed before a test relies on the server being gone.
             try:
                 wait_for("the suite's port to close", lambda: not self._port_open(), 10)
@@ -633,7 +632,7 @@ class Suite:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"{self.base_url}{path}",  # noqa: S310
+            with urllib.request.urlopen(f"{self.base_url}{path}",
                                         context=self._context, timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:

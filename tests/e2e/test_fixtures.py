@@ -86,7 +86,7 @@ class Recorder:
         class Handler(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
-            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 recorder.bodies.append((self.path, body))
                 uid = json.loads(body)["request"]["uid"]

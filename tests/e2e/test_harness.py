@@ -202,9 +202,9 @@ def broken_copy(name: str, namespace: str, *, url: str, ca_pem: bytes) -> dict[s
 
 def test_a_wrong_ca_bundle_or_path_makes_creates_fail(
         control_plane: ControlPlane, live_suite: Suite) -> None:
-    from certs.issue import new_ca
-
     import datetime
+
+    from certs.issue import new_ca
 
     namespace = unique("e2e-broken")
     control_plane.create_namespace(namespace)
@@ -223,11 +223,14 @@ def test_a_wrong_ca_bundle_or_path_makes_creates_fail(
             try:
                 # Allowed in any namespace, so only the broken copy can refuse it; it takes
                 # effect once the API server's watch delivers it.
-                result = wait_for(f"the {case} configuration to take effect", lambda: (
-                    lambda r: r if r.returncode != 0 else None)(control_plane.kubectl(
-                        "create", "-f", "-", input=pod_manifest(unique("app"), namespace,
-                                                                ANYWHERE_IMAGE),
-                        check=False)), timeout=20)
+                def refused(namespace: str = namespace) -> Any:
+                    result = control_plane.kubectl(
+                        "create", "-f", "-",
+                        input=pod_manifest(unique("app"), namespace, ANYWHERE_IMAGE),
+                        check=False)
+                    return result if result.returncode != 0 else None
+
+                result = wait_for(f"the {case} configuration to take effect", refused, 20)
                 assert "failed calling webhook" in result.stderr, (case, result.stderr)
                 assert "broken.pods.toolforge-admission.toolforge.org" in result.stderr
                 assert expected in result.stderr, (case, result.stderr)
