@@ -257,3 +257,17 @@ def test_a_person_named_like_a_tool_cannot_start_its_builds(
         assert "toolforge" in result.stderr
     finally:
         delete_runs(control_plane, "mytool")
+
+
+def test_a_policy_edit_reaches_every_worker(
+        control_plane: ControlPlane, default_policy: Suite, mytool: pathlib.Path) -> None:
+    policy = yaml.safe_load(default_policy.default_policy)
+    policy["registries"]["mode"] = "warn"
+    text = yaml.safe_dump(policy)
+    default_policy.set_policy(text)
+    name = unique("warned")
+    result = control_plane.kubectl(
+        "create", "-f", "-", input=pod_manifest(name, "tool-mytool", "docker.io/library/nginx"),
+        user=mytool)
+    assert "Warning:" in result.stderr, result.stderr
+    assert default_policy.wait_review(endpoint="validate-pods", name=name)["decision"] == "warned"
