@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app, request
 from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
+from werkzeug.wsgi import get_input_stream
 
 from policies.decision import Decision, deny
 from webhooks import metrics
@@ -56,7 +58,53 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(_health_blueprint())
     app.register_error_handler(WebhookError, _bad_request)
     app.register_error_handler(RequestEntityTooLarge, _too_large)
+    app.wsgi_app = AdmissionDispatcher(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
+
+
+class AdmissionDispatcher:
+    """WSGI middleware that answers `POST` on the admission paths without Flask.
+
+    An admission review is one POST of JSON and one JSON answer; Flask's per-request machinery
+    (request context, URL matching, Request and Response objects) cost about as much as the
+    review itself. These routes get the same status codes, bodies, metrics and logs as the
+    Flask views below, which still answer every other request (and other methods on these
+    paths, with 405). An unforeseen exception goes to Flask's own handler, as in a view.
+    """
+
+    def __init__(self, app: Flask, flask_wsgi: Callable[..., Iterable[bytes]]) -> None:
+        self.app = app
+        self.flask_wsgi = flask_wsgi
+        self.endpoints = {endpoint.path: endpoint for endpoint in ENDPOINTS}
+
+    def __call__(self, environ: dict[str, Any],
+                 start_response: Callable[..., Any]) -> Iterable[bytes]:
+        endpoint = (self.endpoints.get(environ.get("PATH_INFO", ""))
+                    if environ.get("REQUEST_METHOD") == "POST" else None)
+        if endpoint is None:
+            return self.flask_wsgi(environ, start_response)
+        environ["toolforge_admission.endpoint"] = endpoint.name
+        started = time.perf_counter()
+        try:
+            content_type = environ.get("CONTENT_TYPE", "")
+            if content_type != "application/json" and \
+                    parse_options_header(content_type)[0].lower() != "application/json":
+                raise UnsupportedMediaError("Content-Type must be application/json")
+            stream = get_input_stream(environ, max_content_length=self.app.config[
+                "MAX_CONTENT_LENGTH"])
+            service = self.app.extensions[EXTENSION]
+            body, status = _review(endpoint, stream.read(), service, started), 200
+        except WebhookError as error:
+            body, status = _refusal(endpoint.name, error)
+        except RequestEntityTooLarge:
+            body, status = _refusal(endpoint.name, _body_too_large())
+        except Exception as error:
+            with self.app.request_context(environ):
+                response = self.app.handle_exception(error)  # logs it; re-raises when testing
+            return response(environ, start_response)
+        start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [
+            ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
 
 
 def _service() -> Service:
@@ -72,26 +120,32 @@ def _admission_blueprint() -> Blueprint:
 
 
 def _view(endpoint: Endpoint) -> Callable[[], Response]:
+    # Reached only when the dispatcher is bypassed (a caller of Flask's own wsgi_app).
     def view() -> Response:
         started = time.perf_counter()
         request.environ["toolforge_admission.endpoint"] = endpoint.name
         if request.mimetype != "application/json":
             raise UnsupportedMediaError("Content-Type must be application/json")
-        review = parse_review(request.get_data(cache=False))
-        service = _service()
-        policy = service.source.policy
-        if policy is None:
-            decision = deny(NO_POLICY, "toolforge-admission has no valid policy loaded, so it "
-                                       "refuses everything; a platform admin must fix the policy")
-            payload = build_response(review.uid, decision)
-        else:
-            context = Context(policy=policy, now=service.clock(), active_runs=service.active_runs)
-            decision, payload = answer(endpoint, review, context)
-        _record(endpoint.name, review, decision, time.perf_counter() - started)
-        return Response(orjson.dumps(payload), mimetype="application/json")
+        body = _review(endpoint, request.get_data(cache=False), _service(), started)
+        return Response(body, mimetype="application/json")
 
     view.__name__ = endpoint.name.replace("-", "_")
     return view
+
+
+def _review(endpoint: Endpoint, body: bytes, service: Service, started: float) -> bytes:
+    """Answer one review body: the JSON reply; raises WebhookError for a bad request."""
+    review = parse_review(body)
+    policy = service.source.policy
+    if policy is None:
+        decision = deny(NO_POLICY, "toolforge-admission has no valid policy loaded, so it "
+                                   "refuses everything; a platform admin must fix the policy")
+        payload = build_response(review.uid, decision)
+    else:
+        context = Context(policy=policy, now=service.clock(), active_runs=service.active_runs)
+        decision, payload = answer(endpoint, review, context)
+    _record(endpoint.name, review, decision, time.perf_counter() - started)
+    return orjson.dumps(payload)
 
 
 def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds: float) -> None:
@@ -121,18 +175,28 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
     }})
 
 
-def _bad_request(error: WebhookError) -> tuple[Response, int]:
-    endpoint = request.environ.get("toolforge_admission.endpoint", request.path)
+def _refusal(endpoint: str, error: WebhookError) -> tuple[bytes, int]:
+    """Count and log a bad request; the Status body and HTTP status to answer it with."""
     metrics.REVIEWS.labels(endpoint, "", "invalid", error.reason).inc()
     logger.warning("bad request", extra={"fields": {
         "endpoint": endpoint, "reason": error.reason, "error": str(error)}})
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": error.status,
             "reason": error.reason, "message": str(error)}
-    return Response(orjson.dumps(body), mimetype="application/json"), error.status
+    return orjson.dumps(body), error.status
+
+
+def _bad_request(error: WebhookError) -> tuple[Response, int]:
+    endpoint = request.environ.get("toolforge_admission.endpoint", request.path)
+    body, status = _refusal(endpoint, error)
+    return Response(body, mimetype="application/json"), status
+
+
+def _body_too_large() -> BodyTooLargeError:
+    return BodyTooLargeError(f"body is larger than {MAX_BODY_BYTES} bytes")
 
 
 def _too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
-    return _bad_request(BodyTooLargeError(f"body is larger than {MAX_BODY_BYTES} bytes"))
+    return _bad_request(_body_too_large())
 
 
 def _health_blueprint() -> Blueprint:
