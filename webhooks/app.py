@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import orjson
-from flask import Blueprint, Flask, Response, current_app, request
+from flask import Blueprint, Flask, Response, current_app
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_input_stream
@@ -54,22 +54,18 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     source.start()
     clock = app.config.get("CLOCK") or (lambda: datetime.datetime.now(datetime.UTC))
     app.extensions[EXTENSION] = Service(source, clock, app.config.get("ACTIVE_RUNS"))
-    app.register_blueprint(_admission_blueprint())
     app.register_blueprint(_health_blueprint())
-    app.register_error_handler(WebhookError, _bad_request)
-    app.register_error_handler(RequestEntityTooLarge, _too_large)
     app.wsgi_app = AdmissionDispatcher(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
 
 class AdmissionDispatcher:
-    """WSGI middleware that answers `POST` on the admission paths without Flask.
+    """WSGI middleware that answers the admission paths; Flask serves everything else.
 
     An admission review is one POST of JSON and one JSON answer; Flask's per-request machinery
     (request context, URL matching, Request and Response objects) cost about as much as the
-    review itself. These routes get the same status codes, bodies, metrics and logs as the
-    Flask views below, which still answer every other request (and other methods on these
-    paths, with 405). An unforeseen exception goes to Flask's own handler, as in a view.
+    review itself. This is also the one place where errors about the request become HTTP 4xx
+    answers. An unforeseen exception goes to Flask's own handler, as in a view.
     """
 
     def __init__(self, app: Flask, flask_wsgi: Callable[..., Iterable[bytes]]) -> None:
@@ -79,11 +75,15 @@ class AdmissionDispatcher:
 
     def __call__(self, environ: dict[str, Any],
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
-        endpoint = (self.endpoints.get(environ.get("PATH_INFO", ""))
-                    if environ.get("REQUEST_METHOD") == "POST" else None)
+        endpoint = self.endpoints.get(environ.get("PATH_INFO", ""))
         if endpoint is None:
             return self.flask_wsgi(environ, start_response)
-        environ["toolforge_admission.endpoint"] = endpoint.name
+        if environ.get("REQUEST_METHOD") != "POST":
+            body = b"only POST is allowed here\n"
+            start_response("405 METHOD NOT ALLOWED", [
+                ("Allow", "POST"), ("Content-Type", "text/plain"),
+                ("Content-Length", str(len(body)))])
+            return [body]
         started = time.perf_counter()
         try:
             content_type = environ.get("CONTENT_TYPE", "")
@@ -110,27 +110,6 @@ class AdmissionDispatcher:
 def _service() -> Service:
     service: Service = current_app.extensions[EXTENSION]
     return service
-
-
-def _admission_blueprint() -> Blueprint:
-    blueprint = Blueprint("admission", __name__)
-    for endpoint in ENDPOINTS:
-        blueprint.add_url_rule(endpoint.path, endpoint.name, _view(endpoint), methods=["POST"])
-    return blueprint
-
-
-def _view(endpoint: Endpoint) -> Callable[[], Response]:
-    # Reached only when the dispatcher is bypassed (a caller of Flask's own wsgi_app).
-    def view() -> Response:
-        started = time.perf_counter()
-        request.environ["toolforge_admission.endpoint"] = endpoint.name
-        if request.mimetype != "application/json":
-            raise UnsupportedMediaError("Content-Type must be application/json")
-        body = _review(endpoint, request.get_data(cache=False), _service(), started)
-        return Response(body, mimetype="application/json")
-
-    view.__name__ = endpoint.name.replace("-", "_")
-    return view
 
 
 def _review(endpoint: Endpoint, body: bytes, service: Service, started: float) -> bytes:
@@ -163,6 +142,7 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
         "uid": review.uid,
         "endpoint": endpoint,
         "operation": review.operation,
+        "sub_resource": review.sub_resource,
         "kind": review.kind.kind,
         "namespace": review.namespace,
         "name": review.name,
@@ -185,18 +165,9 @@ def _refusal(endpoint: str, error: WebhookError) -> tuple[bytes, int]:
     return orjson.dumps(body), error.status
 
 
-def _bad_request(error: WebhookError) -> tuple[Response, int]:
-    endpoint = request.environ.get("toolforge_admission.endpoint", request.path)
-    body, status = _refusal(endpoint, error)
-    return Response(body, mimetype="application/json"), status
-
-
 def _body_too_large() -> BodyTooLargeError:
     return BodyTooLargeError(f"body is larger than {MAX_BODY_BYTES} bytes")
 
-
-def _too_large(_: RequestEntityTooLarge) -> tuple[Response, int]:
-    return _bad_request(_body_too_large())
 
 
 def _health_blueprint() -> Blueprint:
