@@ -12,8 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
-import jsonpatch
-
 from policies.credentials import find_credential_leaks, strip_build_credentials
 from policies.decision import Decision, Finding, allow, combine, decide, deny
 from policies.model import Policy, PolicyError, parse_policy
@@ -28,6 +26,7 @@ from policies.pipelinerun import (
 )
 from policies.registry import check_pod_images
 from policies.slots import Claim, Reservation
+from webhooks.patches import make_patch
 from webhooks.review import AdmissionRequest, ReviewPayload, build_response
 from webhooks.slots import SlotsUnavailableError
 
@@ -179,5 +178,5 @@ def answer(endpoint: Endpoint, request: AdmissionRequest, context: Context,
                                      f"platform admins can find the cause under uid {request.uid}")
     patch = None
     if endpoint.mutating and decision.allowed and decision.patched is not None:
-        patch = jsonpatch.make_patch(request.object, decision.patched).patch
+        patch = make_patch(request.object, decision.patched)
     return decision, build_response(request.uid, decision, patch)

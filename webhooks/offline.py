@@ -14,7 +14,6 @@ import uuid
 from collections.abc import Sequence
 from typing import Any
 
-import jsonpatch
 import orjson
 import yaml
 
@@ -22,6 +21,7 @@ from policies.decision import Decision, combine
 from policies.model import Policy
 from webhooks.admission import ENDPOINTS_BY_NAME, Context, answer
 from webhooks.errors import WebhookError
+from webhooks.patches import make_patch
 from webhooks.review import API_VERSION, ReviewPayload, build_response, read_review
 
 # kind -> (API group, resource), for the kinds the suite's webhooks are registered for.
@@ -89,7 +89,7 @@ def review_offline(data: bytes, policy: Policy, *, endpoint: str | None = None,
     verdict: Decision = combine(*decisions)
     patch = None
     if verdict.allowed and current.object != request.object:
-        patch = jsonpatch.make_patch(request.object, current.object).patch
+        patch = make_patch(request.object, current.object)
     return OfflineOutcome(verdict.allowed, build_response(request.uid, verdict, patch),
                           tuple(notes))
 

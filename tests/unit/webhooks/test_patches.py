@@ -1,0 +1,56 @@
+"""Patches from an object and its mutated copy: applying one gives exactly the copy."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from webhooks.patches import make_patch
+
+FIXTURES = Path(__file__).parent.parent.parent / "fixtures" / "tekton"
+
+scalars = st.none() | st.booleans() | st.integers(-5, 5) | st.text(max_size=3)
+keys = st.sampled_from(["a", "b", "c/d", "e~f", "-"])
+documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
+                         | st.dictionaries(keys, inner, max_size=4), max_leaves=20)
+
+
+@given(old=st.dictionaries(keys, documents, max_size=4),
+       new=st.dictionaries(keys, documents, max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_applying_the_patch_gives_the_new_document(old: dict[str, Any],
+                                                   new: dict[str, Any]) -> None:
+    assert jsonpatch.apply_patch(old, make_patch(old, new)) == new
+
+
+def test_equal_documents_give_an_empty_patch() -> None:
+    document = {"spec": {"containers": [{"name": "a", "args": ["x"]}]}}
+    assert make_patch(document, copy.deepcopy(document)) == []
+
+
+def test_only_changed_branches_are_touched() -> None:
+    old = {"spec": {"containers": [{"name": "a", "args": ["-x", "--", "y"]}, {"name": "b"}]}}
+    new = copy.deepcopy(old)
+    new["spec"]["containers"][0]["args"] = ["--", "y"]
+    patch = make_patch(old, new)
+    assert all(op["path"].startswith("/spec/containers/0/args") for op in patch)
+    assert jsonpatch.apply_patch(old, patch) == new
+
+
+@pytest.mark.parametrize("review", sorted(FIXTURES.glob("*/pod.create.admissionreview.json")),
+                         ids=lambda p: p.parent.name)
+def test_a_stripped_tekton_pod_round_trips(review: Path) -> None:
+    pod = json.loads(review.read_text())["request"]["object"]
+    stripped = copy.deepcopy(pod)
+    for container in stripped["spec"]["containers"]:
+        container["volumeMounts"] = [m for m in container.get("volumeMounts", [])
+                                     if not m["mountPath"].startswith("/tekton/creds")]
+    stripped["spec"]["volumes"].append({"name": "extra", "emptyDir": {}})
+    assert jsonpatch.apply_patch(pod, make_patch(pod, stripped)) == stripped

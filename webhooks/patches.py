@@ -1,0 +1,54 @@
+"""JSON Patches from an object and its mutated copy.
+
+`jsonpatch.make_patch` compares the two whole documents and, for lists, searches for the best
+alignment; on a 45 KB Tekton pod that costs more than the mutation itself. A mutation changes a
+few branches, so the diff descends only where the two differ (`==` on equal subtrees is cheap),
+through mappings and through lists that kept their length, and leaves each changed list whose
+length differs to jsonpatch, which then works on a few items instead of the whole pod.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+
+
+def make_patch(old: Any, new: Any) -> list[dict[str, Any]]:
+    """The JSON Patch operations that turn `old` into `new`."""
+    return list(_diff(old, new, ""))
+
+
+def _diff(old: Any, new: Any, path: str) -> list[dict[str, Any]]:
+    if old == new and type(old) is type(new):
+        return []
+    if isinstance(old, dict) and isinstance(new, dict):
+        operations: list[dict[str, Any]] = []
+        for key in old.keys() - new.keys():
+            operations.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+        for key, value in new.items():
+            child = f"{path}/{_escape(key)}"
+            if key not in old:
+                operations.append({"op": "add", "path": child, "value": value})
+            else:
+                operations.extend(_diff(old[key], value, child))
+        return operations
+    if isinstance(old, list) and isinstance(new, list):
+        if len(old) == len(new):
+            return [op for index, (a, b) in enumerate(zip(old, new, strict=True))
+                    for op in _diff(a, b, f"{path}/{index}")]
+        return [_prefixed(op, path) for op in jsonpatch.make_patch(old, new).patch]
+    if not path:
+        raise ValueError("cannot patch a document into a different type")
+    return [{"op": "replace", "path": path, "value": new}]
+
+
+def _prefixed(operation: dict[str, Any], prefix: str) -> dict[str, Any]:
+    moved = dict(operation, path=prefix + operation["path"])
+    if "from" in moved:
+        moved["from"] = prefix + moved["from"]
+    return moved
+
+
+def _escape(key: str) -> str:
+    return key.replace("~", "~0").replace("/", "~1")
