@@ -441,7 +441,8 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
                                                     f"{_shown(old_tool)}, not {_shown(new_tool)})"))
     old_spec, new_spec = _spec(old), _spec(new)
     changed = sorted(k for k in set(old_spec) | set(new_spec)
-                     if old_spec.get(k) != new_spec.get(k) and k != "status")
+                     if _comparable(k, old_spec.get(k)) != _comparable(k, new_spec.get(k))
+                     and k != "status")
     if changed:
         findings.append(Finding(SPEC_CHANGED, "the spec of a PipelineRun cannot change after "
                                               f"creation (changed: {cut(', '.join(changed))}); "
@@ -452,6 +453,25 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
         findings.append(Finding(SPEC_CHANGED, f"spec.status may only be set to one of {stops} "
                                               f"(or {PENDING} removed), not {_shown(new_status)}"))
     return tuple(findings)
+
+
+def _comparable(key: str, value: object) -> object:
+    """A spec field as compared on UPDATE: durations by their length, not their spelling.
+
+    The Tekton controller writes the run back (to add its labels) from its Go structs, so a
+    stored `timeouts.pipeline: 1h` comes back as `1h0m0s`; that is not a change.
+    """
+    def length(duration: object) -> object:
+        try:
+            return parse_duration(duration) if isinstance(duration, str) else duration
+        except ValueError:
+            return duration
+
+    if key == "timeout":
+        return length(value)
+    if key == "timeouts" and isinstance(value, Mapping):
+        return {k: length(v) for k, v in value.items()}
+    return value
 
 
 def status_change_is_allowed(old: object, new: object) -> bool:
