@@ -31,6 +31,7 @@ from tests.e2e.cluster import (
     Suite,
     wait_for,
 )
+from tests.e2e.objects import BUILDER, delete_runs, pipelinerun, unique
 
 SECRET = "basic-user-pass"
 HARBOR = "https://tools-harbor.wmcloud.org"
@@ -42,11 +43,8 @@ TRUSTED = ("step-analyze", "step-restore", "step-export")
 TOOL_CODE = ("step-detect", "step-build")
 MUTATING = "toolforge-admission-build-pods"
 FLAG_NAMES = ("basic-docker", "docker-config", "docker-cfg")
-BUILDER = "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def tool_account(cp: ControlPlane, tool: str) -> pathlib.Path:
@@ -55,29 +53,8 @@ def tool_account(cp: ControlPlane, tool: str) -> pathlib.Path:
     return cp.user_kubeconfig(tool, ["toolforge"])
 
 
-def pipelinerun(name: str, tool: str) -> dict[str, Any]:
-    """As test_harness.pipelinerun: the buildpacks Pipeline with the build ServiceAccount."""
-    return {
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "namespace": BUILD_NAMESPACE,
-                     "labels": {"toolforge.org/tool": tool}},
-        "spec": {
-            "pipelineRef": {"name": "buildpacks"},
-            "params": [
-                {"name": "APP_IMAGE", "value": f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"},
-                {"name": "BUILDER_IMAGE", "value": BUILDER},
-                {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}.git"},
-            ],
-            "taskRunTemplate": {"serviceAccountName": "buildpacks-service-account"},
-            "timeouts": {"pipeline": "1h"},
-            "workspaces": [{"name": "source-ws", "emptyDir": {}}],
-        },
-    }
 
 
-def delete_runs(cp: ControlPlane, tool: str) -> None:
-    cp.kubectl("delete", "pipelineruns", "--all-namespaces", "-l", f"toolforge.org/tool={tool}",
-               "--wait=true", "--ignore-not-found", timeout=120)
 
 
 def credential_flags(args: list[str]) -> list[str]:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pathlib
-import uuid
 from typing import Any
 
 import yaml
@@ -17,48 +16,23 @@ from tests.e2e.cluster import (
     project_webhook_configurations,
     wait_for,
 )
+from tests.e2e.objects import (
+    delete_runs,
+    pipelinerun,
+    pod_manifest,
+    unique,
+)
 
-TOOL_IMAGE = "tools-harbor.wmcloud.org/tool-mytool/app:1"
 ANYWHERE_IMAGE = "docker-registry.tools.wmflabs.org/toolforge-python311-sssd-base:latest"
-BUILDER = "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"
 REVIEWS = "toolforge_admission_reviews_total"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
-def pod_manifest(name: str, namespace: str, image: str = TOOL_IMAGE) -> str:
-    return yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": name, "namespace": namespace},
-        "spec": {"containers": [{"name": "app", "image": image}], "restartPolicy": "Never"},
-    })
 
 
-def pipelinerun(name: str, tool: str, namespace: str = BUILD_NAMESPACE) -> dict[str, Any]:
-    return {
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "namespace": namespace,
-                     "labels": {"toolforge.org/tool": tool}},
-        "spec": {
-            "pipelineRef": {"name": "buildpacks"},
-            "params": [
-                {"name": "APP_IMAGE", "value": f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"},
-                {"name": "BUILDER_IMAGE", "value": BUILDER},
-                {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}.git"},
-            ],
-            "taskRunTemplate": {"serviceAccountName": "buildpacks-service-account"},
-            "timeouts": {"pipeline": "1h"},
-            "workspaces": [{"name": "source-ws", "emptyDir": {}}],
-        },
-    }
 
 
-def delete_runs(cp: ControlPlane, tool: str) -> None:
-    """Finished or not, a tool's runs hold its active-run slot; tests leave none behind."""
-    cp.kubectl("delete", "pipelineruns", "--all-namespaces", "-l", f"toolforge.org/tool={tool}",
-               "--wait=true", "--ignore-not-found", timeout=120)
 
 
 def test_a_pod_create_reaches_the_suite_and_is_admitted(

@@ -15,13 +15,13 @@ clientConfig (a URL to the test suite) for a Service nothing serves and break ev
 from __future__ import annotations
 
 import pathlib
-import uuid
 from typing import Any
 
 import pytest
 import yaml
 
 from tests.e2e.cluster import REPO, SUITE_NAMESPACE, ControlPlane, Suite
+from tests.e2e.objects import unique
 
 MANIFESTS = REPO / "manifests"
 RENDERED = {
@@ -40,8 +40,6 @@ DISALLOWED_IMAGE = "docker.io/library/nginx"
 DENIED = 'admission webhook "pods.toolforge-admission.toolforge.org" denied the request'
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def pod(name: str, namespace: str, image: str, *, labels: dict[str, str] | None = None,

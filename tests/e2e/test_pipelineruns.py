@@ -32,6 +32,7 @@ import yaml
 
 from policies.slots import RESERVATION_GRACE
 from tests.e2e.cluster import BUILD_NAMESPACE, SUITE_NAMESPACE, ControlPlane, Suite, wait_for
+from tests.e2e.objects import unique
 from tests.e2e.test_harness import delete_runs, pipelinerun
 from webhooks.slots import RESERVATIONS_ANNOTATION, lease_name
 
@@ -42,8 +43,6 @@ SUCCEEDED = json.dumps({"status": {"conditions": [
      "message": "marked finished by the e2e test"}]}})
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def create_run(cp: ControlPlane, run: dict[str, Any], user: pathlib.Path,

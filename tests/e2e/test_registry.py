@@ -9,13 +9,13 @@ from __future__ import annotations
 import datetime
 import pathlib
 import subprocess
-import uuid
 from collections.abc import Iterator
 
 import pytest
 import yaml
 
 from tests.e2e.cluster import ControlPlane, Suite
+from tests.e2e.objects import unique
 
 NAMESPACE = "tool-mytool"
 WEBHOOK = 'admission webhook "pods.toolforge-admission.toolforge.org" denied the request'
@@ -31,8 +31,6 @@ BYOC_PREFIX = "quay.io/example-org"
 BYOC_IMAGE = f"{BYOC_PREFIX}/app:1"
 
 
-def unique(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:6]}"
 
 
 def utc_today() -> datetime.date:
