@@ -43,7 +43,11 @@ def _parser() -> argparse.ArgumentParser:
                        help="directory with tls.crt and tls.key (the webhook-certs Secret)")
     serve.add_argument("--policy", default=DEFAULT_POLICY, help="the policy file to follow")
     serve.add_argument("--workers", type=int, default=2)
-    serve.add_argument("--threads", type=int, default=2)
+    # gunicorn's gthread hands a new connection to a thread, which then waits for its first
+    # request; the API server's client sometimes dials a connection it never uses and closes it
+    # only after 90 s idle, and each such connection holds a thread meanwhile. Threads are cheap
+    # while they wait, so keep enough that a burst's spare dials cannot take them all.
+    serve.add_argument("--threads", type=int, default=8)
     serve.add_argument("--client-ca", help="require client certificates signed by this CA "
                                            "(the API server's webhook client certificate)")
     serve.add_argument("--dev", action="store_true",

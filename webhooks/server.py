@@ -29,7 +29,7 @@ class ServerOptions:
     key_file: Path
     policy_file: Path
     workers: int = 2
-    threads: int = 2
+    threads: int = 8
     client_ca_file: Path | None = None
     """When set, only clients with a certificate from this CA (the API server) may connect."""
     log_level: str = "info"
