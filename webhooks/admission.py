@@ -10,7 +10,7 @@ import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Protocol
 
 from policies.credentials import find_credential_leaks, strip_build_credentials
 from policies.decision import Decision, Finding, allow, combine, decide, deny
@@ -37,7 +37,6 @@ POLICY_CONFIGMAP = "toolforge-admission-policy"
 POLICY_KEY = "policy.yaml"
 
 
-@runtime_checkable
 class ActiveRuns(Protocol):
     """Holds the per-tool active-run slots in the cluster (`webhooks.slots.LeaseSlots`)."""
 
