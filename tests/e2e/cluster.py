@@ -557,13 +557,17 @@ class Suite:
     """`toolforge-admission serve` as a subprocess, registered with the control plane."""
 
     def __init__(self, control_plane: ControlPlane, workdir: pathlib.Path, *,
-                 policy: pathlib.Path = TEST_POLICY, workers: int = 2, threads: int = 8) -> None:
+                 policy: pathlib.Path = TEST_POLICY, workers: int = 2, threads: int = 8,
+                 kubeconfig: pathlib.Path | None = None) -> None:
         from certs.issue import new_ca, new_serving_cert
 
         self.cp = control_plane
         self.workdir = workdir
         self.workers = workers
         self.threads = threads
+        # Where the suite reaches the API server for the active-run check (a fault-injecting
+        # proxy's kubeconfig in the fault tests); the admin's by default.
+        self.kubeconfig = kubeconfig or control_plane.kubeconfig
         self.cert_dir = workdir / "suite-certs"
         self.cert_dir.mkdir(parents=True, exist_ok=True)
         now = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
@@ -600,7 +604,7 @@ class Suite:
             return
         t0 = time.monotonic()
         self.process = Process("toolforge-admission", self.command(), self.workdir, env={
-            "KUBECONFIG": str(self.cp.kubeconfig),
+            "KUBECONFIG": str(self.kubeconfig),
             "POD_NAMESPACE": SUITE_NAMESPACE,
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO),
