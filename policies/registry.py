@@ -2,8 +2,9 @@
 
 `check_pod_images` judges a Pod, or the pod template of a workload (Deployment, ReplicaSet,
 StatefulSet, DaemonSet, ReplicationController, Job, CronJob, PodTemplate). It reads containers,
-initContainers and ephemeralContainers. The `pods/ephemeralcontainers` subresource (`kubectl
-debug`) arrives as an UPDATE of the whole Pod, so it needs no case of its own.
+initContainers and ephemeralContainers, and image volumes (`volumes[].image.reference`: the
+kubelet pulls those as it pulls a container's image). The `pods/ephemeralcontainers` subresource
+(`kubectl debug`) arrives as an UPDATE of the whole Pod, so it needs no case of its own.
 
 On UPDATE only images that are new or changed at their container are judged. An UPDATE that
 leaves every image alone (a label, a finalizer, `kubectl scale`) therefore always passes, so
@@ -56,6 +57,9 @@ CONTAINER_LISTS = (
 )
 """The pod spec lists that hold containers, and what a message calls one of their entries."""
 
+IMAGE_VOLUME = "volume"
+"""What a message calls an image volume."""
+
 POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
     "Pod": ("spec",),
     "PodTemplate": ("template", "spec"),
@@ -71,11 +75,11 @@ POD_SPEC_PATHS: Mapping[str, tuple[str, ...]] = {
 
 
 @dataclass(frozen=True)
-class ContainerImage:
-    """One container's image as the object states it."""
+class PodImage:
+    """One image a pod pulls, as the object states it: a container's or an image volume's."""
 
     list_kind: str
-    """`container`, `initContainer` or `ephemeralContainer`."""
+    """`container`, `initContainer`, `ephemeralContainer` or `volume`."""
     name: str
     image: object
     """The raw `image` value; not trusted to be a string."""
@@ -132,7 +136,7 @@ def check_pod_images(*, kind: str, operation: str, namespace: str,
 
 
 def images_to_judge(kind: str, obj: Mapping[str, Any] | None,
-                    old_obj: Mapping[str, Any] | None) -> tuple[ContainerImage, ...]:
+                    old_obj: Mapping[str, Any] | None) -> tuple[PodImage, ...]:
     """The containers whose image is new: all of them, or on UPDATE those not in `old_obj`."""
     current = containers_of(kind, obj)
     if old_obj is None:
@@ -143,7 +147,7 @@ def images_to_judge(kind: str, obj: Mapping[str, Any] | None,
                  or before[(c.list_kind, c.name)] != c.image)
 
 
-def containers_of(kind: str, obj: Mapping[str, Any] | None) -> tuple[ContainerImage, ...]:
+def containers_of(kind: str, obj: Mapping[str, Any] | None) -> tuple[PodImage, ...]:
     """Every container of an object's pod spec, in the order the spec lists them."""
     # The object is decoded JSON, so its mappings are dicts (a cheaper isinstance than Mapping).
     spec: object = obj
@@ -154,18 +158,27 @@ def containers_of(kind: str, obj: Mapping[str, Any] | None) -> tuple[ContainerIm
     return tuple(_containers(spec))
 
 
-def _containers(spec: dict[str, Any]) -> Iterator[ContainerImage]:
+def _containers(spec: dict[str, Any]) -> Iterator[PodImage]:
     for key, list_kind in CONTAINER_LISTS:
         entries = spec.get(key)
         if not isinstance(entries, list):
             continue
         for entry in entries:
             if isinstance(entry, dict):
-                name = entry.get("name")
-                yield ContainerImage(list_kind, name if isinstance(name, str) else "",
-                                     entry.get("image"))
+                yield PodImage(list_kind, _name(entry), entry.get("image"))
             else:  # the API server's schema check forbids this; fail closed if it happens
-                yield ContainerImage(list_kind, "", None)
+                yield PodImage(list_kind, "", None)
+    volumes = spec.get("volumes")
+    for volume in volumes if isinstance(volumes, list) else ():
+        source = volume.get("image") if isinstance(volume, dict) else None
+        if source is not None:
+            reference = source.get("reference") if isinstance(source, dict) else None
+            yield PodImage(IMAGE_VOLUME, _name(volume), reference)
+
+
+def _name(entry: dict[str, Any]) -> str:
+    name = entry.get("name")
+    return name if isinstance(name, str) else ""
 
 
 def allow_list(policy: Policy, namespace: str, day: datetime.date) -> AllowList:
@@ -175,7 +188,7 @@ def allow_list(policy: Policy, namespace: str, day: datetime.date) -> AllowList:
 
 # -- checks on one container -------------------------------------------------------------------
 
-def _judge(container: ContainerImage, allowed: AllowList) -> Finding | None:
+def _judge(container: PodImage, allowed: AllowList) -> Finding | None:
     try:
         image = _parse_image(container.image)
     except ImageReferenceError as error:
@@ -200,13 +213,13 @@ def _parse_image(value: object) -> ImageReference:
 _parse_image_text = lru_cache(maxsize=4096)(parse_image)
 
 
-def _describe(container: ContainerImage) -> str:
+def _describe(container: PodImage) -> str:
     return f"{container.list_kind} {quote(container.name, 80)} image {quote(container.image, 300)}"
 
 
 def _denial(namespace: str, findings: list[Finding], allowed: AllowList) -> str:
     count = len(findings)
-    head = ("1 container image is" if count == 1 else f"{count} container images are")
+    head = ("1 image is" if count == 1 else f"{count} images are")
     listed = "; ".join(f.message for f in findings)
     return (f"{head} not allowed in namespace {quote(namespace, 80)}: {listed}. "
             f"{_allowed_hint(allowed, 1000)}")

@@ -142,7 +142,7 @@ def test_the_denial_lists_every_offending_container_and_the_allowed_prefixes() -
     pod = make_pod(OWN, "nginx:1.25", init=("quay.io/x/y",), ephemeral=("busybox",))
     decision = check(pod)
     assert not decision.allowed
-    assert decision.message.startswith('3 container images are not allowed in namespace '
+    assert decision.message.startswith('3 images are not allowed in namespace '
                                        '"tool-mytool": ')
     assert ('container "c1" image "nginx:1.25" (docker.io/library/nginx) is not under an allowed '
             'prefix') in decision.message
@@ -303,7 +303,7 @@ def test_an_update_names_only_the_changed_container() -> None:
     decision = check(new, operation="UPDATE", old=old)
     assert 'container "c1" image "redis:7"' in decision.message
     assert '"c0"' not in decision.message
-    assert decision.message.startswith("1 container image is not allowed")
+    assert decision.message.startswith("1 image is not allowed")
 
 
 def test_on_create_the_old_object_is_ignored() -> None:
@@ -316,3 +316,45 @@ def test_images_to_judge_match_containers_by_list_and_name() -> None:
     judged = images_to_judge("Pod", new, old)
     assert [(c.list_kind, c.name, c.image) for c in judged] == [
         ("container", "c1", "a.example/z"), ("initContainer", "i0", "a.example/x")]
+
+
+def with_image_volume(pod: dict[str, Any], reference: object, name: str = "data",
+                      ) -> dict[str, Any]:
+    spec = {**pod["spec"], "volumes": [{"name": "scratch", "emptyDir": {}},
+                                       {"name": name, "image": {"reference": reference,
+                                                                "pullPolicy": "IfNotPresent"}}]}
+    return {**pod, "spec": spec}
+
+
+@pytest.mark.parametrize(("reference", "allowed"), [
+    pytest.param(f"{HARBOR}/tool-mytool/models:3", True, id="own-project"),
+    pytest.param("quay.io/someone/models:3", False, id="other-registry"),
+    pytest.param(None, False, id="missing-reference"),
+])
+def test_image_volumes_are_judged_like_containers(reference: object, allowed: bool) -> None:
+    decision = check(with_image_volume(make_pod(OWN), reference))
+    assert decision.allowed is allowed
+    if not allowed:
+        assert 'volume "data" image ' in decision.message
+
+
+def test_the_denial_names_the_image_volume() -> None:
+    decision = check(with_image_volume(make_pod(OWN), "quay.io/someone/models:3"))
+    assert decision.reason == IMAGE_NOT_ALLOWED
+    assert decision.message.startswith(
+        '1 image is not allowed in namespace "tool-mytool": volume "data" image '
+        '"quay.io/someone/models:3" (quay.io/someone/models) is not under an allowed prefix')
+
+
+def test_an_update_judges_a_changed_image_volume() -> None:
+    old = with_image_volume(make_pod(OWN), f"{HARBOR}/tool-mytool/models:3")
+    assert check(with_image_volume(make_pod(OWN), f"{HARBOR}/tool-mytool/models:3"),
+                 operation="UPDATE", old=old).allowed
+    assert not check(with_image_volume(make_pod(OWN), "quay.io/someone/models:3"),
+                     operation="UPDATE", old=old).allowed
+
+
+def test_workload_templates_image_volumes_are_checked() -> None:
+    pod = with_image_volume(make_pod(OWN), "quay.io/someone/models:3")
+    deployment = {"kind": "Deployment", "spec": {"template": {"spec": pod["spec"]}}}
+    assert not check(deployment, kind="Deployment").allowed

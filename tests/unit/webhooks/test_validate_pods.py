@@ -114,7 +114,7 @@ def test_kubectl_run_with_an_image_from_the_tools_project_is_allowed(client: Fla
 def test_kubectl_run_nginx_is_denied_with_what_to_change(client: FlaskClient) -> None:
     message = assert_denied(post(client, make_review(make_pod("nginx"))))
     assert message == (
-        '1 container image is not allowed in namespace "tool-mytool": container "app" image '
+        '1 image is not allowed in namespace "tool-mytool": container "app" image '
         '"nginx" (docker.io/library/nginx) is not under an allowed prefix. Use images under one '
         f"of: {HARBOR}/tool-mytool, {HARBOR}/toolforge, docker-registry.svc.toolforge.org; or "
         "ask the platform admins for an exception.")
