@@ -80,6 +80,9 @@ class PolicySource:
                 return self._refuse(identity, "", f"cannot read {self.path}: {error.strerror}")
             digest = hashlib.sha256(text).hexdigest()
             if self._policy is not None and digest == self._policy.digest:
+                if self._seen.error:
+                    logger.info("policy file valid again; the policy in force is unchanged",
+                                extra={"fields": {"path": str(self.path), "digest": digest[:12]}})
                 self._seen = Snapshot(identity, digest)
                 metrics.POLICY_VALID.set(1)
                 return False
@@ -87,6 +90,13 @@ class PolicySource:
                 policy = parse_policy(text)
             except PolicyError as error:
                 return self._refuse(identity, digest, "; ".join(error.problems))
+            except Exception as error:
+                # Garbage the parser does not diagnose itself (YAML nested deeper than Python's
+                # recursion limit raises RecursionError) is refused like any other: escaping
+                # here would crash a starting worker, and in the poll it would leave the
+                # metrics and /readyz saying the file is fine.
+                return self._refuse(identity, digest,
+                                    f"cannot parse the policy: {type(error).__name__}: {error}")
             self._put_in_force(policy)
             self._seen = Snapshot(identity, digest)
             self._save_last_good(text)

@@ -109,3 +109,24 @@ def test_without_a_saved_policy_a_bad_file_leaves_the_worker_without_policy(
     source = PolicySource(path, interval=0, last_good=tmp_path / "missing.yaml")
     source.refresh()
     assert source.policy is None
+
+
+def test_yaml_nested_beyond_the_recursion_limit_is_refused_not_raised(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text("builds: {maxActiveRuns: 2}\n")
+    source = PolicySource(path, interval=0)
+    source.refresh()
+    path.write_bytes(b"[" * 5000)
+    assert source.refresh() is False
+    assert source.policy is not None
+    assert source.policy.builds.max_active_runs == 2
+    assert "RecursionError" in source.error
+
+
+def test_a_worker_starting_on_deeply_nested_yaml_is_unready_not_crashed(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(b"{a: " * 5000)
+    source = PolicySource(path, interval=0)
+    source.start()
+    assert source.policy is None
+    assert "RecursionError" in source.error
