@@ -54,6 +54,12 @@ CERTIFICATE_NOT_AFTER = Gauge(
     "Expiry (Unix time) of the serving certificate this worker presents.",
     multiprocess_mode="livemin",
 )
+CERTIFICATE_VALID = Gauge(
+    f"{PREFIX}_certificate_valid",
+    "1 when the certificate files on disk are the ones served, 0 when they were refused (the "
+    "last good pair serves).",
+    multiprocess_mode="livemin",
+)
 CERTIFICATE_RELOAD_ERRORS = Counter(
     f"{PREFIX}_certificate_reload_errors_total",
     "Certificate files that were refused (unreadable, or key and certificate do not match).",

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
 from webhooks import metrics
 
@@ -64,23 +65,48 @@ class ServingCertificate:
             if identity == self._identity:
                 return False
             try:
+                not_after = _check_pair(self.cert_file, self.key_file)
                 context = _server_context(self.cert_file, self.key_file, self.client_ca_file)
-                not_after = x509.load_pem_x509_certificate(
-                    self.cert_file.read_bytes()).not_valid_after_utc.timestamp()
             except (OSError, ssl.SSLError, ValueError) as error:
                 return self._refuse(identity, f"certificate files refused: {error}")
             self._context, self._identity, self.not_after = context, identity, not_after
             metrics.CERTIFICATE_NOT_AFTER.set(not_after)
+            metrics.CERTIFICATE_VALID.set(1)
             logger.info("serving certificate loaded", extra={"fields": {
                 "cert_file": str(self.cert_file), "not_after": int(not_after)}})
             return True
 
     def _refuse(self, identity: tuple[object, ...] | None, error: str) -> bool:
+        # Log and count a bad pair once, not on every check; the gauge stays 0 while it lasts.
         if identity != self._identity or self._context is None:
             metrics.CERTIFICATE_RELOAD_ERRORS.inc()
-            logger.error("keeping the last good certificate", extra={"fields": {"error": error}})
+            logger.error("keeping the last good certificate", extra={"fields": {
+                "cert_file": str(self.cert_file), "key_file": str(self.key_file),
+                "error": error,
+                "serving_not_after": int(self.not_after) if self.not_after else None}})
+        metrics.CERTIFICATE_VALID.set(0)
         self._identity = identity
         return False
+
+
+def _check_pair(cert_file: Path, key_file: Path) -> float:
+    """The certificate's expiry (Unix time); ValueError saying which file is not usable.
+
+    ssl's own errors ("PEM lib") do not say which file is wrong. Reading the key here first also
+    keeps an encrypted key from reaching OpenSSL, which would prompt for its passphrase.
+    """
+    try:
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+    except ValueError:
+        raise ValueError(f"{cert_file} is not a PEM certificate") from None
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        raise ValueError(f"{key_file} is not an unencrypted PEM private key") from None
+    spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
+        raise ValueError(f"{key_file} is not the key of the certificate in {cert_file}")
+    return cert.not_valid_after_utc.timestamp()
 
 
 def _server_context(cert_file: Path, key_file: Path, client_ca_file: str | None,
