@@ -103,10 +103,11 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
     except SlotsUnavailableError as error:
         logger.warning("active runs unavailable", extra={"fields": {
             "uid": request.uid, "tool": tool, "error": str(error)}})
+        # What to do comes first (users read the start); the technical cause last, for admins.
         findings.append(Finding(SLOTS_UNAVAILABLE, (
-            f"could not check how many PipelineRuns the tool {tool} has running ({error}); the "
-            "run was not created: try again shortly, and tell the platform admins if this "
-            "persists")))
+            f"could not check how many PipelineRuns the tool {tool} has running, so this run was "
+            "not created: try again in a minute, and tell the platform admins if it keeps "
+            f"failing (cause: {error})")))
     else:
         if not claim.fits:
             findings.append(too_many_runs(tool, claim.limit, claim.occupants))

@@ -6,17 +6,25 @@
   idle connection first; a server-side close races with a reuse and fails a review.
 - on SIGTERM gunicorn stops accepting, finishes in-flight reviews within the graceful timeout and
   answers them with `Connection: close`, so the API server moves to the other replicas.
+- a connection gets a thread only when its request arrives (`AdmissionWorker`).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import selectors
+import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
+from gunicorn import http, sock
 from gunicorn.app.base import BaseApplication
+from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
 KEEPALIVE_SECONDS = 120
 GRACEFUL_SECONDS = 25
@@ -65,6 +73,95 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         })
 
 
+class AdmissionWorker(ThreadWorker):  # type: ignore[misc]
+    """gthread, except that a new connection waits for its first request in the poller.
+
+    Stock gthread hands a new connection to a pool thread, which does the TLS handshake and then
+    blocks until the first request comes. The API server's client dials spare connections in
+    bursts and may leave one idle for 90 s, and a client can also connect and send nothing, not
+    even a ClientHello; each such connection held a thread, and a few of them left a worker no
+    thread for reviews. Here the main thread does the handshake without blocking, as far as the
+    bytes that have arrived allow, and the connection then waits in the poller, as gthread's
+    kept-alive connections do, until request bytes are readable; only then does a thread take it.
+    The wait is bounded by the keep-alive timeout, and a stopping worker closes such connections
+    after the same short linger as its idle kept-alive ones. It builds on gthread's own pending
+    connections (gunicorn 27.0, pinned in setup.cfg).
+    """
+
+    def accept(self, listener: Any) -> None:
+        try:
+            client, address = listener.accept()
+        except OSError as error:
+            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
+                raise
+            return
+        self.nr_conns += 1
+        conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
+        if not self.cfg.is_ssl:
+            self._wait_for_request(conn)
+            return
+        try:
+            conn.sock = sock.ssl_context(self.cfg).wrap_socket(
+                conn.sock, server_side=True, do_handshake_on_connect=False,
+                suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
+        except Exception:  # the main loop must survive anything one connection does
+            self.log.exception("cannot set up TLS for a connection")
+            self._drop(conn)
+            return
+        self._shake_hands(conn)
+
+    def _shake_hands(self, conn: TConn, _fileobj: object = None) -> None:
+        if _fileobj is not None:
+            self._unpark(conn)
+        try:
+            conn.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            self._park(conn, selectors.EVENT_READ, self._shake_hands)
+        except ssl.SSLWantWriteError:
+            self._park(conn, selectors.EVENT_WRITE, self._shake_hands)
+        except (ssl.SSLError, OSError) as error:
+            self.log.debug("TLS handshake failed: %s", error)
+            self._drop(conn)
+        except Exception:
+            self.log.exception("TLS handshake failed")
+            self._drop(conn)
+        else:
+            self._wait_for_request(conn)
+
+    def _wait_for_request(self, conn: TConn) -> None:
+        # With the parser in place, TConn.init in the thread neither wraps nor shakes hands.
+        # The context offers only HTTP/1.1 (webhooks.tls), so there is no HTTP/2 to set up.
+        conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
+        if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
+            conn.data_ready = True  # decrypted already: the socket will not turn readable
+            self.enqueue_req(conn)
+        else:
+            self._park(conn, selectors.EVENT_READ, self.on_pending_socket_readable)
+
+    def _park(self, conn: TConn, events: int, callback: Callable[..., None]) -> None:
+        """Let the poller watch the connection, until the keep-alive timeout at most."""
+        conn.timeout = time.monotonic() + self.cfg.keepalive
+        if not self.alive:
+            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+        self.pending_conns.append(conn)
+        self.poller.register(conn.sock, events, partial(callback, conn))
+
+    def _unpark(self, conn: TConn) -> None:
+        self.poller.unregister(conn.sock)
+        self.pending_conns.remove(conn)
+
+    def _drop(self, conn: TConn) -> None:
+        self.nr_conns -= 1
+        conn.close()
+
+    def _cap_keepalive(self, deadline: float) -> None:
+        # Called when the worker stops: a connection that has sent no request yet can be closed
+        # as safely as an idle kept-alive one, and must not hold the stop for the whole grace.
+        super()._cap_keepalive(deadline)
+        for conn in self.pending_conns:
+            conn.timeout = min(conn.timeout, deadline)
+
+
 def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
     """The gunicorn settings for these options."""
     serving = _serving_certificate(options)
@@ -74,7 +171,7 @@ def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
 
     return {
         "bind": [options.bind],
-        "worker_class": "gthread",
+        "worker_class": AdmissionWorker,
         "workers": options.workers,
         "threads": options.threads,
         "keepalive": KEEPALIVE_SECONDS,

@@ -11,6 +11,13 @@ Everything is bounded by one deadline (`DEFAULT_BUDGET_SECONDS`), well inside th
 timeout. When the API server cannot be reached, errors or is too slow, `SlotsUnavailableError` is
 raised and the rule refuses the run (fail closed).
 
+A refused run must not keep a slot. A Lease write that failed without saying whether it was
+applied (a timeout, a lost connection, a 5xx) may have stored the reservation all the same, so
+the claim then withdraws it (`WITHDRAW_BUDGET_SECONDS` more, still inside the timeout) before it
+refuses. What no server can undo is a write whose answer never reached the API server (the
+worker died after it, or the API server gave up waiting): that reservation holds the slot until
+its grace (`policies.slots.RESERVATION_GRACE`) has passed, and then frees itself.
+
 RBAC the ServiceAccount needs: list `pipelineruns.tekton.dev` in all namespaces (runs live in the
 build namespace and tools' namespaces), and get/create/update `leases.coordination.k8s.io` in its
 own namespace.
@@ -35,6 +42,8 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_NAMESPACE = "toolforge-admission"
 DEFAULT_BUDGET_SECONDS = 2.5
+WITHDRAW_BUDGET_SECONDS = 1.0
+"""After a failed claim; with the claim's budget, 3.5 s: inside the webhook's 5 s timeout."""
 MAX_ATTEMPTS = 8
 RESERVATIONS_ANNOTATION = "toolforge.org/reservations"
 TOOL_ANNOTATION = "toolforge.org/tool"
@@ -44,6 +53,10 @@ MANAGED_BY = {"app.kubernetes.io/managed-by": "toolforge-admission"}
 
 class SlotsUnavailableError(Exception):
     """The cluster could not say whether a run fits (unreachable, an error, or too slow)."""
+
+
+class WriteUncertainError(SlotsUnavailableError):
+    """A Lease write failed without saying whether the API server applied it."""
 
 
 class ConflictError(Exception):
@@ -79,47 +92,87 @@ class LeaseSlots:
 
     def __init__(self, leases: LeaseStore, runs: RunLister, *,
                  budget_seconds: float = DEFAULT_BUDGET_SECONDS,
+                 withdraw_budget_seconds: float = WITHDRAW_BUDGET_SECONDS,
                  monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep,
+                 clock: Callable[[], datetime.datetime] = lambda: datetime.datetime.now(
+                     datetime.UTC)) -> None:
         self.leases = leases
         self.runs = runs
         self.budget_seconds = budget_seconds
+        self.withdraw_budget_seconds = withdraw_budget_seconds
         self._monotonic = monotonic
         self._sleep = sleep
+        self._clock = clock
 
     def claim(self, tool: str, candidate: Reservation, *, limit: int, label: str,
               reserve: bool) -> Claim:
         """Decide whether `candidate` fits; when it does and `reserve` is set, record it."""
-        deadline = self._monotonic() + self.budget_seconds
+        budget = self.budget_seconds
+        deadline = self._monotonic() + budget
         name = lease_name(tool)
         for attempt in range(MAX_ATTEMPTS):
-            lease = self.leases.get(name, self._remaining(deadline))
-            listed = self.runs.list(f"{label}={tool}", self._remaining(deadline))
+            lease = self.leases.get(name, self._remaining(deadline, budget))
+            listed = self.runs.list(f"{label}={tool}", self._remaining(deadline, budget))
             claim = claim_slot(candidate, read_reservations(lease),
                                [listed_run(run) for run in listed], limit=limit,
                                now=candidate.reserved_at)
             if not (reserve and claim.fits and claim.changed):
                 return claim
-            body = lease_body(name, tool, claim.reservations, lease)
+            body = lease_body(name, tool, claim.reservations, lease, candidate.reserved_at)
             try:
-                if lease is None:
-                    self.leases.create(body, self._remaining(deadline))
-                else:
-                    self.leases.replace(name, body, self._remaining(deadline))
+                self._write(name, body, lease, self._remaining(deadline, budget))
             except ConflictError:
                 pause = min(0.01 * 2**attempt + random.uniform(0, 0.02),  # noqa: S311
-                            self._remaining(deadline) / 2)
+                            self._remaining(deadline, budget) / 2)
                 self._sleep(pause)
                 continue
+            except WriteUncertainError:
+                self._withdraw(name, tool, candidate)
+                raise
             return claim
         raise SlotsUnavailableError(f"the reservation for tool {tool} kept conflicting with "
                                     f"others after {MAX_ATTEMPTS} attempts")
 
-    def _remaining(self, deadline: float) -> float:
+    def _withdraw(self, name: str, tool: str, candidate: Reservation) -> None:
+        """Leave no reservation of `candidate` behind, after a write that may have landed.
+
+        The Lease is read and written back without the candidate, with a new renewTime, so the
+        write always changes it: a late copy of the claim's own write, still on its way through
+        the API server with the resourceVersion read before, then fails its precondition instead
+        of landing afterwards. Best effort: when this fails too, the grace frees the slot.
+        """
+        budget = self.withdraw_budget_seconds
+        deadline = self._monotonic() + budget
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                lease = self.leases.get(name, self._remaining(deadline, budget))
+                kept = [r for r in read_reservations(lease) if r.key != candidate.key]
+                body = lease_body(name, tool, kept, lease, self._clock())
+                try:
+                    self._write(name, body, lease, self._remaining(deadline, budget))
+                except ConflictError:
+                    continue
+                logger.info("reservation withdrawn", extra={"fields": {
+                    "tool": tool, "run": candidate.key}})
+                return
+            raise SlotsUnavailableError(f"kept conflicting after {MAX_ATTEMPTS} attempts")
+        except SlotsUnavailableError as error:
+            logger.warning("reservation not withdrawn; it frees the slot after the grace",
+                           extra={"fields": {"tool": tool, "run": candidate.key,
+                                             "error": str(error)}})
+
+    def _write(self, name: str, body: dict[str, Any], current: Mapping[str, Any] | None,
+               timeout: float) -> None:
+        if current is None:
+            self.leases.create(body, timeout)
+        else:
+            self.leases.replace(name, body, timeout)
+
+    def _remaining(self, deadline: float, budget: float) -> float:
         left = deadline - self._monotonic()
         if left <= 0:
-            raise SlotsUnavailableError(f"the API server did not answer within "
-                                        f"{self.budget_seconds:g} s")
+            raise SlotsUnavailableError(f"the API server did not answer within {budget:g} s")
         return left
 
 
@@ -149,8 +202,13 @@ def read_reservations(lease: Mapping[str, Any] | None) -> tuple[Reservation, ...
 
 
 def lease_body(name: str, tool: str, reservations: Sequence[Reservation],
-               current: Mapping[str, Any] | None) -> dict[str, Any]:
-    """The Lease to write; with `current`, it carries its resourceVersion as the precondition."""
+               current: Mapping[str, Any] | None, written_at: datetime.datetime,
+               ) -> dict[str, Any]:
+    """The Lease to write; with `current`, it carries its resourceVersion as the precondition.
+
+    `renewTime` is the time of the write: it makes every write a change (the API server keeps
+    the resourceVersion of a write that changes nothing), which the withdrawal relies on.
+    """
     entries = [{"uid": r.uid, "namespace": r.namespace, "name": r.name,
                 "at": r.reserved_at.isoformat()} for r in reservations]
     metadata: dict[str, Any] = {
@@ -162,7 +220,13 @@ def lease_body(name: str, tool: str, reservations: Sequence[Reservation],
     if current is not None:
         metadata["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
-            "spec": {"holderIdentity": "toolforge-admission"}}
+            "spec": {"holderIdentity": "toolforge-admission",
+                     "renewTime": micro_time(written_at)}}
+
+
+def micro_time(moment: datetime.datetime) -> str:
+    """Kubernetes' MicroTime: RFC 3339 in UTC with exactly six fractional digits."""
+    return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --- The kubernetes client adapters ---------------------------------------------------------
@@ -199,9 +263,14 @@ class KubernetesLeases:
         try:
             call()
         except Exception as error:
-            if getattr(error, "status", None) == 409:
+            status = getattr(error, "status", None)
+            if status == 409:
                 raise ConflictError(str(error)) from error
-            raise _unavailable("writing", error) from error
+            # A 4xx is a refusal: nothing was stored. A timeout, a lost connection or a 5xx
+            # (an etcd timeout, say) may come after the write was applied.
+            if isinstance(status, int) and status < 500:
+                raise _unavailable("writing", error) from error
+            raise _unavailable("writing", error, WriteUncertainError) from error
 
 
 class KubernetesRuns:
@@ -247,11 +316,15 @@ def _json(response: Any) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _unavailable(action: str, error: Exception) -> SlotsUnavailableError:
+def _unavailable(action: str, error: Exception,
+                 kind: type[SlotsUnavailableError] = SlotsUnavailableError,
+                 ) -> SlotsUnavailableError:
     status = getattr(error, "status", None)
     reason = getattr(error, "reason", None)
     if status is not None:
         detail = f"HTTP {status} {reason or ''}".strip()
     else:
-        detail = f"{type(error).__name__}: {str(error)[:200]}"
-    return SlotsUnavailableError(f"{action} failed: {detail}")
+        # urllib3 wraps the cause (refused, reset, timed out) in MaxRetryError.reason.
+        cause = reason if isinstance(reason, Exception) else error
+        detail = f"{type(cause).__name__}: {str(cause)[:200]}"
+    return kind(f"{action} failed: {detail}")

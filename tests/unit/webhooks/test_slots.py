@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
+import urllib3
 from kubernetes.client import ApiException
 
 from policies.slots import Reservation
@@ -20,6 +21,7 @@ from webhooks.slots import (
     KubernetesRuns,
     LeaseSlots,
     SlotsUnavailableError,
+    WriteUncertainError,
     lease_body,
     lease_name,
     read_reservations,
@@ -220,8 +222,10 @@ def test_unreadable_reservations_are_dropped() -> None:
 
 
 def test_a_replaced_lease_carries_the_read_resource_version() -> None:
-    body = lease_body("n", "mytool", [candidate("a")], {"metadata": {"resourceVersion": "42"}})
+    body = lease_body("n", "mytool", [candidate("a")], {"metadata": {"resourceVersion": "42"}},
+                      NOW)
     assert body["metadata"]["resourceVersion"] == "42"
+    assert body["spec"]["renewTime"] == "2026-11-22T12:00:00.000000Z"
     assert [r.uid for r in read_reservations(body)] == ["a"]
 
 
@@ -255,3 +259,194 @@ def test_a_missing_lease_reads_as_none_and_other_errors_as_unavailable() -> None
         KubernetesLeases(FailingApi(ApiException(status=500, reason="Boom")), "ns").get("n", 1.0)
     with pytest.raises(SlotsUnavailableError, match="listing PipelineRuns"):
         KubernetesRuns(FailingApi(TimeoutError("slow"))).list("a=b", 1.0)
+
+
+# --- A write whose outcome is unknown: the refused run must not keep its slot --------------
+
+
+class LostAnswer(FakeCluster):
+    """The first Lease write is applied, but its answer is lost (a timeout, a reset)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lost = False
+
+    def create(self, body: dict[str, Any], timeout: float) -> None:
+        super().create(body, timeout)
+        self._lose()
+
+    def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+        super().replace(name, body, timeout)
+        self._lose()
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.lost = True
+            raise WriteUncertainError("writing failed: ReadTimeoutError: timed out")
+
+
+class LateWrite(FakeCluster):
+    """The first Lease write times out in the client and reaches the store only later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: tuple[str, dict[str, Any]] | None = None
+
+    def create(self, body: dict[str, Any], timeout: float) -> None:
+        if self.held is None:
+            self.held = ("create", copy.deepcopy(body))
+            raise WriteUncertainError("writing failed: ReadTimeoutError: timed out")
+        super().create(body, timeout)
+
+    def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+        if self.held is None:
+            self.held = ("replace", copy.deepcopy(body))
+            raise WriteUncertainError("writing failed: ReadTimeoutError: timed out")
+        super().replace(name, body, timeout)
+
+    def land(self) -> None:
+        """The held write reaches the store now, with the resourceVersion it was sent with."""
+        assert self.held is not None
+        verb, body = self.held
+        if verb == "create":
+            super().create(body, 1.0)
+        else:
+            super().replace(body["metadata"]["name"], body, 1.0)
+
+
+def reserved(cluster: FakeCluster, tool: str = "mytool") -> list[str]:
+    return [r.uid for r in read_reservations(cluster.leases.get(lease_name(tool)))]
+
+
+@pytest.mark.parametrize("existing", [
+    pytest.param(False, id="first-run-creates-the-lease"),
+    pytest.param(True, id="lease-exists"),
+])
+def test_a_write_applied_but_unanswered_is_withdrawn_before_the_refusal(existing: bool) -> None:
+    cluster = LostAnswer()
+    if existing:
+        cluster.leases[lease_name("mytool")] = lease_body(lease_name("mytool"), "mytool", [],
+                                                          None, NOW)
+        cluster.leases[lease_name("mytool")]["metadata"]["resourceVersion"] = "0"
+    with pytest.raises(WriteUncertainError):
+        claim(slots(cluster), "mytool", "a")
+    assert reserved(cluster) == []
+    assert claim(slots(cluster), "mytool", "b")
+
+
+@pytest.mark.parametrize("existing", [
+    pytest.param(False, id="late-create"),
+    pytest.param(True, id="late-replace"),
+])
+def test_a_write_landing_after_the_withdrawal_is_fenced_off(existing: bool) -> None:
+    cluster = LateWrite()
+    if existing:
+        cluster.add_run("mytool", "done", status="True")
+        FakeCluster.create(cluster, lease_body(lease_name("mytool"), "mytool", [], None, NOW),
+                           1.0)
+    with pytest.raises(WriteUncertainError):
+        claim(slots(cluster), "mytool", "a")
+    # The withdrawal wrote the Lease (a new renewTime), so the late write's precondition fails.
+    with pytest.raises(ConflictError):
+        cluster.land()
+    assert reserved(cluster) == []
+    assert claim(slots(cluster), "mytool", "b")
+
+
+class GoneAfterWrite(LostAnswer):
+    """The write is applied, then the API server cannot be reached at all."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.down = False
+
+    def _lose(self) -> None:
+        if not self.lost:
+            self.down = True
+        super()._lose()
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+        if self.down:
+            raise SlotsUnavailableError("reading failed: ConnectionRefusedError: refused")
+        return super().get(name, timeout)
+
+
+def test_when_the_withdrawal_fails_too_the_grace_frees_the_slot(
+        caplog: pytest.LogCaptureFixture) -> None:
+    cluster = GoneAfterWrite()
+    with pytest.raises(WriteUncertainError):
+        claim(slots(cluster), "mytool", "a")
+    assert reserved(cluster) == ["a"]
+    assert "reservation not withdrawn" in caplog.text
+    cluster.down = False  # the API server is back
+    later = candidate("b", NOW + datetime.timedelta(seconds=31))
+    assert slots(cluster).claim("mytool", later, limit=1, label=LABEL, reserve=True).fits
+    assert reserved(cluster) == ["b"]
+
+
+class RefusedWrites(FakeCluster):
+    """Every write is refused outright (429, 403): nothing is stored, so nothing to withdraw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+        self.reads += 1
+        return super().get(name, timeout)
+
+    def create(self, body: dict[str, Any], timeout: float) -> None:
+        raise SlotsUnavailableError("writing failed: HTTP 429 Too Many Requests")
+
+
+def test_a_refused_write_is_not_withdrawn() -> None:
+    cluster = RefusedWrites()
+    with pytest.raises(SlotsUnavailableError, match="HTTP 429") as raised:
+        claim(slots(cluster), "mytool", "a")
+    assert not isinstance(raised.value, WriteUncertainError)
+    assert cluster.reads == 1
+
+
+def test_the_withdrawal_has_its_own_short_budget() -> None:
+    clock = [0.0]
+
+    class Slow(GoneAfterWrite):
+        def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+            clock[0] += 0.4  # each read takes 0.4 s
+            return FakeCluster.get(self, name, timeout)
+
+        def replace(self, name: str, body: dict[str, Any], timeout: float) -> None:
+            raise ConflictError("someone else wrote first")
+
+    cluster = Slow()
+    store = slots(cluster, budget_seconds=2.5, withdraw_budget_seconds=1.0,
+                  monotonic=lambda: clock[0])
+    with pytest.raises(WriteUncertainError):
+        claim(store, "mytool", "a")
+    # The claim's read (0.4 s), then the withdrawal's reads until its 1 s ran out.
+    assert clock[0] <= 0.4 + 1.0 + 0.4
+
+
+@pytest.mark.parametrize(("error", "uncertain"), [
+    pytest.param(ApiException(status=500, reason="Internal Server Error"), True, id="500"),
+    pytest.param(ApiException(status=504, reason="Gateway Timeout"), True, id="504"),
+    pytest.param(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"), True,
+                 id="read-timeout"),
+    pytest.param(urllib3.exceptions.MaxRetryError(
+        None, "/", urllib3.exceptions.ProtocolError("Connection aborted.")), True,
+        id="connection-lost"),
+    pytest.param(ApiException(status=429, reason="Too Many Requests"), False, id="429"),
+    pytest.param(ApiException(status=403, reason="Forbidden"), False, id="403"),
+])
+def test_write_errors_are_uncertain_unless_the_api_server_refused(
+        error: Exception, uncertain: bool) -> None:
+    with pytest.raises(SlotsUnavailableError) as raised:
+        KubernetesLeases(FailingApi(error), "ns").create({}, 1.0)
+    assert isinstance(raised.value, WriteUncertainError) is uncertain
+
+
+def test_a_connection_error_names_its_cause() -> None:
+    error = urllib3.exceptions.MaxRetryError(None, "/apis/x", ConnectionRefusedError("refused"))
+    with pytest.raises(SlotsUnavailableError,
+                       match=r"^listing PipelineRuns failed: ConnectionRefusedError: refused$"):
+        KubernetesRuns(FailingApi(error)).list("a=b", 1.0)

@@ -1,0 +1,116 @@
+"""Connections that never send a request must not take the threads that answer reviews.
+
+The API server's HTTP client dials spare connections in bursts (TLS handshake done, then idle
+for up to 90 s), and a port scanner or a stuck load balancer may connect without even a
+ClientHello. Stock gthread gives each new connection a thread that waits for its first request;
+a few such connections then hold every thread of a worker and reviews time out.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import EXAMPLE_POLICY, make_review
+from tests.unit.webhooks.test_server import Server, free_port, post_review
+
+THREADS = 2
+PROMPT = 5.0
+"""Seconds a review may take while idle connections are open (it takes milliseconds)."""
+
+
+@pytest.fixture(scope="module")
+def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """One worker with two threads, so that three idle connections would take them all."""
+    policy_file = tmp_path_factory.mktemp("policy") / "policy.yaml"
+    policy_file.write_bytes(EXAMPLE_POLICY.read_bytes())
+    port = free_port()
+    command = [sys.executable, "-m", "webhooks.cli", "serve", "--dev", "--bind",
+               f"127.0.0.1:{port}", "--policy", str(policy_file), "--workers", "1",
+               "--threads", str(THREADS)]
+    log = (policy_file.parent / "server.log").open("w")
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
+                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    assert process.stdout is not None
+    ca_file = ""
+    for line in process.stdout:
+        found = re.search(r"CA certificate: (\S+)", line)
+        if found:
+            ca_file = found.group(1)
+            break
+    assert ca_file, "serve --dev did not print its CA"
+    server = Server(process, "127.0.0.1", port, ca_file, policy_file)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if server.get("/readyz")[0] == 200:
+                break
+        except OSError:
+            time.sleep(0.1)
+    yield server
+    process.send_signal(signal.SIGTERM)
+    process.wait(timeout=30)
+    log.close()
+
+
+def idle_tls(server: Server) -> ssl.SSLSocket:
+    """A connection as the API server leaves a spare one: handshake done, no request."""
+    raw = socket.create_connection((server.host, server.port), timeout=PROMPT)
+    return server.context().wrap_socket(raw, server_hostname=server.host)
+
+
+def review_answered(server: Server) -> bool:
+    connection = server.connection()
+    connection.timeout = PROMPT
+    review = make_review({"metadata": {"name": "x"}}, resource="configmaps")
+    try:
+        answer = post_review(connection, review)
+    finally:
+        connection.close()
+    return answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
+
+
+def test_idle_connections_leave_the_threads_to_reviews(small_server: Server) -> None:
+    silent = [socket.create_connection((small_server.host, small_server.port))
+              for _ in range(THREADS + 1)]
+    handshaken = [idle_tls(small_server) for _ in range(THREADS + 1)]
+    try:
+        started = time.monotonic()
+        assert review_answered(small_server)
+        assert review_answered(small_server)
+        assert time.monotonic() - started < PROMPT
+        # A spare connection is served when the client finally uses it.
+        spare = small_server.connection()
+        spare.sock = handshaken[0]
+        review = make_review({"metadata": {"name": "x"}}, resource="configmaps")
+        assert post_review(spare, review)["response"]["allowed"] is True  # type: ignore[index]
+    finally:
+        for sock in silent + handshaken:
+            sock.close()
+
+
+def test_a_client_that_stops_mid_handshake_holds_no_thread(small_server: Server) -> None:
+    # Half a ClientHello: the handshake can neither finish nor fail until the client goes.
+    hello = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = small_server.context().wrap_bio(*hello, server_hostname=small_server.host)
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    record = hello[1].read()
+    stalled = [socket.create_connection((small_server.host, small_server.port))
+               for _ in range(THREADS + 1)]
+    try:
+        for sock in stalled:
+            sock.sendall(record[:len(record) // 2])
+        assert review_answered(small_server)
+    finally:
+        for sock in stalled:
+            sock.close()
