@@ -17,9 +17,15 @@ from werkzeug.wsgi import get_input_stream
 from policies.decision import Decision, deny
 from webhooks import metrics
 from webhooks.admission import ENDPOINTS, ActiveRuns, Context, Endpoint, answer
-from webhooks.errors import BodyTooLargeError, UnsupportedMediaError, WebhookError
+from webhooks.errors import (
+    BodyTooLargeError,
+    ClientNotAllowedError,
+    UnsupportedMediaError,
+    WebhookError,
+)
 from webhooks.policy_source import PolicySource
 from webhooks.review import MAX_BODY_BYTES, AdmissionRequest, build_response, parse_review
+from webhooks.tls import verified_client_names
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +33,11 @@ DEFAULTS: Mapping[str, Any] = {
     "POLICY_FILE": "/etc/toolforge-admission/policy/policy.yaml",
     "POLICY_RELOAD_SECONDS": 2.0,
     "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
+    # Mutual TLS: admission reviews only over a connection with a client certificate that the
+    # TLS layer verified against the client CA, and when CLIENT_NAMES is not empty, only with
+    # one of those names (subject CN or DNS name).
+    "CLIENT_CERTIFICATES": False,
+    "CLIENT_NAMES": (),
 }
 NO_POLICY = "NoPolicy"
 EXTENSION = "toolforge-admission"
@@ -72,6 +83,8 @@ class AdmissionDispatcher:
         self.app = app
         self.flask_wsgi = flask_wsgi
         self.endpoints = {endpoint.path: endpoint for endpoint in ENDPOINTS}
+        self.client_certificates = bool(app.config["CLIENT_CERTIFICATES"])
+        self.client_names = frozenset(app.config["CLIENT_NAMES"])
 
     def __call__(self, environ: dict[str, Any],
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
@@ -86,6 +99,10 @@ class AdmissionDispatcher:
             return [body]
         started = time.perf_counter()
         try:
+            if self.client_certificates:
+                # Before the body is read: a forged review must not reach a rule, least of all
+                # the active-run check, which takes a slot.
+                _authenticate(environ.get("gunicorn.socket"), self.client_names)
             content_type = environ.get("CONTENT_TYPE", "")
             if content_type != "application/json" and \
                     parse_options_header(content_type)[0].lower() != "application/json":
@@ -105,6 +122,18 @@ class AdmissionDispatcher:
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _authenticate(connection: object, allowed: frozenset[str]) -> None:
+    """Raise ClientNotAllowedError unless the connection is the API server's (mutual TLS)."""
+    names = verified_client_names(connection)
+    if names is None:
+        raise ClientNotAllowedError("admission reviews are accepted only from the API server: "
+                                    "this connection has no client certificate from the "
+                                    "webhook's client CA")
+    if allowed and allowed.isdisjoint(names):
+        raise ClientNotAllowedError(f"admission reviews are accepted only from the API server: "
+                                    f"client certificate names {list(names)} are not allowed")
 
 
 def _service() -> Service:

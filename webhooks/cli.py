@@ -48,8 +48,13 @@ def _parser() -> argparse.ArgumentParser:
     # only after 90 s idle, and each such connection holds a thread meanwhile. Threads are cheap
     # while they wait, so keep enough that a burst's spare dials cannot take them all.
     serve.add_argument("--threads", type=int, default=8)
-    serve.add_argument("--client-ca", help="require client certificates signed by this CA "
-                                           "(the API server's webhook client certificate)")
+    serve.add_argument("--client-ca", help="mutual TLS: admission reviews only from clients "
+                                           "with a certificate signed by this CA (the API "
+                                           "server's webhook client certificate); probes and "
+                                           "/metrics stay open")
+    serve.add_argument("--client-name", action="append", dest="client_names", default=[],
+                       metavar="NAME", help="with --client-ca: the client certificate's CN or "
+                                            "a DNS name must be NAME (repeat for several)")
     serve.add_argument("--dev", action="store_true",
                        help="on 127.0.0.1 with a fresh self-signed certificate and the bundled "
                             "example policy")
@@ -89,6 +94,9 @@ def _endpoint_names() -> list[str]:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    if args.client_names and not args.client_ca:
+        print("error: --client-name needs --client-ca", file=sys.stderr)
+        return EXIT_BAD_INPUT
     # prometheus_client picks its multiprocess mode when it is first imported, so the directory
     # must exist before anything imports the app.
     state_dir = Path(tempfile.mkdtemp(prefix="toolforge-admission-"))
@@ -112,6 +120,7 @@ def _serve(args: argparse.Namespace) -> int:
         bind=bind, cert_file=cert_dir / "tls.crt", key_file=cert_dir / "tls.key",
         policy_file=policy, workers=args.workers, threads=args.threads,
         client_ca_file=Path(args.client_ca) if args.client_ca else None,
+        client_names=tuple(args.client_names),
         state_dir=state_dir, cluster=not args.dev or bool(os.environ.get("KUBECONFIG")))
     WebhookServer(options).run()
     return EXIT_OK

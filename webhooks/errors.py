@@ -4,6 +4,7 @@
       BadReviewError         400: the body is not an admission.k8s.io/v1 AdmissionReview we can read
       UnsupportedMediaError  415: the body is not JSON
       BodyTooLargeError      413: the body is over the cap
+      ClientNotAllowedError  403: mutual TLS is on and the caller is not the API server
 
 A bad *object* is not an error: it is a `policies.decision.Decision` with `allowed=False`, sent
 back with HTTP 200 as the API server requires. `webhooks.app` maps these classes to responses in
@@ -39,3 +40,10 @@ class BodyTooLargeError(WebhookError):
 
     status = 413
     reason = "BodyTooLarge"
+
+
+class ClientNotAllowedError(WebhookError):
+    """The connection has no verified client certificate, or one with a name not allowed."""
+
+    status = 403
+    reason = "ClientNotAllowed"

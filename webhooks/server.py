@@ -39,7 +39,10 @@ class ServerOptions:
     workers: int = 2
     threads: int = 8
     client_ca_file: Path | None = None
-    """When set, only clients with a certificate from this CA (the API server) may connect."""
+    """When set, admission reviews only from clients with a certificate from this CA (the API
+    server); probes and /metrics stay open."""
+    client_names: tuple[str, ...] = ()
+    """With a client CA: the client certificate's CN or a DNS name must be one of these."""
     log_level: str = "info"
     state_dir: Path = Path("/tmp")  # noqa: S108 - the pod's own emptyDir in production
     """Files the workers of this server share (the last good policy)."""
@@ -70,6 +73,8 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
             "POLICY_FILE": str(self.options.policy_file),
             "POLICY_LAST_GOOD_FILE": self.options.state_dir / "last-good-policy.yaml",
             "ACTIVE_RUNS": active_runs,
+            "CLIENT_CERTIFICATES": self.options.client_ca_file is not None,
+            "CLIENT_NAMES": self.options.client_names,
         })
 
 

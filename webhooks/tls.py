@@ -5,6 +5,11 @@ pod together. gunicorn asks for a context on every new connection, so a renewed 
 served from the next connection on, without a restart and without touching connections that are
 open. Files that do not form a usable pair (a key that does not match, a half-written file) are
 refused: the last good context keeps serving, and the refusal is logged and counted.
+
+With a client CA (mutual TLS), a client certificate is asked for but not demanded: a certificate
+that is presented must verify against that CA or the handshake fails, and a connection without
+one is let through to the probes and /metrics (the kubelet and Prometheus have none). The
+admission paths then refuse any connection that `verified_client_names` finds no name on.
 """
 
 from __future__ import annotations
@@ -59,7 +64,7 @@ class ServingCertificate:
             self._checked = time.monotonic()
             try:
                 identity = tuple((s.st_ino, s.st_mtime_ns, s.st_size)
-                                 for s in (self.cert_file.stat(), self.key_file.stat()))
+                                 for s in (path.stat() for path in self._files()))
             except OSError as error:
                 return self._refuse(None, f"cannot read certificate files: {error}")
             if identity == self._identity:
@@ -75,6 +80,12 @@ class ServingCertificate:
             logger.info("serving certificate loaded", extra={"fields": {
                 "cert_file": str(self.cert_file), "not_after": int(not_after)}})
             return True
+
+    def _files(self) -> list[Path]:
+        # The client CA is a mounted ConfigMap: a CA rollover reaches new connections like a
+        # renewed serving certificate does.
+        files = [self.cert_file, self.key_file]
+        return [*files, Path(self.client_ca_file)] if self.client_ca_file else files
 
     def _refuse(self, identity: tuple[object, ...] | None, error: str) -> bool:
         # Log and count a bad pair once, not on every check; the gauge stays 0 while it lasts.
@@ -119,6 +130,28 @@ def _server_context(cert_file: Path, key_file: Path, client_ca_file: str | None,
     context.set_alpn_protocols(["http/1.1"])
     context.load_cert_chain(cert_file, key_file)
     if client_ca_file:
-        context.verify_mode = ssl.CERT_REQUIRED
+        # Not CERT_REQUIRED: kubelet probes and Prometheus share the port and have no client
+        # certificate. A certificate that is sent is still verified (a wrong one fails the
+        # handshake), and the admission paths insist on one (webhooks.app).
+        context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(client_ca_file)
     return context
+
+
+def verified_client_names(connection: object) -> tuple[str, ...] | None:
+    """The subject CN and DNS names of the client certificate that the TLS handshake verified
+    against the client CA; None when the connection carries no verified certificate."""
+    getpeercert = getattr(connection, "getpeercert", None)
+    if getpeercert is None:  # not a TLS connection
+        return None
+    try:
+        certificate = getpeercert()
+    except (OSError, ValueError):  # closed, or the handshake never finished
+        return None
+    # None: no certificate was sent; {}: one was sent but not verified (no client CA).
+    if not certificate:
+        return None
+    names = [value for attributes in certificate.get("subject", ())
+             for key, value in attributes if key == "commonName"]
+    names += [value for kind, value in certificate.get("subjectAltName", ()) if kind == "DNS"]
+    return tuple(names)
