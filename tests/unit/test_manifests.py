@@ -381,6 +381,111 @@ def test_rbac_is_least_privilege(docs: tuple[Doc, ...]) -> None:
             assert "*" not in rule["resources"], doc["metadata"]
 
 
+# --- who may reach the server -----------------------------------------------------------------------
+
+
+def _pod_labels(docs: tuple[Doc, ...]) -> dict[str, dict[str, str]]:
+    """Each pod template's labels, by the name of its workload."""
+    labels = {}
+    for doc in docs:
+        spec = doc.get("spec") or {}
+        if doc["kind"] in ("Deployment", "Job"):
+            labels[doc["metadata"]["name"]] = spec["template"]["metadata"].get("labels", {})
+        elif doc["kind"] == "CronJob":
+            template = spec["jobTemplate"]["spec"]["template"]
+            labels[doc["metadata"]["name"]] = template["metadata"].get("labels", {})
+    return labels
+
+
+def _selected(selector: Doc, labels: dict[str, str]) -> bool:
+    assert not selector.get("matchExpressions"), "only matchLabels is modelled here"
+    return (selector.get("matchLabels") or {}).items() <= labels.items()
+
+
+def test_network_policies_admit_only_the_webhook_port(docs: tuple[Doc, ...]) -> None:
+    policies = [doc for doc in _of_kind(docs, "NetworkPolicy")
+                if doc["metadata"]["namespace"] == SUITE_NAMESPACE]
+    # Everything in the namespace is denied both ways unless a rule below allows it.
+    assert any(p["spec"]["podSelector"] == {} and
+               set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and
+               not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies)
+    (container,) = _server(docs)["spec"]["template"]["spec"]["containers"]
+    https = next(port for port in container["ports"] if port["name"] == "https")
+    labels = _pod_labels(docs)
+    admitted = set()
+    for policy in policies:
+        for rule in policy["spec"].get("ingress") or []:
+            # The API server (and Prometheus) call from node or host addresses that no pod or
+            # namespace selector matches, so the port is what this rule narrows.
+            assert rule["ports"] == [{"protocol": "TCP", "port": https["containerPort"]}]
+            admitted |= {name for name, pod in labels.items()
+                         if _selected(policy["spec"]["podSelector"], pod)}
+        for rule in policy["spec"].get("egress") or []:
+            ports = {(port["protocol"], port["port"]) for port in rule["ports"]}
+            if ports <= {("TCP", 443), ("TCP", 6443)}:
+                continue  # the API server
+            assert ports <= {("UDP", 53), ("TCP", 53)}, ports
+            assert rule["to"] == [{"namespaceSelector": {
+                "matchLabels": {"kubernetes.io/metadata.name": "kube-system"}}}]
+    # Only the server's pods take connections; the certificate jobs take none.
+    assert admitted == {"toolforge-admission"}
+
+
+def _render_with_client_certificates(tmp_path: Path) -> tuple[Doc, ...]:
+    """The base with the client-certificates component, as a site overlay adds it."""
+    import datetime
+
+    from certs.issue import new_ca
+
+    kubectl = _kubectl()
+    if kubectl is None:
+        pytest.skip("no kubectl with a working `kustomize` to render components")
+    ca = new_ca("API server webhook client CA", datetime.datetime.now(datetime.UTC),
+                datetime.timedelta(days=1))
+    (tmp_path / "client-ca.crt").write_bytes(ca.cert_pem)
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization",
+        # kustomize takes relative paths only
+        "resources": [os.path.relpath(MANIFESTS / "base", tmp_path)],
+        "components": [os.path.relpath(MANIFESTS / "components" / "client-certificates",
+                                       tmp_path)],
+        "configMapGenerator": [{
+            "name": "toolforge-admission-client-ca", "namespace": SUITE_NAMESPACE,
+            "files": ["ca.crt=client-ca.crt"], "options": {"disableNameSuffixHash": True}}],
+    }))
+    result = subprocess.run([kubectl, "kustomize", str(tmp_path)], capture_output=True,
+                            text=True, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    return tuple(doc for doc in yaml.safe_load_all(result.stdout) if doc)
+
+
+def test_mutual_tls_is_off_in_the_base(docs: tuple[Doc, ...]) -> None:
+    # On before the API servers present their certificate, it would refuse every review.
+    (container,) = _server(docs)["spec"]["template"]["spec"]["containers"]
+    assert not any(arg.startswith("--client-") for arg in container["args"])
+
+
+def test_the_client_certificates_component_turns_on_mutual_tls(tmp_path: Path) -> None:
+    from webhooks.cli import _parser
+
+    docs = _render_with_client_certificates(tmp_path)
+    spec = _server(docs)["spec"]["template"]["spec"]
+    (container,) = spec["containers"]
+    args = _parser().parse_args(container["args"])
+    assert args.client_names == ["kube-apiserver-webhook-client"]
+    client_ca = Path(args.client_ca)
+    mount = next(m for m in container["volumeMounts"] if m["mountPath"] == str(client_ca.parent))
+    assert "subPath" not in mount  # the CA reloads when the ConfigMap changes
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    configmap = _one(docs, "ConfigMap", volume["configMap"]["name"])
+    assert configmap["metadata"]["namespace"] == SUITE_NAMESPACE
+    assert configmap["data"][client_ca.name].startswith("-----BEGIN CERTIFICATE-----")
+    assert not volume["configMap"].get("optional")
+    # The probes need no client certificate: the server asks for one on the admission paths only.
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+
+
 # --- the policy ----------------------------------------------------------------------------------
 
 
