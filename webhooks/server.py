@@ -188,7 +188,9 @@ def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
         "accesslog": None,
         "errorlog": "-",
         "loglevel": options.log_level,
-        "post_worker_init": _post_worker_init,
+        # Right after the fork, before the worker loads the app: loading it already logs (the
+        # policy loaded, or refused and why), and post_worker_init would come too late for that.
+        "post_fork": _post_fork,
         "child_exit": _child_exit,
         "proc_name": "toolforge-admission",
         # gunicorn's runtime control socket is an unauthenticated local admin interface that
@@ -216,7 +218,7 @@ def _serving_certificate(options: ServerOptions) -> Callable[[], Any]:
     return get
 
 
-def _post_worker_init(worker: Any) -> None:
+def _post_fork(_server: Any, _worker: Any) -> None:
     from webhooks import logs
 
     logs.configure(os.environ.get("TOOLFORGE_ADMISSION_LOG_LEVEL", "INFO"))

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 
 from webhooks import metrics
 
@@ -70,15 +70,17 @@ class ServingCertificate:
             if identity == self._identity:
                 return False
             try:
-                not_after = _check_pair(self.cert_file, self.key_file)
+                cert = _check_pair(self.cert_file, self.key_file)
                 context = _server_context(self.cert_file, self.key_file, self.client_ca_file)
             except (OSError, ssl.SSLError, ValueError) as error:
                 return self._refuse(identity, f"certificate files refused: {error}")
+            not_after = cert.not_valid_after_utc.timestamp()
             self._context, self._identity, self.not_after = context, identity, not_after
             metrics.CERTIFICATE_NOT_AFTER.set(not_after)
             metrics.CERTIFICATE_VALID.set(1)
             logger.info("serving certificate loaded", extra={"fields": {
-                "cert_file": str(self.cert_file), "not_after": int(not_after)}})
+                "cert_file": str(self.cert_file), "not_after": int(not_after),
+                "sha256": cert.fingerprint(hashes.SHA256()).hex()}})
             return True
 
     def _files(self) -> list[Path]:
@@ -100,8 +102,8 @@ class ServingCertificate:
         return False
 
 
-def _check_pair(cert_file: Path, key_file: Path) -> float:
-    """The certificate's expiry (Unix time); ValueError saying which file is not usable.
+def _check_pair(cert_file: Path, key_file: Path) -> x509.Certificate:
+    """The certificate, if the key is its key; ValueError saying which file is not usable.
 
     ssl's own errors ("PEM lib") do not say which file is wrong. Reading the key here first also
     keeps an encrypted key from reaching OpenSSL, which would prompt for its passphrase.
@@ -117,7 +119,7 @@ def _check_pair(cert_file: Path, key_file: Path) -> float:
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
         raise ValueError(f"{key_file} is not the key of the certificate in {cert_file}")
-    return cert.not_valid_after_utc.timestamp()
+    return cert
 
 
 def _server_context(cert_file: Path, key_file: Path, client_ca_file: str | None,
