@@ -102,7 +102,8 @@ class AdmissionDispatcher:
             if self.client_certificates:
                 # Before the body is read: a forged review must not reach a rule, least of all
                 # the active-run check, which takes a slot.
-                _authenticate(environ.get("gunicorn.socket"), self.client_names)
+                _authenticate(environ.get("gunicorn.socket"), environ.get("REMOTE_ADDR"),
+                              self.client_names)
             content_type = environ.get("CONTENT_TYPE", "")
             if content_type != "application/json" and \
                     parse_options_header(content_type)[0].lower() != "application/json":
@@ -124,16 +125,18 @@ class AdmissionDispatcher:
         return [body]
 
 
-def _authenticate(connection: object, allowed: frozenset[str]) -> None:
-    """Raise ClientNotAllowedError unless the connection is the API server's (mutual TLS)."""
+def _authenticate(connection: object, address: str | None, allowed: frozenset[str]) -> None:
+    """Raise ClientNotAllowedError unless the connection is the API server's (mutual TLS).
+    The message names the peer address, for the admin who finds it in the log."""
     names = verified_client_names(connection)
     if names is None:
-        raise ClientNotAllowedError("admission reviews are accepted only from the API server: "
-                                    "this connection has no client certificate from the "
-                                    "webhook's client CA")
+        raise ClientNotAllowedError(f"admission reviews are accepted only from the API server: "
+                                    f"the connection from {address} has no client certificate "
+                                    f"from the webhook's client CA")
     if allowed and allowed.isdisjoint(names):
         raise ClientNotAllowedError(f"admission reviews are accepted only from the API server: "
-                                    f"client certificate names {list(names)} are not allowed")
+                                    f"client certificate names {list(names)} (from {address}) "
+                                    f"are not allowed")
 
 
 def _service() -> Service:

@@ -262,6 +262,7 @@ def test_over_tls_no_certificate_gets_a_403_status(server: Server) -> None:
     status, body = server.request("POST", "/validate/pods", server.context(), make_review())
     assert status == 403
     assert (body["kind"], body["code"], body["reason"]) == ("Status", 403, "ClientNotAllowed")
+    assert "the connection from 127.0.0.1 has no client certificate" in body["message"]
 
 
 def test_over_tls_a_certificate_with_another_name_gets_a_403(server: Server) -> None:
@@ -269,7 +270,7 @@ def test_over_tls_a_certificate_with_another_name_gets_a_403(server: Server) -> 
     status, body = server.request("POST", "/validate/pods", server.context(certificate),
                                   make_review())
     assert status == 403
-    assert "['mytool'] are not allowed" in body["message"]
+    assert "names ['mytool'] (from 127.0.0.1) are not allowed" in body["message"]
 
 
 def test_over_tls_a_certificate_from_another_ca_fails_the_handshake(server: Server) -> None:
