@@ -123,9 +123,10 @@ class LeaseSlots:
             try:
                 self._write(name, body, lease, self._remaining(deadline, budget))
             except ConflictError:
-                pause = min(0.01 * 2**attempt + random.uniform(0, 0.02),  # noqa: S311
-                            self._remaining(deadline, budget) / 2)
-                self._sleep(pause)
+                if attempt + 1 < MAX_ATTEMPTS:  # no pause before giving up
+                    pause = min(0.01 * 2**attempt + random.uniform(0, 0.02),  # noqa: S311
+                                self._remaining(deadline, budget) / 2)
+                    self._sleep(pause)
                 continue
             except WriteUncertainError:
                 self._withdraw(name, tool, candidate)

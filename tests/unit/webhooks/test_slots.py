@@ -15,6 +15,7 @@ from kubernetes.client import ApiException
 
 from policies.slots import Reservation
 from webhooks.slots import (
+    MAX_ATTEMPTS,
     RESERVATIONS_ANNOTATION,
     ConflictError,
     KubernetesLeases,
@@ -190,9 +191,12 @@ class BrokenCluster(FakeCluster):
     pytest.param("write", "kept conflicting", id="endless-conflicts"),
 ])
 def test_failures_raise_slots_unavailable(fail: str, text: str) -> None:
-    store = slots(BrokenCluster(fail), sleep=lambda _: None)
+    pauses: list[float] = []
+    store = slots(BrokenCluster(fail), sleep=pauses.append)
     with pytest.raises(SlotsUnavailableError, match=text):
         claim(store, "mytool", "a")
+    # Between conflicting attempts only: no pause before the refusal.
+    assert len(pauses) == (MAX_ATTEMPTS - 1 if fail == "write" else 0)
 
 
 def test_a_slow_api_server_runs_out_the_deadline() -> None:
