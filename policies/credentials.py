@@ -37,12 +37,11 @@ untrusted step that needs the credentials itself (the `buildpacks` task's single
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from policies.decision import Decision, Finding, decide, quote
+from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
 
@@ -229,12 +228,13 @@ class ContainerChanges:
         return not (self.mounts or self.flags or self.env or self.env_from or self.home_mounts)
 
     def describe(self) -> str:
-        parts = [f"mount {p}" for p in self.mounts]
+        # Names and paths come from the pod, so each is escaped and bounded for the message.
+        parts = [f"mount {escape(p, 120)}" for p in self.mounts]
         parts += [f"flag {quote(f, 120)}" for f in self.flags]
-        parts += [f"env {e}" for e in self.env]
-        parts += [f"envFrom secret {s}" for s in self.env_from]
-        parts += [f"shared home {p}" for p in self.home_mounts]
-        return f"{self.name}: " + ", ".join(parts)
+        parts += [f"env {escape(e, 80)}" for e in self.env]
+        parts += [f"envFrom secret {escape(s, 80)}" for s in self.env_from]
+        parts += [f"shared home {escape(p, 120)}" for p in self.home_mounts]
+        return f"{escape(self.name, 80)}: " + ", ".join(parts)
 
 
 @dataclass(frozen=True)
@@ -276,9 +276,10 @@ def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
         args = container.get("args")
         if isinstance(args, list) and entrypoint_of(args) == CREATOR:
             refusals.append(Finding(SINGLE_PROCESS_BUILD, (
-                f"container {change.name} runs {CREATOR}, which builds the tool's code and pushes "
-                f"the image in one process, so it cannot get registry credentials safely; use the "
-                f"{SAFE_TASK} task, which runs the push in a separate trusted step")))
+                f"container {escape(change.name, 80)} runs {CREATOR}, which builds the tool's "
+                f"code and pushes the image in one process, so it cannot get registry credentials "
+                f"safely; use the {SAFE_TASK} task, which runs the push in a separate trusted "
+                "step")))
     return Analysis(changes=tuple(changes), refusals=tuple(refusals),
                     trusted=tuple(str(n) for n in trusted_names), secrets=frozenset(secrets))
 
@@ -382,7 +383,8 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
                 home_mounts.append(path)
             else:
                 refusals.append(Finding(SHARED_CREDENTIAL_HOME, (
-                    f"container {name} mounts volume {volume_name} at {path}, where trusted steps "
+                    f"container {escape(name, 80)} mounts volume {escape(volume_name, 80)} at "
+                    f"{escape(path, 120)}, where trusted steps "
                     f"keep their registry credentials ($HOME/.docker); keep HOME of trusted steps "
                     f"on a volume that only they mount (the task default is /tekton/home)")))
     args = container.get("args")
@@ -414,8 +416,9 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
                             policy: Policy) -> Decision:
     """Mutate a Tekton build pod so that only trusted steps can read registry credentials.
 
-    `Decision.patched` is the pod as it should be stored (a copy; `pod` is never changed), or None
-    when nothing changes. In warn mode the pod is admitted unchanged, with what would be stripped.
+    `Decision.patched` is the pod as it should be stored (a new object that shares the unchanged
+    parts with `pod`, which is never changed), or None when nothing changes. In warn mode the pod
+    is admitted unchanged, with what would be stripped.
     """
     if operation != "CREATE" or not isinstance(pod, dict) \
             or not is_tekton_build_pod(pod, namespace, policy):
@@ -431,7 +434,8 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
         return decide(analysis.refusals, "enforce")
     if not analysis.changes:
         return Decision(allowed=True)
-    audit = (("credentials-stripped", ",".join(c.name for c in analysis.changes)),)
+    stripped_from = ",".join(escape(c.name, 80) for c in analysis.changes)
+    audit = (("credentials-stripped", cap(stripped_from, MAX_MESSAGE_CHARS)),)
     return Decision(allowed=True, audit=audit, patched=_apply(pod, analysis.changes))
 
 
@@ -452,28 +456,35 @@ def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
 
 
 def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[str, Any]:
-    patched: dict[str, Any] = copy.deepcopy(dict(pod))
-    spec = patched["spec"]
+    # Only the spec, the container lists and the containers that change are copied; the rest is
+    # shared with `pod`. A deep copy of the whole pod would cost more than the mutation, and
+    # fails on nesting deeper than Python's recursion limit, which any field could carry.
+    patched: dict[str, Any] = dict(pod)
+    spec = patched["spec"] = dict(pod["spec"])
     for change in changes:
-        container = spec[change.kind][change.index]
+        containers = spec[change.kind] = list(spec[change.kind])
+        container = containers[change.index] = dict(containers[change.index])
         if change.flags:
             container["args"], _ = strip_credential_flags(container["args"])
         if change.env:
+            env = frozenset(change.env)
             container["env"] = [e for e in container["env"]
-                                if not (isinstance(e, dict) and e.get("name") in change.env
-                                        and "valueFrom" in e)]
+                                if not (isinstance(e, dict) and isinstance(e.get("name"), str)
+                                        and e["name"] in env and "valueFrom" in e)]
         if change.env_from:
             container["envFrom"] = [e for e in container["envFrom"]
                                     if _secret_ref(e, "secretRef") not in change.env_from]
         if change.mounts or change.home_mounts:
+            # Sets: a container may carry thousands of mounts, and each is looked up.
+            removed, homes = frozenset(change.mounts), frozenset(change.home_mounts)
             home_volume = _home_volume_name(change.kind, change.index)
             mounts = []
             for mount in container.get("volumeMounts", []):
                 path = mount.get("mountPath") if isinstance(mount, dict) else None
-                if path in change.mounts:
+                if isinstance(path, str) and path in removed:
                     continue
-                mounts.append({**mount, "name": home_volume} if path in change.home_mounts
-                              else mount)
+                mounts.append({**mount, "name": home_volume}
+                              if isinstance(path, str) and path in homes else mount)
             container["volumeMounts"] = mounts
             if change.home_mounts:
                 _add_volume(spec, _home_volume(change.kind, change.index))
@@ -491,9 +502,9 @@ def _home_volume(kind: str, index: int) -> dict[str, Any]:
 
 
 def _add_volume(spec: dict[str, Any], volume: dict[str, Any]) -> None:
-    volumes = spec.setdefault("volumes", [])
+    volumes = spec.get("volumes", [])
     if not any(isinstance(v, dict) and v.get("name") == volume["name"] for v in volumes):
-        volumes.append(volume)
+        spec["volumes"] = [*volumes, volume]  # a new list: the pod under review keeps its own
 
 
 # --- small helpers -----------------------------------------------------------------------------

@@ -83,6 +83,14 @@ def quote(value: object, limit: int = 200) -> str:
     return '"' + cap(escaped.replace('"', '\\"'), limit) + '"'
 
 
+def escape(value: object, limit: int = 200) -> str:
+    """A tenant-supplied value escaped and bounded like `quote`, without the quotes.
+
+    For names that read better bare (`untrusted container step-build: mount /tekton/creds`).
+    """
+    return quote(value, limit)[1:-1]
+
+
 def combine(*decisions: Decision) -> Decision:
     """One decision from several rules on one object: the first denial wins, warnings add up."""
     denied = next((d for d in decisions if not d.allowed), None)

@@ -151,7 +151,7 @@ def tool_of_requester(policy: Policy, namespace: str, user: User,
     return Identity(None, Finding(
         WRONG_NAMESPACE,
         f"PipelineRuns may only be created in the build namespace {policy.builds.namespace} or "
-        f"in a tool's namespace ({tools.namespace_pattern}), not in {namespace}"))
+        f"in a tool's namespace ({tools.namespace_pattern}), not in {cut(namespace)}"))
 
 
 def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
