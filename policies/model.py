@@ -281,6 +281,9 @@ def parse_policy(text: str | bytes) -> Policy:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as error:
         raise PolicyError([f"not valid YAML: {_one_line(str(error))}"]) from None
+    except RecursionError:
+        # PyYAML builds nested collections recursively; a few thousand levels exhaust the stack.
+        raise PolicyError(["the policy is nested too deeply"]) from None
     if data is None:
         # An empty file is far more often a truncated write than a wish for every default.
         raise PolicyError(["the policy is empty; write {} to use every default"])
