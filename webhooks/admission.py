@@ -13,7 +13,16 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from policies.credentials import find_credential_leaks, strip_build_credentials
-from policies.decision import Decision, Finding, allow, combine, decide, deny
+from policies.decision import (
+    MAX_MESSAGE_CHARS,
+    Decision,
+    Finding,
+    allow,
+    cap,
+    combine,
+    decide,
+    deny,
+)
 from policies.model import Policy, PolicyError, parse_policy
 from policies.pipelinerun import (
     SLOTS_UNAVAILABLE,
@@ -148,8 +157,10 @@ def validate_policy(request: AdmissionRequest, context: Context) -> Decision:
     except PolicyError as error:
         findings = [Finding("PolicyInvalid", problem) for problem in error.problems]
         decision = decide(findings, "enforce")
+        # Capped again: the prefix would take a message at the cap over it.
         return Decision(allowed=False, reason=decision.reason,
-                        message=f"{POLICY_KEY} is not a valid policy: {decision.message}",
+                        message=cap(f"{POLICY_KEY} is not a valid policy: {decision.message}",
+                                    MAX_MESSAGE_CHARS),
                         audit=decision.audit)
     return allow()
 
