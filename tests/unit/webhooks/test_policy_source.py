@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import EXAMPLE_POLICY
+from webhooks import policy_source
 from webhooks.policy_source import PolicySource
 
 
@@ -111,7 +114,7 @@ def test_without_a_saved_policy_a_bad_file_leaves_the_worker_without_policy(
     assert source.policy is None
 
 
-def test_yaml_nested_beyond_the_recursion_limit_is_refused_not_raised(tmp_path: Path) -> None:
+def test_yaml_nested_beyond_the_recursion_limit_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "policy.yaml"
     path.write_text("builds: {maxActiveRuns: 2}\n")
     source = PolicySource(path, interval=0)
@@ -120,13 +123,27 @@ def test_yaml_nested_beyond_the_recursion_limit_is_refused_not_raised(tmp_path: 
     assert source.refresh() is False
     assert source.policy is not None
     assert source.policy.builds.max_active_runs == 2
-    assert "RecursionError" in source.error
+    assert source.error
 
 
-def test_a_worker_starting_on_deeply_nested_yaml_is_unready_not_crashed(tmp_path: Path) -> None:
+def test_whatever_the_parser_raises_the_file_is_refused_not_raised(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "policy.yaml"
-    path.write_bytes(b"{a: " * 5000)
+    path.write_text("builds: {maxActiveRuns: 2}\n")
     source = PolicySource(path, interval=0)
-    source.start()
-    assert source.policy is None
-    assert "RecursionError" in source.error
+    source.refresh()
+
+    def crash(_text: bytes) -> None:
+        raise RecursionError("maximum recursion depth exceeded")
+
+    monkeypatch.setattr(policy_source, "parse_policy", crash)
+    path.write_text("builds: {maxActiveRuns: 3}\n")
+    assert source.refresh() is False
+    assert source.policy is not None
+    assert source.policy.builds.max_active_runs == 2
+    assert "RecursionError: maximum recursion depth exceeded" in source.error
+    # A worker that starts on such a file is unready, not crashed.
+    starting = PolicySource(path, interval=0)
+    starting.start()
+    assert starting.policy is None
+    assert "RecursionError" in starting.error
