@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app
-from werkzeug.exceptions import RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_input_stream
 
@@ -108,10 +108,9 @@ class AdmissionDispatcher:
             if content_type != "application/json" and \
                     parse_options_header(content_type)[0].lower() != "application/json":
                 raise UnsupportedMediaError("Content-Type must be application/json")
-            stream = get_input_stream(environ, max_content_length=self.app.config[
-                "MAX_CONTENT_LENGTH"])
+            review_body = _read_body(environ, self.app.config["MAX_CONTENT_LENGTH"])
             service = self.app.extensions[EXTENSION]
-            body, status = _review(endpoint, stream.read(), service, started), 200
+            body, status = _review(endpoint, review_body, service, started), 200
         except WebhookError as error:
             body, status = _refusal(endpoint.name, error)
         except RequestEntityTooLarge:
@@ -123,6 +122,21 @@ class AdmissionDispatcher:
         start_response(f"{status} {HTTP_STATUS_CODES[status].upper()}", [
             ("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
         return [body]
+
+
+def _read_body(environ: dict[str, Any], limit: int) -> bytes:
+    """The request body, at most `limit` bytes (RequestEntityTooLarge beyond).
+
+    The API server always sends a Content-Length, and gunicorn's input stream already stops at
+    it; anything else (no length, a chunked body) goes through Werkzeug's checks.
+    """
+    length = environ.get("CONTENT_LENGTH", "")
+    if not length.isdigit() or int(length) > limit:
+        return bytes(get_input_stream(environ, max_content_length=limit).read())
+    body: bytes = environ["wsgi.input"].read(int(length))
+    if len(body) != int(length):
+        raise ClientDisconnected()  # as Werkzeug's stream reports a body cut short
+    return body
 
 
 def _authenticate(connection: object, address: str | None, allowed: frozenset[str]) -> None:
@@ -168,8 +182,8 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
         outcome = "mutated"
     else:
         outcome = "allowed"
-    metrics.REVIEWS.labels(endpoint, review.operation, outcome, decision.reason).inc()
-    metrics.REVIEW_SECONDS.labels(endpoint).observe(seconds)
+    metrics.reviews(endpoint, review.operation, outcome, decision.reason).inc()
+    metrics.review_seconds(endpoint).observe(seconds)
     logger.info("review", extra={"fields": {
         "uid": review.uid,
         "endpoint": endpoint,
@@ -189,7 +203,7 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
 
 def _refusal(endpoint: str, error: WebhookError) -> tuple[bytes, int]:
     """Count and log a bad request; the Status body and HTTP status to answer it with."""
-    metrics.REVIEWS.labels(endpoint, "", "invalid", error.reason).inc()
+    metrics.reviews(endpoint, "", "invalid", error.reason).inc()
     logger.warning("bad request", extra={"fields": {
         "endpoint": endpoint, "reason": error.reason, "error": str(error)}})
     body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": error.status,

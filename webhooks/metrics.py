@@ -7,6 +7,7 @@ in-process.
 
 from __future__ import annotations
 
+import functools
 import os
 
 from prometheus_client import (
@@ -64,6 +65,21 @@ CERTIFICATE_RELOAD_ERRORS = Counter(
     f"{PREFIX}_certificate_reload_errors_total",
     "Certificate files that were refused (unreadable, or key and certificate do not match).",
 )
+
+
+# One labelled child per label set, looked up once: `labels()` takes a lock and builds a key on
+# every call, which is as much as the sample itself costs. The label values are bounded (the
+# endpoints, operations, decisions and the rules' reasons), as they must be for Prometheus.
+@functools.cache
+def reviews(endpoint: str, operation: str, decision: str, reason: str) -> Counter:
+    """The reviews counter for one endpoint, operation, decision and reason."""
+    return REVIEWS.labels(endpoint, operation, decision, reason)
+
+
+@functools.cache
+def review_seconds(endpoint: str) -> Histogram:
+    """The review duration histogram for one endpoint."""
+    return REVIEW_SECONDS.labels(endpoint)
 
 
 def exposition() -> tuple[bytes, str]:
