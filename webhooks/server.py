@@ -11,18 +11,23 @@
 
 from __future__ import annotations
 
+import email.utils
 import errno
+import logging
 import os
+import queue
 import selectors
 import ssl
+import threading
 import time
 from collections.abc import Callable
+from concurrent import futures
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
 
-from gunicorn import http, sock
+from gunicorn import http, sock, util
 from gunicorn.app.base import BaseApplication
 from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
@@ -91,7 +96,46 @@ class AdmissionWorker(ThreadWorker):  # type: ignore[misc]
     The wait is bounded by the keep-alive timeout, and a stopping worker closes such connections
     after the same short linger as its idle kept-alive ones. It builds on gthread's own pending
     connections (gunicorn 27.0, pinned in setup.cfg).
+
+    Per request, stock gthread also wraps the connection in a Future, and the thread hands it
+    back to the main thread through a wake-up pipe to be put in the poller again: a pipe write,
+    a main-thread wake-up and two GIL hand-offs for every review. Here the threads take
+    connections from a plain queue and put a kept-alive connection back in the poller
+    themselves (epoll watches a descriptor registered from any thread at once); only closing a
+    connection, which touches the worker's connection count, goes through the main thread.
     """
+
+    def init_process(self) -> None:
+        util.http_date = _HttpDate()  # this process's responses only
+        super().init_process()
+
+    def get_thread_pool(self) -> _ThreadPool:
+        return _ThreadPool(self.cfg.threads)
+
+    def enqueue_req(self, conn: TConn) -> None:
+        self.tpool.submit(self._serve, conn)
+
+    def _serve(self, conn: TConn) -> None:
+        """In a pool thread: answer the request, then hand the connection on."""
+        keepalive = self.handle(conn)
+        while keepalive is True and self.alive and conn.parser.unreader.buf.getvalue():
+            keepalive = self.handle(conn)  # the next request was read ahead with this one's body
+        if keepalive is not True or not self.alive:
+            self.method_queue.defer(self._finish, conn, keepalive)
+            return
+        conn.sock.setblocking(False)
+        conn.set_timeout()
+        # In the deque before the poller can see it: the readable callback removes it from there.
+        self.keepalived_conns.append(conn)
+        if not self.alive:  # the stop began meanwhile, maybe after its linger was applied
+            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
+        self.poller.register(conn.sock, selectors.EVENT_READ,
+                             partial(self.on_client_socket_readable, conn))
+
+    def _finish(self, conn: TConn, keepalive: object) -> None:
+        done: futures.Future[object] = futures.Future()
+        done.set_result(keepalive)
+        self.finish_request(conn, done)
 
     def accept(self, listener: Any) -> None:
         try:
@@ -162,9 +206,60 @@ class AdmissionWorker(ThreadWorker):  # type: ignore[misc]
     def _cap_keepalive(self, deadline: float) -> None:
         # Called when the worker stops: a connection that has sent no request yet can be closed
         # as safely as an idle kept-alive one, and must not hold the stop for the whole grace.
-        super()._cap_keepalive(deadline)
-        for conn in self.pending_conns:
+        # A copy of the deques, which pool threads may append to meanwhile.
+        for conn in [*self.keepalived_conns, *self.pending_conns]:
             conn.timeout = min(conn.timeout, deadline)
+
+
+class _ThreadPool:
+    """The worker's threads, fed connections through one queue.
+
+    A thread needs nothing but the connection; concurrent.futures' Future, work item and
+    callbacks cost several microseconds per review for nothing here.
+    """
+
+    def __init__(self, size: int) -> None:
+        self.queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = \
+            queue.SimpleQueue()
+        self.threads = [threading.Thread(target=self._run, name=f"pool-{n}") for n in range(size)]
+        for thread in self.threads:
+            thread.start()
+
+    def submit(self, function: Callable[..., None], *args: Any) -> None:
+        self.queue.put((function, args))
+
+    def shutdown(self, wait: bool = True) -> None:
+        """Each thread ends after its current work; with `wait`, wait for that."""
+        for _ in self.threads:
+            self.queue.put(None)
+        if wait:
+            for thread in self.threads:
+                thread.join()
+
+    def _run(self) -> None:
+        while (work := self.queue.get()) is not None:
+            function, args = work
+            try:
+                function(*args)
+            except Exception:  # a thread must outlive any one request
+                logging.getLogger(__name__).exception("unexpected error in a worker thread")
+
+
+class _HttpDate:
+    """gunicorn's `util.http_date`, formatted once a second instead of for every response."""
+
+    def __init__(self) -> None:
+        self.formatted = (0, "")
+
+    def __call__(self, timestamp: float | None = None) -> str:
+        if timestamp is not None:
+            return email.utils.formatdate(timestamp, usegmt=True)
+        now = int(time.time())
+        second, text = self.formatted  # one tuple, so threads never see a torn pair
+        if second != now:
+            text = email.utils.formatdate(now, usegmt=True)
+            self.formatted = (now, text)
+        return text
 
 
 def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
