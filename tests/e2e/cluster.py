@@ -7,6 +7,12 @@ strategy None, RBAC, ConfigMaps) and runs the Tekton controller as a local proce
 cluster from KUBECONFIG) and registers the project's own webhook configurations with only
 `clientConfig` swapped for a URL on 127.0.0.1.
 
+Mutual TLS is on, as production should run it: the API server presents a client certificate to
+webhooks (an AdmissionConfiguration whose kubeConfigFile names it, from a CA of its own), and the
+suite answers admission reviews only over connections that carry it (`serve --client-ca
+--client-name`). Probes and /metrics need no certificate; `Suite.client_context()` is the API
+server's side, for a test that posts a review itself.
+
 The flag sets come from `smoke_controlplane.py` (the manual check that they work here). Nothing
 listens beyond loopback. Every process is started here and stopped here by its PID.
 """
@@ -53,6 +59,8 @@ BUILD_NAMESPACE = "image-build"
 TEST_NAMESPACES = (SUITE_NAMESPACE, BUILD_NAMESPACE, "tool-mytool", "tool-other")
 TEKTON_NAMESPACE = "tekton-pipelines"
 TEKTON_CONTROLLER_USER = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
+# The subject of the client certificate the API server presents to webhooks.
+WEBHOOK_CLIENT_NAME = "kube-apiserver-webhook-client"
 
 # Release-style image names, as a Tekton v1.15 release.yaml gives the controller. Nothing pulls
 # them (there is no kubelet); they end up in the pods, where the registry policy sees them.
@@ -238,7 +246,18 @@ class ControlPlane:
         self.bins = dict(binaries)
         self.pki = workdir / "pki"
         self.pki.mkdir(parents=True, exist_ok=True)
-        self.admission_config = admission_config
+        # The API server's webhook client certificate comes from a CA of its own, as it should
+        # in production: the cluster CA also signs every user's (every tool's) certificate, so a
+        # suite trusting it would take a review from any of them.
+        self.webhook_client_pki = self.pki / "webhook-client"
+        self.webhook_client_pki.mkdir(exist_ok=True)
+        self.webhook_client_ca = self.webhook_client_pki / "ca.crt"
+        """The CA a suite started with `--client-ca` trusts for the API server's certificate."""
+        self.webhook_client_cert = self.webhook_client_pki / "apiserver.crt"
+        self.webhook_client_key = self.webhook_client_pki / "apiserver.key"
+        # The harness's own (which presents that certificate) unless a test brings another.
+        self._own_admission_config = admission_config is None
+        self.admission_config = admission_config or workdir / "admission-config.yaml"
         self.processes: list[Process] = []
         self.server = ""
         self.kubeconfig = workdir / "admin.kubeconfig"
@@ -277,12 +296,33 @@ class ControlPlane:
             x509.DNSName("localhost"), x509.DNSName("kubernetes.default.svc")])
         # O=system:masters: the group RBAC always lets do everything.
         self.ca.issue("admin", _name("e2e-admin", ["system:masters"]))
-        # The API server's client certificate for webhooks (for mTLS to the suite, if used).
-        self.ca.issue("webhook-client", _name("kube-apiserver-webhook-client"))
+        self.webhook_client_issuer = ClusterCA(self.webhook_client_pki)
+        self.webhook_client_issuer.issue("apiserver", _name(WEBHOOK_CLIENT_NAME))
+        if self._own_admission_config:
+            self._write_admission_config()
         sa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
         (self.pki / "sa.key").write_bytes(_key_pem(sa_key))
         (self.pki / "sa.pub").write_bytes(sa_key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+
+    def _write_admission_config(self) -> None:
+        """The API server presents the webhook client certificate to every webhook: `*` matches
+        any host, and the suite's port is only chosen later."""
+        kubeconfig = self.workdir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({
+            "apiVersion": "v1", "kind": "Config",
+            "users": [{"name": "*", "user": {
+                "client-certificate": str(self.webhook_client_cert),
+                "client-key": str(self.webhook_client_key)}}],
+        }))
+        kubeconfig.chmod(0o600)
+        plugins = [{"name": plugin, "configuration": {
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(kubeconfig)}}
+            for plugin in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")]
+        self.admission_config.write_text(yaml.safe_dump({
+            "apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration",
+            "plugins": plugins}))
 
     def _start_etcd(self) -> None:
         etcd_url = f"http://127.0.0.1:{free_port()}"
@@ -318,8 +358,7 @@ class ControlPlane:
             "--allow-privileged=true",
             "--profiling=false",
         ]
-        if self.admission_config is not None:
-            argv.append(f"--admission-control-config-file={self.admission_config}")
+        argv.append(f"--admission-control-config-file={self.admission_config}")
         apiserver = self._start("kube-apiserver", argv)
         self.server = f"https://127.0.0.1:{port}"
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -597,7 +636,8 @@ class Suite:
         prefix = [str(script)] if script.exists() else [sys.executable, "-m", "webhooks.cli"]
         return [*prefix, "serve", f"--bind=127.0.0.1:{self.port}",
                 f"--cert-dir={self.cert_dir}", f"--policy={self.policy_path}",
-                f"--workers={self.workers}", f"--threads={self.threads}"]
+                f"--workers={self.workers}", f"--threads={self.threads}",
+                f"--client-ca={self.cp.webhook_client_ca}", f"--client-name={WEBHOOK_CLIENT_NAME}"]
 
     def start(self) -> None:
         if self.process is not None and self.process.alive():
@@ -633,6 +673,30 @@ class Suite:
         with socket.socket() as sock:
             sock.settimeout(0.5)
             return sock.connect_ex(("127.0.0.1", self.port)) == 0
+
+    def client_context(self) -> ssl.SSLContext:
+        """TLS as the API server connects: the suite's CA, and the webhook client certificate
+        that the suite requires on its admission paths. Probes and /metrics need none (`get`)."""
+        context = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+        context.load_cert_chain(self.cp.webhook_client_cert, self.cp.webhook_client_key)
+        return context
+
+    def post(self, path: str, body: Any, context: ssl.SSLContext | None = None,
+             ) -> tuple[int, Any]:
+        """POST JSON on a new connection, as the API server by default (`client_context`);
+        the status and the decoded JSON answer (the text if it is not JSON)."""
+        request = urllib.request.Request(f"{self.base_url}{path}", data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(request, context=context or self.client_context(),
+                                        timeout=10) as response:
+                status, text = response.status, response.read().decode()
+        except urllib.error.HTTPError as error:
+            status, text = error.code, error.read().decode()
+        try:
+            return status, json.loads(text)
+        except ValueError:
+            return status, text
 
     def get(self, path: str) -> tuple[int, str]:
         try:
