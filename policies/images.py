@@ -142,7 +142,7 @@ def parse_prefix(text: str) -> RepositoryPrefix:
                                   "or digest")
     host, _, path = text.rstrip("/").partition("/")
     if not _HOST.fullmatch(host):
-        raise ImageReferenceError(f"{host!r} is not a registry host")
+        raise ImageReferenceError(f"{host[:80]!r} is not a registry host")
     registry = _normal_registry(host)
     if path:
         _check_path(path)

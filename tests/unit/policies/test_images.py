@@ -203,3 +203,11 @@ def test_a_host_prefix_never_covers_a_longer_host(labels: list[str], extra: str,
     host = ".".join(labels)
     assert not parse_prefix(host).covers(parse_image(f"{host}{extra}/{path}"))
     assert parse_prefix(host).covers(parse_image(f"{host}/{path}"))
+
+
+
+def test_an_invalid_prefix_host_is_quoted_in_bounded_form() -> None:
+    # Found by tests/fuzz: the whole host went into the message, 4 characters per NUL.
+    with pytest.raises(ImageReferenceError, match="is not a registry host") as caught:
+        parse_prefix("\x00" * 1000)
+    assert len(str(caught.value)) < 400
