@@ -279,7 +279,9 @@ def parse_policy(text: str | bytes) -> Policy:
         raise PolicyError([f"policy is {len(raw)} bytes; the limit is {MAX_POLICY_BYTES}"])
     try:
         data = yaml.safe_load(raw)
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError) as error:
+        # PyYAML's constructors raise ValueError for a well-formed but impossible value, such
+        # as the date 2027-00-01 or `!!int x`.
         raise PolicyError([f"not valid YAML: {_one_line(str(error))}"]) from None
     except RecursionError:
         # PyYAML builds nested collections recursively; a few thousand levels exhaust the stack.

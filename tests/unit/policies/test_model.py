@@ -92,6 +92,18 @@ def test_yaml_syntax_error_names_the_position() -> None:
     assert "line 1" in problem
 
 
+@pytest.mark.parametrize("text", ["a: 2027-00-01", "a: !!int x", "a: !!float x"])
+def test_a_value_yaml_cannot_construct_is_a_problem_not_a_crash(text: str) -> None:
+    # Found by tests/fuzz: PyYAML raised a bare ValueError for these.
+    (problem,) = problems_of(text)
+    assert problem.startswith("not valid YAML:")
+
+
+@pytest.mark.parametrize("text", ["[" * 5000, "a: " + "{b: " * 3000, "- " * 3000 + "x"])
+def test_yaml_nested_deeper_than_the_parser_recurses_is_a_problem(text: str) -> None:
+    assert problems_of(text) == ("the policy is nested too deeply",)
+
+
 def test_oversized_policy_is_refused_before_parsing() -> None:
     (problem,) = problems_of("#" * (MAX_POLICY_BYTES + 1))
     assert "limit" in problem
