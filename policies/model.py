@@ -27,7 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
-from policies.decision import Mode
+from policies.decision import Mode, cap
 from policies.durations import format_duration, parse_duration
 from policies.identity import ToolPattern
 from policies.images import (
@@ -41,14 +41,23 @@ from policies.images import (
 # The kubelet and the API server limit a ConfigMap to 1 MiB; a policy file larger than that did not
 # come from one, and parsing megabytes of YAML in every worker is not worth allowing.
 MAX_POLICY_BYTES = 1024 * 1024
+MAX_PROBLEM_CHARS = 500
 
 
 class PolicyError(ValueError):
     """A policy that cannot be used; `problems` lists each one with its path."""
 
     def __init__(self, problems: list[str]) -> None:
-        super().__init__("; ".join(problems))
-        self.problems = tuple(problems)
+        # Problems quote keys and names from the file; each stays one printable, bounded line
+        # in kubectl's answer, the logs and /readyz.
+        shown = tuple(cap(_printable(problem), MAX_PROBLEM_CHARS) for problem in problems)
+        super().__init__("; ".join(shown))
+        self.problems = shown
+
+
+def _printable(text: str) -> str:
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 def _tool_pattern(value: object) -> object:

@@ -104,6 +104,15 @@ def test_yaml_nested_deeper_than_the_parser_recurses_is_a_problem(text: str) -> 
     assert problems_of(text) == ("the policy is nested too deeply",)
 
 
+@pytest.mark.parametrize("text", ['"a\\nb\\e[2J": 1', 'builds: {params: {required: ["a\\nb", "a\\nb"]}}',
+                                  '? "' + "k" * 3000 + '"\n: 1'])
+def test_each_problem_is_one_printable_bounded_line(text: str) -> None:
+    # Keys and names from the file are quoted in problems, which kubectl and the logs show.
+    for problem in problems_of(text):
+        assert problem.isprintable()
+        assert len(problem) <= 500
+
+
 def test_oversized_policy_is_refused_before_parsing() -> None:
     (problem,) = problems_of("#" * (MAX_POLICY_BYTES + 1))
     assert "limit" in problem
