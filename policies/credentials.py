@@ -256,6 +256,7 @@ def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
     trusted = [c for kind, _, c in all_containers
                if kind == "containers" and trusted_step(c, policy) is not None]
     trusted_names = {c.get("name") for c in trusted}
+    trusted_ids = {id(c) for c in trusted}
 
     secrets = _credential_secrets(all_containers, volumes)
     credential_volumes = {name for name, volume in volumes.items()
@@ -265,7 +266,7 @@ def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
     changes: list[ContainerChanges] = []
     refusals: list[Finding] = []
     for kind, index, container in all_containers:
-        if kind == "containers" and container.get("name") in trusted_names:
+        if id(container) in trusted_ids:  # the container itself: its name may be any JSON
             continue
         change = _untrusted_changes(kind, index, container, volumes=volumes, secrets=secrets,
                                     credential_volumes=credential_volumes, homes=homes,
