@@ -71,8 +71,16 @@ def cap(text: str, limit: int) -> str:
     """Cut text to at most `limit` characters, saying how much was left out."""
     if len(text) <= limit:
         return text
-    suffix = f"... ({len(text) - limit} more characters)"
-    return text[: limit - len(suffix)] + suffix
+    # The note takes room too, so more is left out than the excess; it counts what really is.
+    left_out = len(text) - limit
+    while len(text) - (limit - len(_left_out_note(left_out))) != left_out:
+        left_out = len(text) - (limit - len(_left_out_note(left_out)))
+    note = _left_out_note(left_out)
+    return text[: limit - len(note)] + note
+
+
+def _left_out_note(count: int) -> str:
+    return f"... ({count} more characters)"
 
 
 def quote(value: object, limit: int = 200) -> str:
