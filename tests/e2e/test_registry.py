@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.e2e.cluster import ControlPlane, Suite
-from tests.e2e.objects import unique
+from tests.e2e.objects import pod_manifest, unique
 
 NAMESPACE = "tool-mytool"
 WEBHOOK = 'admission webhook "pods.toolforge-admission.toolforge.org" denied the request'
@@ -142,6 +142,24 @@ def test_kubectl_debug_with_a_disallowed_ephemeral_container_is_refused(
     assert entry["user"] == "mytool"
     pod = control_plane.get_json("-n", NAMESPACE, "pod", name)
     assert not pod["spec"].get("ephemeralContainers"), pod["spec"]
+
+
+def test_an_image_volume_from_a_disallowed_registry_is_refused(
+        control_plane: ControlPlane, live_suite: Suite, mytool: pathlib.Path,
+        pods: list[str]) -> None:
+    # The kubelet pulls an image volume as it pulls a container's image.
+    name = unique("models")
+    pods.append(name)
+    pod = yaml.safe_load(pod_manifest(name, NAMESPACE))
+    pod["spec"]["volumes"] = [{"name": "weights",
+                               "image": {"reference": "quay.io/someone/weights:1"}}]
+    result = control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pod), user=mytool,
+                                   check=False)
+    assert result.returncode != 0, result.stdout
+    assert WEBHOOK in result.stderr, result.stderr
+    assert 'volume "weights" image "quay.io/someone/weights:1"' in result.stderr
+    entry = live_suite.wait_review(endpoint="validate-pods", namespace=NAMESPACE, name=name)
+    assert entry["decision"] == "denied", entry
 
 
 def test_kubectl_set_image_to_a_disallowed_image_is_refused(
