@@ -47,6 +47,7 @@ WITHDRAW_BUDGET_SECONDS = 1.0
 MAX_ATTEMPTS = 8
 RESERVATIONS_ANNOTATION = "toolforge.org/reservations"
 TOOL_ANNOTATION = "toolforge.org/tool"
+WRITTEN_ANNOTATION = "toolforge.org/written-at"
 LEASE_PREFIX = "pipelineruns-"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "toolforge-admission"}
 
@@ -138,7 +139,7 @@ class LeaseSlots:
     def _withdraw(self, name: str, tool: str, candidate: Reservation) -> None:
         """Leave no reservation of `candidate` behind, after a write that may have landed.
 
-        The Lease is read and written back without the candidate, with a new renewTime, so the
+        The Lease is read and written back without the candidate, with a new write time, so the
         write always changes it: a late copy of the claim's own write, still on its way through
         the API server with the resourceVersion read before, then fails its precondition instead
         of landing afterwards. Best effort: when this fails too, the grace frees the slot.
@@ -207,8 +208,10 @@ def lease_body(name: str, tool: str, reservations: Sequence[Reservation],
                ) -> dict[str, Any]:
     """The Lease to write; with `current`, it carries its resourceVersion as the precondition.
 
-    `renewTime` is the time of the write: it makes every write a change (the API server keeps
-    the resourceVersion of a write that changes nothing), which the withdrawal relies on.
+    The time of the write goes in an annotation: it makes every write a change (the API server
+    keeps the resourceVersion of a write that changes nothing), which the withdrawal relies on.
+    Not in spec.renewTime: the client parses a dict body into its model and writes that time
+    back without the fraction when it is zero, which the API server refuses.
     """
     entries = [{"uid": r.uid, "namespace": r.namespace, "name": r.name,
                 "at": r.reserved_at.isoformat()} for r in reservations]
@@ -216,17 +219,17 @@ def lease_body(name: str, tool: str, reservations: Sequence[Reservation],
         "name": name,
         "labels": dict(MANAGED_BY),
         "annotations": {TOOL_ANNOTATION: tool,
-                        RESERVATIONS_ANNOTATION: json.dumps(entries, separators=(",", ":"))},
+                        RESERVATIONS_ANNOTATION: json.dumps(entries, separators=(",", ":")),
+                        WRITTEN_ANNOTATION: micro_time(written_at)},
     }
     if current is not None:
         metadata["resourceVersion"] = (current.get("metadata") or {}).get("resourceVersion")
     return {"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": metadata,
-            "spec": {"holderIdentity": "toolforge-admission",
-                     "renewTime": micro_time(written_at)}}
+            "spec": {"holderIdentity": "toolforge-admission"}}
 
 
 def micro_time(moment: datetime.datetime) -> str:
-    """Kubernetes' MicroTime: RFC 3339 in UTC with exactly six fractional digits."""
+    """RFC 3339 in UTC with six fractional digits (as Kubernetes' MicroTime)."""
     return moment.astimezone(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 

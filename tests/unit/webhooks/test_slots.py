@@ -17,6 +17,7 @@ from policies.slots import Reservation
 from webhooks.slots import (
     MAX_ATTEMPTS,
     RESERVATIONS_ANNOTATION,
+    WRITTEN_ANNOTATION,
     ConflictError,
     KubernetesLeases,
     KubernetesRuns,
@@ -229,7 +230,7 @@ def test_a_replaced_lease_carries_the_read_resource_version() -> None:
     body = lease_body("n", "mytool", [candidate("a")], {"metadata": {"resourceVersion": "42"}},
                       NOW)
     assert body["metadata"]["resourceVersion"] == "42"
-    assert body["spec"]["renewTime"] == "2026-11-22T12:00:00.000000Z"
+    assert body["metadata"]["annotations"][WRITTEN_ANNOTATION] == "2026-11-22T12:00:00.000000Z"
     assert [r.uid for r in read_reservations(body)] == ["a"]
 
 
@@ -350,7 +351,7 @@ def test_a_write_landing_after_the_withdrawal_is_fenced_off(existing: bool) -> N
                            1.0)
     with pytest.raises(WriteUncertainError):
         claim(slots(cluster), "mytool", "a")
-    # The withdrawal wrote the Lease (a new renewTime), so the late write's precondition fails.
+    # The withdrawal wrote the Lease (a new write time), so the late write's precondition fails.
     with pytest.raises(ConflictError):
         cluster.land()
     assert reserved(cluster) == []
@@ -454,3 +455,14 @@ def test_a_connection_error_names_its_cause() -> None:
     with pytest.raises(SlotsUnavailableError,
                        match=r"^listing PipelineRuns failed: ConnectionRefusedError: refused$"):
         KubernetesRuns(FailingApi(error)).list("a=b", 1.0)
+
+
+def test_a_lease_body_reaches_the_api_server_as_written() -> None:
+    # The client parses a dict body into its V1Lease model and serialises that: the body must
+    # come out unchanged (a time field would not: it loses its fraction when that is zero).
+    from kubernetes import client
+
+    body = lease_body("n", "mytool", [candidate("a")], {"metadata": {"resourceVersion": "7"}},
+                      NOW)
+    sent = client.ApiClient().sanitize_for_serialization(client.V1Lease.model_validate(body))
+    assert sent == body
