@@ -240,7 +240,11 @@ def envelope_mutations(draw: st.DrawFn) -> tuple[str, bytes]:
     return path, serialise(draw(mutated(copy.deepcopy(review), JSON)))
 
 
-TENANT_TEXT = st.one_of(NASTY_TEXT, st.text(st.characters(codec="utf-8"), max_size=3000))
+TENANT_TEXT = st.one_of(
+    NASTY_TEXT, st.text(st.characters(codec="utf-8"), max_size=3000),
+    # Long text with line breaks and escapes all along it, for the caps.
+    st.builds(lambda piece, times: f"{piece}\n\x1b[0m" * times, st.text(max_size=20),
+              st.integers(100, 2000)))
 
 
 @st.composite
