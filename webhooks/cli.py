@@ -43,11 +43,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="directory with tls.crt and tls.key (the webhook-certs Secret)")
     serve.add_argument("--policy", default=DEFAULT_POLICY, help="the policy file to follow")
     serve.add_argument("--workers", type=int, default=2)
-    # gunicorn's gthread hands a new connection to a thread, which then waits for its first
-    # request; the API server's client sometimes dials a connection it never uses and closes it
-    # only after 90 s idle, and each such connection holds a thread meanwhile. Threads are cheap
-    # while they wait, so keep enough that a burst's spare dials cannot take them all.
-    serve.add_argument("--threads", type=int, default=8)
+    # Threads serve requests in progress only (idle connections wait in the poller). On one
+    # core they add no throughput, only interleaving that lengthens the tail; two per worker
+    # keep one free while the other waits on the API server for an active-run check.
+    serve.add_argument("--threads", type=int, default=2)
     serve.add_argument("--client-ca", help="mutual TLS: admission reviews only from clients "
                                            "with a certificate signed by this CA (the API "
                                            "server's webhook client certificate); probes and "

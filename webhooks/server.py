@@ -42,7 +42,7 @@ class ServerOptions:
     key_file: Path
     policy_file: Path
     workers: int = 2
-    threads: int = 8
+    threads: int = 2
     client_ca_file: Path | None = None
     """When set, admission reviews only from clients with a certificate from this CA (the API
     server); probes and /metrics stay open."""
