@@ -18,6 +18,8 @@ one the suite cannot withdraw; `test_worker_killed.py` shows it freeing itself a
 
 from __future__ import annotations
 
+import datetime
+import json
 import pathlib
 import re
 from collections.abc import Callable, Iterator
@@ -25,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane, Suite
+from tests.e2e.cluster import BUILD_NAMESPACE, SUITE_NAMESPACE, ControlPlane, Suite
 from tests.e2e.faults import (
     ANY,
     LEASE_READ,
@@ -42,6 +44,7 @@ from tests.e2e.faults import (
     webhook_timeout,
 )
 from tests.e2e.objects import delete_runs, pipelinerun, unique
+from webhooks.slots import lease_body, lease_name
 
 DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied the request'
 SLOW = 4.0  # seconds: beyond the suite's 2.5 s budget, within the webhook's 5 s
@@ -151,11 +154,22 @@ def test_a_lease_write_applied_but_answered_too_late_is_withdrawn(
     no_reservation_left(control_plane, proxy, name, outcome.name, client)
 
 
+@pytest.mark.parametrize("existing", [
+    pytest.param(False, id="late-create"),
+    pytest.param(True, id="late-replace"),
+])
 def test_a_lease_write_reaching_the_api_server_after_the_refusal_is_fenced_off(
-        control_plane: ControlPlane, proxy: ApiProxy, tool: tuple[str, Any]) -> None:
+        control_plane: ControlPlane, proxy: ApiProxy, tool: tuple[str, Any],
+        existing: bool) -> None:
     # The write is still on its way when the suite gives up and withdraws: the withdrawal's own
-    # write changes the Lease, so the late write fails its precondition instead of landing.
+    # write changes the Lease (its write time, when there is no reservation to remove yet), so
+    # the late write fails its precondition instead of landing.
     name, client = tool
+    if existing:  # the tool has built before: its Lease exists, with no reservation in it
+        lease = lease_body(lease_name(name), name, [], None,
+                           datetime.datetime.now(datetime.UTC))
+        control_plane.kubectl("-n", SUITE_NAMESPACE, "create", "-f", "-",
+                              input=json.dumps(lease))
     mark = proxy.mark()
     proxy.add(Fault(LEASE_WRITE, "delay_request", seconds=SLOW, times=1))
     outcome = create(client, pipelinerun(unique(f"{name}-refused"), name))
