@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -68,19 +68,16 @@ HOSTILE = settings(max_examples=int(os.environ.get("TOOLFORGE_ADMISSION_HOSTILE_
 
 @dataclass
 class MemoryRuns:
-    """Active-run slots kept in memory, so the PipelineRun rule runs its whole path."""
+    """Active-run slots in memory, by turns free and full, so the rule takes both paths."""
 
-    held: dict[str, list[str]] = field(default_factory=dict)
+    claims: int = 0
 
     def claim(self, tool: str, candidate: Reservation, *, limit: int, label: str,
               reserve: bool) -> Claim:
-        occupants = self.held.setdefault(tool, [])
-        fits = len(occupants) < limit
-        if fits and reserve:
-            occupants.append(f"{candidate.namespace}/{candidate.name}")
-            if len(occupants) > 3:  # keep the fake small; the rule only reads the count
-                occupants.clear()
-        return Claim(fits=fits, limit=limit, occupants=tuple(occupants), reservations=(),
+        self.claims += 1
+        fits = limit > 0 and self.claims % 2 == 1
+        occupants = () if fits else (f"{candidate.namespace}/an-earlier-run",)
+        return Claim(fits=fits, limit=limit, occupants=occupants, reservations=(),
                      changed=False)
 
 
