@@ -393,6 +393,8 @@ def check_message(message: object, limit: int) -> None:
 
 def check_logs(records: list[logging.LogRecord]) -> None:
     assert not [r for r in records if r.getMessage() == "rule failed"], "a rule broke"
+    messages = [record.getMessage() for record in records]
+    assert messages.count("review") + messages.count("bad request") == 1, messages  # once each
     formatter = JsonFormatter()
     for record in records:
         line = formatter.format(record)
