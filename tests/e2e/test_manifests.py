@@ -14,6 +14,7 @@ clientConfig (a URL to the test suite) for a Service nothing serves and break ev
 
 from __future__ import annotations
 
+import datetime
 import pathlib
 from typing import Any
 
@@ -246,3 +247,66 @@ def test_the_namespace_name_label_is_forced_even_against_an_admin(
                                    input=pod(name, "tool-mytool", DISALLOWED_IMAGE))
     assert result.returncode != 0
     assert DENIED in result.stderr, result.stderr
+
+
+# --- the server's own rights ----------------------------------------------------------------------
+
+
+RBAC_KINDS = {"ServiceAccount", "Role", "RoleBinding", "ClusterRole", "ClusterRoleBinding"}
+
+
+def service_account_kubeconfig(cp: ControlPlane, namespace: str, name: str,
+                               path: pathlib.Path) -> pathlib.Path:
+    """A kubeconfig that acts as a ServiceAccount, with a token from the TokenRequest API."""
+    token = cp.kubectl("-n", namespace, "create", "token", name).stdout.strip()
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "sa",
+        "clusters": [{"name": "e2e", "cluster": {
+            "server": cp.server, "certificate-authority": str(cp.pki / "ca.crt")}}],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": "e2e", "user": "sa"}}],
+    }))
+    return path
+
+
+def test_the_servers_rbac_allows_the_active_run_check_and_nothing_less_would(
+        control_plane: ControlPlane, live_suite: Suite, tmp_path: pathlib.Path) -> None:
+    """The active-run check, made with the base's ServiceAccount and RBAC (really applied), lists
+    the tool's runs in every namespace and writes its Lease; an account without them cannot."""
+    from kubernetes import client, config
+
+    from policies.slots import Claim, Reservation
+    from webhooks import slots
+
+    rbac = [d for d in render(control_plane, RENDERED["base"]) if d["kind"] in RBAC_KINDS]
+    server_account = next(d for d in rbac if d["kind"] == "ServiceAccount"
+                          and d["metadata"]["name"] == "toolforge-admission")
+    control_plane.apply(rbac)
+    tool = unique("rbac")
+    candidate = Reservation(uid=unique("uid"), namespace="image-build", name=unique("run"),
+                            reserved_at=datetime.datetime.now(datetime.UTC))
+
+    def claim(account: str) -> Claim:
+        kubeconfig = service_account_kubeconfig(control_plane, SUITE_NAMESPACE, account,
+                                                tmp_path / f"{account}.kubeconfig")
+        api = client.ApiClient(config.new_client_from_config(str(kubeconfig)).configuration)
+        active_runs = slots.LeaseSlots(
+            slots.KubernetesLeases(client.CoordinationV1Api(api), SUITE_NAMESPACE),
+            slots.KubernetesRuns(client.CustomObjectsApi(api)))
+        return active_runs.claim(tool, candidate, limit=1, label="toolforge.org/tool",
+                                 reserve=True)
+
+    try:
+        made = claim(server_account["metadata"]["name"])
+        assert made.fits, made
+        assert made.changed, made
+        lease = control_plane.get_json("-n", SUITE_NAMESPACE, "lease", slots.lease_name(tool))
+        assert candidate.uid in lease["metadata"]["annotations"][slots.RESERVATIONS_ANNOTATION]
+
+        stranger = unique("stranger")
+        control_plane.kubectl("-n", SUITE_NAMESPACE, "create", "serviceaccount", stranger)
+        with pytest.raises(slots.SlotsUnavailableError, match="HTTP 403"):
+            claim(stranger)
+    finally:
+        control_plane.kubectl("-n", SUITE_NAMESPACE, "delete", "lease", slots.lease_name(tool),
+                              "--ignore-not-found", check=False)

@@ -363,18 +363,21 @@ def test_rbac_is_least_privilege(docs: tuple[Doc, ...]) -> None:
                 kind = {"validatingwebhookconfigurations": CONFIGURATION_KINDS[0],
                         "mutatingwebhookconfigurations": CONFIGURATION_KINDS[1]}[resource]
                 assert set(rule["resourceNames"]) == names[kind]
-    # Nothing but the rotation job's ClusterRole is cluster-wide.
-    assert [doc["metadata"]["name"] for doc in _of_kind(docs, "ClusterRole")] == [
-        "toolforge-admission-certs"]
+    # Cluster-wide: the rotation job's ClusterRole, and the server's list of PipelineRuns (runs
+    # live in the build namespace and in tools' namespaces), which is read-only and list only.
+    assert sorted(doc["metadata"]["name"] for doc in _of_kind(docs, "ClusterRole")) == [
+        "toolforge-admission-certs", "toolforge-admission-pipelineruns"]
     secrets = _one(docs, "Role", "toolforge-admission-certs")
     for rule in secrets["rules"]:
         assert rule["resources"] == ["secrets"]
         if set(rule["verbs"]) != {"create"}:
             assert set(rule["resourceNames"]) == {"webhook-certs", "webhook-ca"}
-    reader = _one(docs, "Role", "toolforge-admission-pipelineruns")
-    assert reader["metadata"]["namespace"] == BUILD_NAMESPACE
+    reader = _one(docs, "ClusterRole", "toolforge-admission-pipelineruns")
     assert reader["rules"] == [{"apiGroups": ["tekton.dev"], "resources": ["pipelineruns"],
-                                "verbs": ["get", "list", "watch"]}]
+                                "verbs": ["list"]}]
+    binding = _one(docs, "ClusterRoleBinding", "toolforge-admission-pipelineruns")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "toolforge-admission",
+                                    "namespace": "toolforge-admission"}]
     for doc in docs:
         for rule in doc.get("rules", []) if doc["kind"] in ("Role", "ClusterRole") else []:
             assert "*" not in rule["verbs"], doc["metadata"]
