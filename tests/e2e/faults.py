@@ -360,7 +360,7 @@ def children(pid: int) -> list[int]:
 
 @contextlib.contextmanager
 def proxied_suite(control_plane: ControlPlane, session_suite: Suite, workdir: pathlib.Path,
-                  workers: int = 2) -> Iterator[tuple[ApiProxy, Suite]]:
+                  **options: Any) -> Iterator[tuple[ApiProxy, Suite]]:
     """A Suite that reaches the API server through a new ApiProxy, registered meanwhile.
 
     The API server holds one set of the project's webhook configurations: this suite's replace
@@ -368,7 +368,7 @@ def proxied_suite(control_plane: ControlPlane, session_suite: Suite, workdir: pa
     """
     workdir.mkdir(parents=True, exist_ok=True)
     proxy = ApiProxy(control_plane)
-    running = Suite(control_plane, workdir, workers=workers,
+    running = Suite(control_plane, workdir, **options,
                     kubeconfig=proxy.kubeconfig(workdir / "proxy.kubeconfig"))
     try:
         running.start()

@@ -66,8 +66,10 @@ TOOLS = 8
 @pytest.fixture(scope="module")
 def proxied(control_plane: ControlPlane, suite: Suite,
             e2e_workdir: pathlib.Path) -> Iterator[tuple[ApiProxy, Suite]]:
+    # Threads for every run at once (each holds one for a second on its Lease write), with room
+    # left for the pods: no review waits in a queue long enough to meet the API server's timeout.
     with proxied_suite(control_plane, suite, e2e_workdir / "worker-killed",
-                       workers=2) as running:
+                       workers=2, threads=TOOLS) as running:
         yield running
 
 
