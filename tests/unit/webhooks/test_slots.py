@@ -7,16 +7,20 @@ import datetime
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
 import urllib3
+import yaml
 from kubernetes.client import ApiException
 
-from policies.slots import Reservation
+from policies.slots import RESERVATION_GRACE, Reservation
 from webhooks.slots import (
+    DEFAULT_BUDGET_SECONDS,
     MAX_ATTEMPTS,
     RESERVATIONS_ANNOTATION,
+    WITHDRAW_BUDGET_SECONDS,
     WRITTEN_ANNOTATION,
     ConflictError,
     KubernetesLeases,
@@ -466,3 +470,13 @@ def test_a_lease_body_reaches_the_api_server_as_written() -> None:
                       NOW)
     sent = client.ApiClient().sanitize_for_serialization(client.V1Lease.model_validate(body))
     assert sent == body
+
+
+def test_the_budgets_fit_the_webhook_timeout_and_the_grace_outlasts_it() -> None:
+    # The refusal must reach the API server before its own timeout fires (or the user gets
+    # "failed calling webhook" instead of the reason), and a reservation must outlive any review
+    # that may still store its run (or a run admitted but not yet stored would lose its slot).
+    manifest = (Path(__file__).parents[3] / "manifests" / "base" / "webhook-pipelineruns.yaml")
+    timeout = yaml.safe_load(manifest.read_text())["webhooks"][0]["timeoutSeconds"]
+    assert timeout - 1 >= DEFAULT_BUDGET_SECONDS + WITHDRAW_BUDGET_SECONDS
+    assert RESERVATION_GRACE.total_seconds() > timeout
