@@ -773,7 +773,8 @@ class Suite:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the suite did not load policy {digest[:12]} in {timeout}s")
             status, text = self.get("/readyz")
-            if status == 200 and text.startswith(f"ok: policy {digest[:12]}"):
+            # Exactly: "ok: policy X (policy file refused: ...)" serves X but refused the file.
+            if status == 200 and text.strip() == f"ok: policy {digest[:12]}":
                 streak += 1
             else:
                 streak = 0
