@@ -37,6 +37,7 @@ untrusted step that needs the credentials itself (the `buildpacks` task's single
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -527,6 +528,9 @@ def _under(path: object, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
+# A Tekton pod's mount paths are normalised thousands of times per review, and the same few
+# dozen paths come back in every pod; bounded, as tenants choose the paths.
+@functools.lru_cache(maxsize=4096)
 def _normal_path(path: str) -> str:
     parts: list[str] = []
     for part in path.split("/"):
