@@ -50,7 +50,8 @@ class ServerOptions:
     """With a client CA: the client certificate's CN or a DNS name must be one of these."""
     log_level: str = "info"
     state_dir: Path = Path("/tmp")  # noqa: S108 - the pod's own emptyDir in production
-    """Files the workers of this server share (the last good policy)."""
+    """Files the workers of this server share (the last good policy, and the last good serving
+    certificate with its key: in production a memory-backed emptyDir)."""
     cluster: bool = True
     """Use the cluster (in-cluster config or KUBECONFIG) for the active-run check; without it
     the check is skipped with a warning, as in `--dev` mode with no KUBECONFIG."""
@@ -307,7 +308,8 @@ def _serving_certificate(options: ServerOptions) -> Callable[[], Any]:
             cache.clear()
             cache[pid] = ServingCertificate(
                 options.cert_file, options.key_file,
-                client_ca_file=str(options.client_ca_file) if options.client_ca_file else None)
+                client_ca_file=str(options.client_ca_file) if options.client_ca_file else None,
+                last_good=options.state_dir / "last-good-certificate.pem")
         return cache[pid]
 
     return get

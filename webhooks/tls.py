@@ -6,6 +6,12 @@ served from the next connection on, without a restart and without touching conne
 open. Files that do not form a usable pair (a key that does not match, a half-written file) are
 refused: the last good context keeps serving, and the refusal is logged and counted.
 
+Each pair put in force is also saved, cert and key in one file (mode 0600, replaced atomically),
+where the server's workers share it: a worker that starts (or is restarted) while the files are
+refused serves that last good pair instead of failing every connection, and goes on checking the
+files. A saved pair that has expired is not served: no certificate is better than one every
+client refuses, and the log then says why the worker has none.
+
 With a client CA (mutual TLS), a client certificate is asked for but not demanded: a certificate
 that is presented must verify against that CA or the handshake fails, and a connection without
 one is let through to the probes and /metrics (the kubelet and Prometheus have none). The
@@ -14,6 +20,8 @@ admission paths then refuse any connection that `verified_client_names` finds no
 
 from __future__ import annotations
 
+import contextlib
+import datetime
 import logging
 import os
 import ssl
@@ -37,17 +45,22 @@ class ServingCertificate:
     """Hands out an SSLContext for a certificate and key on disk, reloading them on change."""
 
     def __init__(self, cert_file: str | os.PathLike[str], key_file: str | os.PathLike[str],
-                 *, check_interval: float = 1.0, client_ca_file: str | None = None) -> None:
+                 *, check_interval: float = 1.0, client_ca_file: str | None = None,
+                 last_good: str | os.PathLike[str] | None = None) -> None:
         self.cert_file = Path(cert_file)
         self.key_file = Path(key_file)
         self.client_ca_file = client_ca_file
+        self.last_good = Path(last_good) if last_good else None
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._checked = 0.0
         self._identity: tuple[object, ...] | None = None
         self._context: ssl.SSLContext | None = None
+        self._error = ""
         self.not_after: float | None = None
         self.refresh()
+        if self._context is None:
+            self._serve_last_good()
         if self._context is None:
             raise ssl.SSLError(f"no usable certificate in {self.cert_file} and {self.key_file}")
 
@@ -70,12 +83,14 @@ class ServingCertificate:
             if identity == self._identity:
                 return False
             try:
-                cert = _check_pair(self.cert_file, self.key_file)
+                cert, pem = _check_pair(self.cert_file, self.key_file)
                 context = _server_context(self.cert_file, self.key_file, self.client_ca_file)
             except (OSError, ssl.SSLError, ValueError) as error:
                 return self._refuse(identity, f"certificate files refused: {error}")
             not_after = cert.not_valid_after_utc.timestamp()
             self._context, self._identity, self.not_after = context, identity, not_after
+            self._error = ""
+            self._save_last_good(pem)
             metrics.CERTIFICATE_NOT_AFTER.set(not_after)
             metrics.CERTIFICATE_VALID.set(1)
             logger.info("serving certificate loaded", extra={"fields": {
@@ -98,28 +113,78 @@ class ServingCertificate:
                 "error": error,
                 "serving_not_after": int(self.not_after) if self.not_after else None}})
         metrics.CERTIFICATE_VALID.set(0)
-        self._identity = identity
+        self._identity, self._error = identity, error
         return False
 
+    def _save_last_good(self, pem: bytes) -> None:
+        if self.last_good is None:
+            return
+        staged = self.last_good.with_name(f".{self.last_good.name}.{os.getpid()}")
+        try:
+            with contextlib.suppress(FileNotFoundError):
+                staged.unlink()  # left by a process of the same PID that died writing it
+            # Created 0600, not chmod-ed afterwards: the key is never readable by others.
+            descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with open(descriptor, "wb") as file:
+                file.write(pem)
+            os.replace(staged, self.last_good)
+        except OSError as error:
+            logger.warning("cannot save the last good certificate", extra={"fields": {
+                "path": str(self.last_good), "error": error.strerror}})
 
-def _check_pair(cert_file: Path, key_file: Path) -> x509.Certificate:
-    """The certificate, if the key is its key; ValueError saying which file is not usable.
+    def _serve_last_good(self) -> None:
+        """At start, with the files refused: the pair that this server's workers last put in
+        force, unless it has expired. The files are still checked as usual afterwards."""
+        if self.last_good is None or not self.last_good.exists():
+            return
+        fields: dict[str, object] = {
+            "cert_file": str(self.cert_file), "key_file": str(self.key_file),
+            "error": self._error, "last_good": str(self.last_good)}
+        try:
+            cert, _ = _check_pair(self.last_good, self.last_good)
+            not_after = cert.not_valid_after_utc.timestamp()
+            if cert.not_valid_after_utc <= datetime.datetime.now(datetime.UTC):
+                logger.error("not serving the last good certificate: it has expired",
+                             extra={"fields": {**fields, "last_good_not_after": int(not_after)}})
+                return
+            context = _server_context(self.last_good, self.last_good, self.client_ca_file)
+        except (OSError, ssl.SSLError, ValueError) as error:
+            logger.error("not serving the last good certificate: it is not usable",
+                         extra={"fields": {**fields, "last_good_error": str(error)}})
+            return
+        self._context, self.not_after = context, not_after
+        metrics.CERTIFICATE_NOT_AFTER.set(not_after)
+        # certificate_valid stays 0: the files on disk are refused.
+        logger.warning("serving the last good certificate of this server while the files are "
+                       "refused", extra={"fields": {
+                           **fields, "serving_not_after": int(not_after),
+                           "sha256": cert.fingerprint(hashes.SHA256()).hex()}})
+
+
+def _check_pair(cert_file: Path, key_file: Path) -> tuple[x509.Certificate, bytes]:
+    """The certificate, if the key is its key, with both files' PEM in one (as the last good
+    pair is saved); ValueError saying which file is not usable.
 
     ssl's own errors ("PEM lib") do not say which file is wrong. Reading the key here first also
     keeps an encrypted key from reaching OpenSSL, which would prompt for its passphrase.
     """
+    cert_pem = cert_file.read_bytes()
     try:
-        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        cert = x509.load_pem_x509_certificate(cert_pem)
     except ValueError:
         raise ValueError(f"{cert_file} is not a PEM certificate") from None
+    key_pem = cert_pem if key_file == cert_file else key_file.read_bytes()
     try:
-        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(key_pem, password=None)
     except (ValueError, TypeError):
         raise ValueError(f"{key_file} is not an unencrypted PEM private key") from None
     spki = (serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     if key.public_key().public_bytes(*spki) != cert.public_key().public_bytes(*spki):
         raise ValueError(f"{key_file} is not the key of the certificate in {cert_file}")
-    return cert
+    if key_file == cert_file:
+        return cert, cert_pem
+    # The chain as served (load_cert_chain reads certificates up to the key), then the key.
+    return cert, cert_pem.rstrip(b"\n") + b"\n" + key_pem
 
 
 def _server_context(cert_file: Path, key_file: Path, client_ca_file: str | None,
