@@ -11,6 +11,8 @@ suite keeps its certificate): its cert dir is laid out as a Secret volume (`..da
 is swapped for a key that does not match, a truncated key, a missing file. Every new TLS
 connection must still present the last good certificate (compared by fingerprint) and answer
 reviews, the refusal must show in the log and the metrics, and a correct pair must then be served.
+A worker killed while the files are bad is replaced by one that serves the last good pair too
+(saved in the server's state dir); a brand-new server with bad files serves nothing.
 
 A server that never had a good policy is not ready and refuses every review (`NoPolicy`).
 """
@@ -47,6 +49,7 @@ from tests.e2e.cluster import (
     wait_for,
     wait_http,
 )
+from tests.e2e.faults import children
 from tests.e2e.objects import TOOL_IMAGE, pod_manifest, unique
 
 VALID = "toolforge_admission_policy_valid"
@@ -332,6 +335,7 @@ class LoneServer:
             "contexts": [{"name": "none", "context": {"cluster": "none", "user": "none"}}],
             "current-context": "none"}))
         self.process: Process | None = None
+        self.start_timeout = 60.0
         self.name = f"lone-server-{self.port}"
         self.log_path = workdir / f"{self.name}.log"
 
@@ -363,7 +367,8 @@ class LoneServer:
             f"--policy={self.policy_path}", f"--workers={self.workers}", "--threads=2",
         ], self.workdir, env={"KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
                               "PYTHONPATH": str(REPO), "POD_NAMESPACE": "toolforge-admission"})
-        wait_http(f"https://127.0.0.1:{self.port}/healthz", self.context(), 60, self.process)
+        wait_http(f"https://127.0.0.1:{self.port}/healthz", self.context(), self.start_timeout,
+                  self.process)
 
     def stop(self) -> None:
         if self.process is not None:
@@ -529,6 +534,88 @@ def test_a_damaged_certificate_leaves_the_last_good_one_serving(
     assert_reviews_answered(server, fingerprint(renewed.cert_pem))
     assert server.metric(CERT_VALID) == 1
     assert server.metric(CERT_NOT_AFTER) == int(renewed.certificate.not_valid_after_utc.timestamp())
+
+
+LAST_GOOD_SERVED = "serving the last good certificate of this server while the files are refused"
+
+
+def test_a_worker_restarted_while_the_certificate_is_bad_serves_the_last_good_one(
+        tmp_path: pathlib.Path) -> None:
+    server = LoneServer(tmp_path)
+    good = server.issue()
+    server.mount({"tls.crt": good.cert_pem, "tls.key": good.key_pem})
+    server.policy_path.write_text(TEST_POLICY.read_text())
+    server.start()
+    try:
+        loaded_everywhere(server, good.cert_pem, 0)
+        served = fingerprint(good.cert_pem)
+        not_after = int(good.certificate.not_valid_after_utc.timestamp())
+        files, problem = _mismatched(server)
+        server.mount(files)
+        assert server.process is not None
+        master = server.process.pid
+        workers = children(master)
+        assert len(workers) == server.workers, workers
+        log_count = len(server.log_entries())
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for("gunicorn to replace the killed worker", lambda: (
+            len(now := children(master)) == server.workers and workers[0] not in now), 30)
+
+        # Every new connection, whichever worker takes it, presents the last good certificate
+        # and is answered; keep going until the new worker has taken some of them.
+        connections = 0
+
+        def new_worker_served() -> bool:
+            nonlocal connections
+            assert_reviews_answered(server, served)
+            connections += 2
+            return connections >= 40 and bool(
+                entries_since(server.log_entries(), log_count, LAST_GOOD_SERVED))
+
+        wait_for("the new worker to serve the last good certificate", new_worker_served, 60,
+                 interval=0)
+        [entry] = entries_since(server.log_entries(), log_count, LAST_GOOD_SERVED)
+        assert entry["level"] == "warning"
+        assert entry["cert_file"] == str(server.cert_dir / "tls.crt")
+        assert entry["key_file"] == str(server.cert_dir / "tls.key")
+        assert problem in entry["error"], entry
+        assert entry["serving_not_after"] == not_after
+        assert entry["sha256"] == served
+        assert server.metric(CERT_VALID) == 0
+        assert server.metric(CERT_NOT_AFTER) == not_after
+
+        # The new worker goes on checking the files: a correct pair is served by every worker.
+        renewed = server.issue(days=1)
+        log_count = len(server.log_entries())
+        server.mount({"tls.crt": renewed.cert_pem, "tls.key": renewed.key_pem})
+        loaded_everywhere(server, renewed.cert_pem, log_count)
+        for _ in range(4 * server.workers):
+            assert_reviews_answered(server, fingerprint(renewed.cert_pem))
+        assert server.metric(CERT_VALID) == 1
+    finally:
+        server.stop()
+
+
+def test_a_new_server_with_a_bad_certificate_serves_nothing(tmp_path: pathlib.Path) -> None:
+    """No last good pair yet (the state dir is the server's own): every handshake fails, and
+    the log says why; in a pod the startup probe then restarts the container."""
+    server = LoneServer(tmp_path)
+    files, problem = _mismatched(server)
+    server.mount(files)
+    server.policy_path.write_text(TEST_POLICY.read_text())
+    server.start_timeout = 5.0
+    try:
+        with pytest.raises(TimeoutError):
+            server.start()
+        assert server.process is not None
+        assert server.process.alive()
+        refusals = entries_since(server.log_entries(), 0, "keeping the last good certificate")
+        assert refusals
+        assert all(problem in entry["error"] and entry["serving_not_after"] is None
+                   for entry in refusals), refusals
+        assert not entries_since(server.log_entries(), 0, LAST_GOOD_SERVED)
+    finally:
+        server.stop()
 
 
 def test_a_server_that_never_had_a_good_policy_is_not_ready_and_refuses_everything(
