@@ -322,7 +322,11 @@ def test_server_deployment(docs: tuple[Doc, ...]) -> None:
     certs = mounts["/etc/webhook/certs"]
     assert "subPath" not in certs
     assert volumes[certs["name"]]["secret"]["secretName"] == "webhook-certs"
-    assert "emptyDir" in volumes[mounts["/tmp"]["name"]]
+    # The server's state dir (made under TMPDIR) holds a copy of the serving key: it must stay
+    # in memory, as the Secret volume does, and never reach the node's disk.
+    state = volumes[mounts[env["TMPDIR"]["value"]]["name"]]["emptyDir"]
+    assert state["medium"] == "Memory"
+    assert "sizeLimit" in state
     assert not any("subPath" in mount for mount in container["volumeMounts"])
 
 
