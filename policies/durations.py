@@ -21,9 +21,9 @@ def parse_duration(text: str) -> float:
     body = text.removeprefix("+")
     seconds = 0.0
     position = 0
-    for match in _PART.finditer(body):
-        if match.start() != position:
-            break
+    # Each part is matched where the previous one ended: searching ahead (finditer) tried every
+    # later position of a long run of digits without a unit, quadratic in a tenant's string.
+    while match := _PART.match(body, position):
         seconds += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
     if position != len(body) or position == 0:
