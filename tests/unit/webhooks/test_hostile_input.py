@@ -158,7 +158,7 @@ NASTY_TEXT = st.sampled_from([
     "\ufeff", "\u202egnp.evil", '"', "\\", "{tool}", "%s%n", "../../etc/passwd", "-", "--",
     "-basic-docker=s=h", "/tekton/creds-secrets/x", "step-build", "image-build", "tool-mytool",
     "tools-harbor.wmcloud.org/tool-mytool/app:1", "nginx", "docker.io/library/nginx:latest",
-    "evil.example/x@sha256:" + "a" * 64, "UPPER/case", "a" * 5000, "é" * 3000,
+    "evil.example/x@sha256:" + "a" * 64, "UPPER/case", "a" * 5000, "é" * 3000, "1" * 50_000,
     "toolforge-admission-policy", "policy.yaml",
 ])
 TEXT = st.one_of(NASTY_TEXT, st.text(max_size=40),
@@ -592,3 +592,14 @@ def test_a_container_name_of_any_json_type_is_judged(client: FlaskClient, path: 
     review, step = _build_pod_review()
     step["name"] = []
     post(client, path, serialise(review))
+
+
+@pytest.mark.parametrize("where", ["create", "update"])
+def test_a_timeout_of_many_digits_is_judged_quickly(client: FlaskClient, where: str) -> None:
+    # Durations were parsed by searching ahead from every digit: 10 s for 20k digits.
+    review = first_base("/validate/pipelineruns")
+    request = review["request"]
+    request["object"]["spec"]["timeouts"] = {"pipeline": "1" * 20_000}
+    if where == "update":
+        request["operation"], request["oldObject"] = "UPDATE", request["object"]
+    post(client, "/validate/pipelineruns", serialise(review))
