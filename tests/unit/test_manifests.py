@@ -553,3 +553,21 @@ def test_alerting_rules_agree_and_use_real_metrics() -> None:
                   for group in plain["groups"] for rule in group["rules"]}
     assert severities["ToolforgeAdmissionCertificateExpiresSoon"] == "warning"
     assert severities["ToolforgeAdmissionCertificateExpiresVerySoon"] == "critical"
+
+
+def test_the_dashboard_shows_every_metric_without_overlapping_panels() -> None:
+    dashboard = json.loads((MANIFESTS / "monitoring" / "dashboard.json").read_text())
+    panels = dashboard["panels"]
+    exprs = " ".join(target["expr"] for panel in panels for target in panel.get("targets", []))
+    shown = {re.sub(r"_(bucket|count|sum|total)$", "", used)
+             for used in re.findall(r"\btoolforge_admission_[a-z_]+", exprs)}
+    assert _metric_names() <= shown, _metric_names() - shown
+    assert len({panel["id"] for panel in panels}) == len(panels)
+    cells: dict[tuple[int, int], str] = {}
+    for panel in panels:
+        grid = panel["gridPos"]
+        assert grid["x"] + grid["w"] <= 24, panel["title"]
+        for x in range(grid["x"], grid["x"] + grid["w"]):
+            for y in range(grid["y"], grid["y"] + grid["h"]):
+                assert (x, y) not in cells, (panel["title"], cells.get((x, y)))
+                cells[x, y] = panel["title"]
