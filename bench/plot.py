@@ -1,4 +1,5 @@
-"""Plot latency against concurrency, ours vs the Go reference, from a run.py result file.
+"""Plot latency against concurrency, ours vs the Go reference, from a run.py result file; or,
+from a bench/e2e.py result file, pod create latency with and without the suite.
 
 Runs in bench/.venv (matplotlib is not a dependency of the project).
 """
@@ -17,6 +18,9 @@ import matplotlib.pyplot as plt
 
 def main(result_file: str, png: str) -> None:
     data = json.loads(Path(result_file).read_text())
+    if "pods" in data:
+        plot_e2e(data, png)
+        return
     summary = data["summary"]
     payloads = list(dict.fromkeys(e["payload"] for e in summary))
     fig, axes = plt.subplots(1, len(payloads), figsize=(4.2 * len(payloads), 4), squeeze=False)
@@ -41,6 +45,46 @@ def main(result_file: str, png: str) -> None:
         ax.set_title(f"{payload}\nrps ours/Go {ratios}", fontsize=9)
         ax.grid(True, which="both", alpha=0.3)
     axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{data['meta']['machine']} — {data['meta']['date']}", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+
+
+def plot_e2e(data: dict, png: str) -> None:
+    """Pod create latency percentiles, no webhook vs the suite; PipelineRun review times."""
+    pods, runs = data["pods"], data.get("pipelineruns")
+    fig, axes = plt.subplots(1, 2 if runs else 1, figsize=(9 if runs else 5, 4), squeeze=False)
+    ax = axes[0][0]
+    quantiles = ["p50_ms", "p90_ms", "p99_ms", "p99.9_ms"]
+    width = 0.38
+    for offset, (mode, label, color) in enumerate((("none", "no webhook", "tab:gray"),
+                                                   ("suite", "suite registered", "tab:blue"))):
+        values = [pods["modes"][mode][q] for q in quantiles]
+        ax.bar([i + (offset - 0.5) * width for i in range(len(quantiles))], values, width,
+               label=f"{label} ({pods['modes'][mode]['creates_per_s']:.0f}/s)", color=color)
+    ax.set_xticks(range(len(quantiles)), [q.removesuffix("_ms") for q in quantiles])
+    ax.set_ylabel("pod create latency (ms)")
+    ax.set_title(f"{pods['clients']} concurrent pod creates through kube-apiserver\n"
+                 f"p99 suite/none ×{pods['p99_ratio']:.2f}", fontsize=9)
+    ax.legend(fontsize=7)
+    ax.grid(True, axis="y", alpha=0.3)
+    if runs:
+        ax = axes[0][1]
+        rows = [("admitted", "client"), ("admitted", "suite"), ("denied", "client"),
+                ("denied", "suite")]
+        for i, (kind, where) in enumerate(rows):
+            entry = runs[kind] if where == "client" else runs[kind]["suite"]
+            ax.bar([i - 0.2], [entry["p50_ms"]], 0.4, color="tab:green",
+                   label="p50" if i == 0 else None)
+            ax.bar([i + 0.2], [entry["p99_ms"]], 0.4, color="tab:red",
+                   label="p99" if i == 0 else None)
+        ax.axhline(50, color="black", linestyle=":", linewidth=1, label="target p99 50 ms")
+        ax.set_xticks(range(len(rows)), [f"{k}\n{w}" for k, w in rows], fontsize=7)
+        ax.set_ylabel("ms")
+        ax.set_title(f"PipelineRun creates, {runs['tools']} tools, c={runs['clients']}",
+                     fontsize=9)
+        ax.legend(fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
     fig.suptitle(f"{data['meta']['machine']} — {data['meta']['date']}", fontsize=8)
     fig.tight_layout()
     fig.savefig(png, dpi=110)

@@ -14,7 +14,9 @@ What it does (see bench/README.md):
   kept-alive HTTPS/1.1 connections (1, 8, 32) with the payloads of bench/payloads.py;
 - reports requests/s, p50/p99/p99.9, server CPU per review (utime+stime of the server's process
   tree from /proc), peak RSS per gunicorn worker, a 100,000-review soak for memory growth, and
-  ours/Go ratios; writes bench/results/latest.{json,md,png}.
+  ours/Go ratios; writes bench/results/latest.{json,md,png};
+- then runs bench/e2e.py (unless --no-e2e): pod creates through a real kube-apiserver with and
+  without the suite, and PipelineRun admission; bench/results/e2e-latest.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -390,7 +392,8 @@ def markdown(summary: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     if "soak_reviews" in mem:
         lines += ["", f"Soak of {mem['soak_reviews']} mixed reviews: RSS "
                       f"{mem['soak_rss_mb_first']} → {mem['soak_rss_mb_last']} MB "
-                      f"(growth {mem['soak_growth_mb']} MB after the first chunk)."]
+                      f"(growth {mem['soak_growth_mb']} MB after the first chunk; slope "
+                      f"{mem.get('soak_slope_mb_per_10k', 0):+.2f} MB per 10k reviews)."]
     return "\n".join(lines) + "\n"
 
 
@@ -451,6 +454,9 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--label", default="", help="a note stored with the results")
+    parser.add_argument("--no-e2e", action="store_true",
+                        help="skip the end-to-end stage (bench/e2e.py: pod creates through a "
+                             "real kube-apiserver with and without the suite)")
     args = parser.parse_args()
     if args.quick:
         args.duration, args.warmup, args.soak = 3, 1, min(args.soak, 20_000)
@@ -531,6 +537,10 @@ def main() -> int:
     finally:
         for server in servers:
             server.stop()
+    if not args.no_e2e:
+        # Its own process, after the servers above are gone: it needs both cores.
+        subprocess.run([sys.executable, str(BENCH / "e2e.py"), *(["--quick"] if args.quick else []),
+                        *(["--no-plot"] if args.no_plot else [])], check=True)
     return 0
 
 
@@ -549,9 +559,24 @@ def soak(wrk: str, ours: Server, args: argparse.Namespace,
               flush=True)
     first, last = max(samples[0]["rss_mb"]), max(samples[-1]["rss_mb"])
     hwm = {str(p): round(status_kb(p, "VmHWM") / 1024, 1) for p in ours.workers()}
+    # The trend after the first chunk (the warm-up), by least squares over every sample: a leak
+    # shows as a steady slope even when the first and last samples happen to be close.
+    points = [(s["reviews"] / 10_000, max(s["rss_mb"])) for s in samples[1:]]
+    slope = _slope(points)
+    print(f"  soak: worker RSS {first:.1f} MB after the first chunk -> {last:.1f} MB after "
+          f"{done} reviews; slope {slope:+.2f} MB per 10k reviews", flush=True)
     return {"soak_reviews": done, "soak_samples": samples, "soak_rss_mb_first": first,
             "soak_rss_mb_last": last, "soak_growth_mb": round(last - first, 1),
-            "peak_rss_mb_after_soak": hwm}
+            "soak_slope_mb_per_10k": round(slope, 3), "peak_rss_mb_after_soak": hwm}
+
+
+def _slope(points: list[tuple[float, float]]) -> float:
+    if len(points) < 2:
+        return 0.0
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    var = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,487 @@
+"""End-to-end benchmark: pod creates through a real kube-apiserver, with the suite and without.
+
+    .venv/bin/python bench/e2e.py                      # also run by `make bench` (bench/run.py)
+    .venv/bin/python bench/e2e.py --quick              # 1 round of 300 creates: a smoke run
+
+As Kyverno publishes its numbers: the control plane of the e2e harness (tests/e2e/cluster.py:
+etcd, kube-apiserver, kube-controller-manager; binaries from tests/e2e/build.py) and the suite
+started by `Suite` exactly as the e2e tests run it (gunicorn over TLS, 2 workers x 8 threads, the
+active-run check against this API server). Then:
+
+- pods: N clients (default 50), each on its own kept-alive HTTPS connection as the tool mytool
+  (client certificate CN=mytool, O=toolforge), create a realistic tool pod (3 containers, 2 init
+  containers, probes, env, volumes; images from the tool's Harbor project) in tool-mytool, a
+  fixed number per round, in two modes: `none` (no webhook configuration registered) and
+  `suite` (the project's configurations registered), interleaved over rounds (none/suite, then
+  suite/none, ...) so drift in the machine's load hits both. Each mode starts with a warm-up,
+  and the pods are deleted between rounds. Reported per mode: p50/p90/p99 of the client-side
+  create latency (request sent to response read), creates/s, errors, and the CPU of each process;
+  plus the suite's own review time (duration_ms of its log) in `suite` mode.
+- pipelineruns: with the suite registered, the builds API's ServiceAccount creates runs for many
+  tools at C concurrent clients (default 8): per tool one run (admitted: the check lists the
+  tool's runs and writes its Lease) and a second (denied: the limit is 1). Reported: the client
+  latency and the suite's duration_ms, p50/p99, for admitted and denied.
+
+The Tekton controller is stopped after the install: the benchmark measures admission, and the
+controller would turn every admitted run into a TaskRun and a build pod on the same two cores.
+Writes bench/results/e2e-latest.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import json
+import os
+import resource
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(BENCH))
+
+from tests.e2e.build import ensure_binaries  # noqa: E402
+from tests.e2e.cluster import ControlPlane, Suite, ensure_namespaces  # noqa: E402
+from tests.e2e.objects import pipelinerun  # noqa: E402
+from tests.e2e.traffic import (  # noqa: E402
+    LogWindow,
+    admin,
+    builds_api_client,
+    children,
+    cpu_seconds,
+    delete_all,
+    percentile,
+    pods_path,
+    runs_path,
+    tool_client,
+    wait_empty,
+    wait_webhooks,
+)
+
+import payloads  # noqa: E402
+from run import machine, plot  # noqa: E402
+
+RESULTS = BENCH / "results"
+TOOL = payloads.TOOL
+NAMESPACE = payloads.NAMESPACE
+QUANTILES = (50, 90, 99, 99.9)
+
+
+def pod_template() -> bytes:
+    """The pod of payloads.py (a tool's webservice), as a client submits it, encoded once: no
+    owner (the garbage collector would delete pods of a ReplicaSet that does not exist), no
+    managedFields, a fixed name (NAME, replaced per create) instead of a generated one. Encoding
+    it once keeps the client's CPU per create small beside the API server's."""
+    pod = payloads.tool_pod_review()["request"]["object"]
+    metadata = pod["metadata"]
+    for key in ("generateName", "ownerReferences", "managedFields"):
+        metadata.pop(key, None)
+    metadata["name"] = "NAME"
+    metadata["labels"]["bench"] = "e2e"
+    pod.pop("status", None)
+    return json.dumps(pod, separators=(",", ":")).encode()
+
+
+TEMPLATE = pod_template()
+
+
+def tool_pod(name: str) -> bytes:
+    return TEMPLATE.replace(b'"name":"NAME"', f'"name":"{name}"'.encode(), 1)
+
+
+# -- processes --------------------------------------------------------------------------------
+
+class Cpu:
+    """CPU seconds of the named processes, of this process, and of the whole machine."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+
+    def sample(self) -> dict[str, float]:
+        out = {name: cpu_seconds(pids()) for name, pids in self.groups.items()}
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        out["client"] = usage.ru_utime + usage.ru_stime
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        out["machine"] = (sum(fields[:8]) - fields[3] - fields[4]) / os.sysconf("SC_CLK_TCK")
+        return out
+
+    @staticmethod
+    def cores(before: dict[str, float], after: dict[str, float], wall: float,
+              ) -> dict[str, float]:
+        used = {k: (after[k] - before[k]) / wall for k in before}
+        ours = sum(v for k, v in used.items() if k != "machine")
+        used["other"] = max(0.0, used.pop("machine") - ours)
+        return {k: round(v, 3) for k, v in used.items()}
+
+
+def run_parallel(clients: int, total: int, task: Callable[[int], Any],
+                 pool: ThreadPoolExecutor) -> tuple[list[Any], float]:
+    """`total` calls of task(i) from `clients` threads of `pool`; results and wall seconds."""
+    counter = itertools.count()
+    results: list[Any] = []
+    lock = threading.Lock()
+    start = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        start.wait()
+        while (i := next(counter)) < total:
+            result = task(i)
+            with lock:
+                results.append(result)
+
+    futures = [pool.submit(client) for _ in range(clients)]
+    start.wait()
+    began = time.perf_counter()
+    for future in futures:
+        future.result()
+    return results, time.perf_counter() - began
+
+
+def quantiles(ms: list[float]) -> dict[str, float]:
+    return {f"p{q:g}_ms": round(percentile(ms, q), 2) for q in QUANTILES}
+
+
+def time_wait(port: int) -> int:
+    """TCP connections to or from `port` in TIME_WAIT (state 06): those closed in the last
+    60 s. The API server keeps a limited number of idle connections per webhook host; beyond
+    that each review pays a new (mutual) TLS handshake, which this shows."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(table).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            fields = line.split()
+            ports = {int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)}
+            if fields[3] == "06" and port in ports:
+                total += 1
+    return total
+
+
+def latency_summary(seconds: list[float]) -> dict[str, float]:
+    return quantiles([s * 1000 for s in seconds])
+
+
+# -- the stages -------------------------------------------------------------------------------
+
+def pods_stage(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
+    suite, tool, admin, cpu = (env[k] for k in ("suite", "tool", "admin", "cpu"))
+    path = pods_path(NAMESPACE)
+    pool = ThreadPoolExecutor(max_workers=args.clients)
+    rows: list[dict[str, Any]] = []
+    registered: bool | None = None
+    serial = itertools.count()
+
+    def create(prefix: str) -> Callable[[int], tuple[int, float, str]]:
+        def task(i: int) -> tuple[int, float, str]:
+            response = tool.create(path, tool_pod(f"{prefix}-{i}"))
+            return response.status, response.seconds, "" if response.status == 201 \
+                else response.message[:300]
+        return task
+
+    try:
+        for round_ in range(args.rounds):
+            modes = ("none", "suite") if round_ % 2 == 0 else ("suite", "none")
+            for mode in modes:
+                want = mode == "suite"
+                if registered is not want:
+                    suite.register() if want else suite.unregister()
+                    wait_webhooks(tool, NAMESPACE, registered=want)
+                    registered = want
+                tag = f"b{next(serial)}"
+                if args.warmup:
+                    run_parallel(args.clients, args.warmup, create(f"{tag}-warm"), pool)
+                window = LogWindow(suite.log_path)
+                closed = time_wait(suite.port)
+                before = cpu.sample()
+                results, wall = run_parallel(args.clients, args.creates, create(tag), pool)
+                used = Cpu.cores(before, cpu.sample(), wall)
+                closed = time_wait(suite.port) - closed
+                ok = [s for status, s, _ in results if status == 201]
+                errors = Counter(f"{status} {message}" for status, _, message in results
+                                 if status != 201)
+                reviews = [e["duration_ms"] for e in window.reviews()
+                           if e.get("endpoint") == "validate-pods"
+                           and str(e.get("name", "")).startswith(f"{tag}-")]
+                row = {"round": round_, "mode": mode, "creates": len(results),
+                       "created": len(ok), "wall_s": round(wall, 3),
+                       "creates_per_s": round(len(ok) / wall, 1),
+                       **latency_summary(ok), "errors": dict(errors), "cores": used,
+                       "cpu_ms_per_create": {k: round(v / len(ok) * wall * 1000, 2)
+                                             for k, v in used.items() if k != "other" and ok},
+                       "suite_reviews": len(reviews), "suite_connections_closed": closed,
+                       "latencies_ms": [round(s * 1000, 3) for s in ok]}
+                if reviews:
+                    row["suite_review"] = quantiles(reviews)
+                rows.append(row)
+                print(f"  pods r{round_} {mode:5} {row['creates_per_s']:7.1f} creates/s  "
+                      f"p50 {row['p50_ms']:7.2f}  p90 {row['p90_ms']:7.2f}  "
+                      f"p99 {row['p99_ms']:7.2f} ms  errors {sum(errors.values())}  "
+                      f"cores: {', '.join(f'{k} {v:.2f}' for k, v in used.items())}; "
+                      f"suite connections closed {closed}", flush=True)
+                delete_all(admin, path, "bench=e2e")
+                wait_empty(admin, path, "bench=e2e")
+    finally:
+        pool.shutdown()
+    return summarise_pods(rows, args)
+
+
+def summarise_pods(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict[str, Any]:
+    modes: dict[str, Any] = {}
+    for mode in ("none", "suite"):
+        mine = [r for r in rows if r["mode"] == mode]
+        pooled = [ms for r in mine for ms in r["latencies_ms"]]
+        wall = sum(r["wall_s"] for r in mine)
+        modes[mode] = {
+            **quantiles(pooled),
+            "creates_per_s": round(sum(r["created"] for r in mine) / wall, 1) if wall else 0,
+            "errors": sum(sum(r["errors"].values()) for r in mine),
+            "rounds": len(mine),
+            "cpu_ms_per_create": {k: statistics.median(r["cpu_ms_per_create"][k] for r in mine)
+                                  for k in mine[0]["cpu_ms_per_create"]} if mine else {},
+            "suite_connections_closed": sum(r["suite_connections_closed"] for r in mine),
+        }
+        if mode == "suite":
+            reviews = [r["suite_review"] for r in mine if "suite_review" in r]
+            if reviews:
+                modes[mode]["suite_review_p50_ms"] = statistics.median(
+                    r["p50_ms"] for r in reviews)
+                modes[mode]["suite_review_p99_ms"] = statistics.median(
+                    r["p99_ms"] for r in reviews)
+    none, suite = modes["none"], modes["suite"]
+    pairs = [(a, b) for a in rows for b in rows
+             if a["round"] == b["round"] and a["mode"] == "suite" and b["mode"] == "none"]
+    for row in rows:
+        del row["latencies_ms"]  # pooled above; the percentiles stay in each row
+    return {
+        "clients": args.clients, "creates_per_round": args.creates, "warmup": args.warmup,
+        "rounds": args.rounds, "modes": modes,
+        "p50_ratio": round(suite["p50_ms"] / none["p50_ms"], 3),
+        "p99_ratio": round(suite["p99_ms"] / none["p99_ms"], 3),
+        "rate_ratio": round(suite["creates_per_s"] / none["creates_per_s"], 3),
+        "p99_ratio_per_round": [round(a["p99_ms"] / b["p99_ms"], 3) for a, b in pairs],
+        "target": "suite p99 within 10% of the no-webhook p99 (p99_ratio <= 1.10)",
+        "target_met": suite["p99_ms"] <= 1.10 * none["p99_ms"],
+        "rows": rows,
+    }
+
+
+def pipelineruns_stage(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
+    suite, builds, admin, tool, cpu = (env[k] for k in ("suite", "builds", "admin", "tool",
+                                                         "cpu"))
+    suite.register()
+    wait_webhooks(tool, NAMESPACE, registered=True)
+    path = runs_path()
+    pool = ThreadPoolExecutor(max_workers=args.pr_clients)
+
+    def cycle(prefix: str) -> Callable[[int], list[tuple[str, int, float, str]]]:
+        def task(i: int) -> list[tuple[str, int, float, str]]:
+            name = f"{prefix}{i:04d}"
+            out = []
+            for attempt in ("a", "b"):
+                response = builds.create(path, pipelinerun(f"{name}-{attempt}", name))
+                out.append((f"{name}-{attempt}", response.status, response.seconds,
+                            response.message[:300]))
+            return out
+        return task
+
+    try:
+        run_parallel(args.pr_clients, max(args.pr_clients * 2, 10), cycle("warm"), pool)
+        window = LogWindow(suite.log_path)
+        before = cpu.sample()
+        results, wall = run_parallel(args.pr_clients, args.pr_tools, cycle("bench"), pool)
+        used = Cpu.cores(before, cpu.sample(), wall)
+    finally:
+        pool.shutdown()
+    sent = [r for pair in results for r in pair]
+    admitted = [s for name, status, s, _ in sent if name.endswith("-a") and status == 201]
+    denied = [s for name, status, s, message in sent if name.endswith("-b") and status == 403
+              and "may have at most 1" in message]
+    unexpected = Counter(f"{name[-1]} {status} {message}" for name, status, _, message in sent
+                         if (name.endswith("-a") and status != 201)
+                         or (name.endswith("-b") and status != 403))
+    reviews = {e["name"]: e for e in window.reviews()
+               if e.get("endpoint") == "validate-pipelineruns" and e.get("operation") == "CREATE"
+               and str(e.get("name", "")).startswith("bench")}
+    server = {"a": [e["duration_ms"] for n, e in reviews.items() if n.endswith("-a")],
+              "b": [e["duration_ms"] for n, e in reviews.items() if n.endswith("-b")]}
+    delete_all(admin, path)
+    result = {
+        "clients": args.pr_clients, "tools": args.pr_tools, "wall_s": round(wall, 3),
+        "creates_per_s": round(len(sent) / wall, 1), "cores": used,
+        "admitted": {"count": len(admitted), **latency_summary(admitted),
+                     "suite": quantiles(server["a"])},
+        "denied": {"count": len(denied), **latency_summary(denied),
+                   "suite": quantiles(server["b"])},
+        "unexpected": dict(unexpected),
+        "suite_reviews_logged": len(reviews),
+        "target": "PipelineRun admission with the active-run check: p99 < 50 ms",
+    }
+    all_server = server["a"] + server["b"]
+    result["suite_p99_ms"] = round(percentile(all_server, 99), 2)
+    result["target_met"] = result["suite_p99_ms"] < 50
+    print(f"  pipelineruns: {result['creates_per_s']} creates/s at c={args.pr_clients}; "
+          f"admitted {len(admitted)} client p50/p99 {result['admitted']['p50_ms']}/"
+          f"{result['admitted']['p99_ms']} ms, suite {result['admitted']['suite']['p50_ms']}/"
+          f"{result['admitted']['suite']['p99_ms']} ms; denied {len(denied)} client "
+          f"{result['denied']['p50_ms']}/{result['denied']['p99_ms']} ms, suite "
+          f"{result['denied']['suite']['p50_ms']}/{result['denied']['suite']['p99_ms']} ms; "
+          f"unexpected {sum(unexpected.values())}", flush=True)
+    return result
+
+
+# -- report -----------------------------------------------------------------------------------
+
+def markdown(data: dict[str, Any]) -> str:
+    meta, pods, runs = data["meta"], data["pods"], data.get("pipelineruns")
+    lines = [
+        f"Measured {meta['date']} on {meta['machine']}; kube-apiserver, etcd and the suite "
+        f"(`serve --workers {meta['workers']} --threads {meta['threads']}`) on the same cores. "
+        f"{pods['clients']} clients, {pods['creates_per_round']} pod creates per mode and round, "
+        f"{pods['rounds']} round(s), modes interleaved.",
+        "",
+        "| mode | creates/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for mode, label in (("none", "no webhook"), ("suite", "suite registered")):
+        m = pods["modes"][mode]
+        lines.append(f"| {label} | {m['creates_per_s']:.0f} | {m['p50_ms']:.1f} | "
+                     f"{m['p90_ms']:.1f} | {m['p99_ms']:.1f} | {m['p99.9_ms']:.1f} | "
+                     f"{m['errors']} |")
+    suite = pods["modes"]["suite"]
+    lines += ["", "CPU per create (ms, from /proc): "
+              + "; ".join(f"{label} " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                   pods["modes"][mode]["cpu_ms_per_create"].items())
+                          for mode, label in (("none", "no webhook:"), ("suite", "suite:")))
+              + f". Connections to the suite closed during the measured creates: "
+                f"{suite['suite_connections_closed']}."]
+    lines += ["", f"suite/none: p50 ×{pods['p50_ratio']:.2f}, p99 ×{pods['p99_ratio']:.2f} "
+                  f"(per round {', '.join(f'{r:.2f}' for r in pods['p99_ratio_per_round'])}), "
+                  f"creates/s ×{pods['rate_ratio']:.2f}; target p99 ≤ ×1.10: "
+                  f"{'met' if pods['target_met'] else 'not met'}."]
+    if "suite_review_p50_ms" in suite:
+        lines.append(f"The suite's own time per pod review (log duration_ms): p50 "
+                     f"{suite['suite_review_p50_ms']:.2f} ms, p99 "
+                     f"{suite['suite_review_p99_ms']:.2f} ms.")
+    if runs:
+        a, d = runs["admitted"], runs["denied"]
+        lines += [
+            "",
+            f"PipelineRuns (builds API for {runs['tools']} tools, {runs['clients']} clients, "
+            f"{runs['creates_per_s']:.0f} creates/s):",
+            "",
+            "| run | count | client p50 / p99 ms | suite p50 / p99 ms |",
+            "|---|---|---|---|",
+            f"| admitted (lists runs, writes the Lease) | {a['count']} | {a['p50_ms']:.1f} / "
+            f"{a['p99_ms']:.1f} | {a['suite']['p50_ms']:.1f} / {a['suite']['p99_ms']:.1f} |",
+            f"| denied (over the limit) | {d['count']} | {d['p50_ms']:.1f} / {d['p99_ms']:.1f} "
+            f"| {d['suite']['p50_ms']:.1f} / {d['suite']['p99_ms']:.1f} |",
+            "",
+            f"Suite p99 over both: {runs['suite_p99_ms']:.1f} ms; target < 50 ms: "
+            f"{'met' if runs['target_met'] else 'not met'}; unexpected answers: "
+            f"{sum(runs['unexpected'].values())}.",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+# -- main -------------------------------------------------------------------------------------
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clients", type=int, default=50, help="concurrent pod creators")
+    parser.add_argument("--creates", type=int, default=2000,
+                        help="measured pod creates per mode and round")
+    parser.add_argument("--warmup", type=int, default=200, help="unmeasured creates first")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--pr-clients", type=int, default=8)
+    parser.add_argument("--pr-tools", type=int, default=300,
+                        help="tools with two PipelineRun creates each (0: no PipelineRun stage)")
+    parser.add_argument("--quick", action="store_true",
+                        help="1 round of 300 creates (50 warm-up), 40 tools: a smoke run")
+    parser.add_argument("--out", default=str(RESULTS / "e2e-latest.json"))
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--keep", action="store_true", help="keep the work dir (logs)")
+    args = parser.parse_args()
+    if args.quick:
+        args.creates, args.warmup, args.rounds = 300, 50, 1
+        args.pr_tools = min(args.pr_tools, 40)
+
+    binaries = ensure_binaries()
+    workdir = Path(tempfile.mkdtemp(prefix="tfa-bench-e2e-"))
+    print(f"bench e2e: work dir (logs) {workdir}", flush=True)
+    cp = ControlPlane(workdir, binaries)
+    suite: Suite | None = None
+    try:
+        cp.start()
+        ensure_namespaces(cp)
+        cp.install_tekton()
+        cp.tekton.stop()  # see the module's docstring
+        suite = Suite(cp, workdir)
+        suite.start()
+        by_name = {p.name: p for p in cp.processes}
+        running = suite
+
+        def suite_pids() -> list[int]:
+            assert running.process is not None
+            return [running.process.pid, *children(running.process.pid)]
+
+        cpu = Cpu({"kube-apiserver": lambda: [by_name["kube-apiserver"].pid],
+                   "etcd": lambda: [by_name["etcd"].pid],
+                   "kube-controller-manager": lambda: [by_name["kube-controller-manager"].pid],
+                   "suite": suite_pids})
+        env = {"cp": cp, "suite": suite, "cpu": cpu, "admin": admin(cp),
+               "tool": tool_client(cp, TOOL), "builds": builds_api_client(cp)}
+        print(f"bench e2e: pods, {args.clients} clients, {args.creates} creates per mode and "
+              f"round, {args.rounds} round(s)", flush=True)
+        data: dict[str, Any] = {"meta": {
+            "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+            "machine": machine(), "workers": suite.workers, "threads": suite.threads,
+            "binaries": str(binaries["kube-apiserver"].parent),
+        }}
+        data["pods"] = pods_stage(args, env)
+        if args.pr_tools:
+            print(f"bench e2e: PipelineRuns, {args.pr_tools} tools, {args.pr_clients} clients",
+                  flush=True)
+            data["pipelineruns"] = pipelineruns_stage(args, env)
+        errors = [line for line in suite.log_path.read_text(errors="replace").splitlines()
+                  if '"level":"error"' in line or "Traceback" in line]
+        data["meta"]["suite_log_errors"] = len(errors)
+        out = Path(args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(data, indent=2))
+        table = markdown(data)
+        out.with_suffix(".md").write_text(table)
+        print()
+        print(table)
+        if errors:
+            print(f"bench e2e: the suite logged {len(errors)} error(s), first: {errors[0]}")
+        if not args.no_plot:
+            plot(out, out.with_suffix(".png"))
+            print(f"bench e2e: wrote {out}, {out.with_suffix('.md')}, {out.with_suffix('.png')}")
+    finally:
+        if suite is not None:
+            suite.stop()
+        cp.stop()
+        if args.keep:
+            print(f"bench e2e: logs kept in {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
