@@ -34,8 +34,17 @@ WEBHOOK_FAILURE = "failed calling webhook"
 @dataclass
 class Response:
     status: int
-    body: dict[str, Any]
+    raw: bytes
     seconds: float
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The answer as JSON, decoded only when asked for (most callers need the status)."""
+        try:
+            parsed = json.loads(self.raw) if self.raw else {}
+        except ValueError:
+            return {"message": self.raw.decode(errors="replace")}
+        return parsed if isinstance(parsed, dict) else {}
 
     @property
     def message(self) -> str:
@@ -77,10 +86,11 @@ class Client:
             self._local.connection = connection
         return connection
 
-    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None,
+    def request(self, method: str, path: str, body: Mapping[str, Any] | bytes | None = None,
                 ) -> Response:
-        """One request; the seconds from sending it to having read the whole answer."""
-        data = json.dumps(body).encode() if body is not None else None
+        """One request (a body as JSON, or already encoded); the seconds from sending it to
+        having read the whole answer."""
+        data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
         for attempt in (1, 2):
             connection = self._connection()
             started = time.perf_counter()
@@ -96,16 +106,11 @@ class Client:
                 if attempt == 2:
                     raise
                 continue
-            seconds = time.perf_counter() - started
-            try:
-                parsed = json.loads(raw) if raw else {}
-            except ValueError:
-                parsed = {"message": raw.decode(errors="replace")}
-            return Response(response.status, parsed if isinstance(parsed, dict) else {},
-                            seconds)
+            return Response(response.status, raw, time.perf_counter() - started)
         raise AssertionError("unreachable")
 
-    def create(self, path: str, body: Mapping[str, Any], *, dry_run: bool = False) -> Response:
+    def create(self, path: str, body: Mapping[str, Any] | bytes, *, dry_run: bool = False,
+               ) -> Response:
         return self.request("POST", path + ("?dryRun=All" if dry_run else ""), body)
 
     def close(self) -> None:
@@ -127,10 +132,32 @@ def admin(cp: ControlPlane) -> Client:
     return Client.from_kubeconfig(cp.kubeconfig)
 
 
+def wait_authorized(client: Client, verb: str, resource: str, namespace: str,
+                    group: str = "", timeout: float = 30) -> None:
+    """Until RBAC lets the client do it: the API server authorises from an informer's cache, so
+    a RoleBinding just made may not be in force yet, and a refused create never reaches the
+    suite."""
+    review = {"apiVersion": "authorization.k8s.io/v1", "kind": "SelfSubjectAccessReview",
+              "spec": {"resourceAttributes": {"verb": verb, "resource": resource,
+                                              "group": group, "namespace": namespace}}}
+    deadline = time.monotonic() + timeout
+    while True:
+        response = client.create("/apis/authorization.k8s.io/v1/selfsubjectaccessreviews",
+                                 review)
+        if response.status == 201 and response.body.get("status", {}).get("allowed"):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"RBAC does not allow {verb} {resource} in {namespace} after "
+                               f"{timeout}s: {response.status} {response.body}")
+        time.sleep(0.2)
+
+
 def tool_client(cp: ControlPlane, tool: str) -> Client:
     """A tool's account (CN=<tool>, O=toolforge) with RBAC in tool-<tool> and the build
     namespace; its namespace must exist."""
-    return Client.from_kubeconfig(cp.tool_kubeconfig(tool))
+    client = Client.from_kubeconfig(cp.tool_kubeconfig(tool))
+    wait_authorized(client, "create", "pods", f"tool-{tool}")
+    return client
 
 
 def builds_api_client(cp: ControlPlane) -> Client:
@@ -150,7 +177,9 @@ def builds_api_client(cp: ControlPlane) -> Client:
     }])
     token = cp.kubectl("-n", BUILD_NAMESPACE, "create", "token", BUILDS_API,
                        "--duration=12h").stdout.strip()
-    return Client(cp.server, cp.pki / "ca.crt", token=token)
+    client = Client(cp.server, cp.pki / "ca.crt", token=token)
+    wait_authorized(client, "create", "pipelineruns", BUILD_NAMESPACE, "tekton.dev")
+    return client
 
 
 def delete_all(client: Client, path: str, label_selector: str | None = None) -> Response:
