@@ -28,6 +28,7 @@ import os
 import pathlib
 import shutil
 import signal
+import socket
 import ssl
 import sys
 import uuid
@@ -537,6 +538,7 @@ def test_a_damaged_certificate_leaves_the_last_good_one_serving(
 
 
 LAST_GOOD_SERVED = "serving the last good certificate of this server while the files are refused"
+EXPIRED_REFUSED = "not serving the last good certificate: it has expired"
 
 
 def test_a_worker_restarted_while_the_certificate_is_bad_serves_the_last_good_one(
@@ -592,6 +594,59 @@ def test_a_worker_restarted_while_the_certificate_is_bad_serves_the_last_good_on
         for _ in range(4 * server.workers):
             assert_reviews_answered(server, fingerprint(renewed.cert_pem))
         assert server.metric(CERT_VALID) == 1
+    finally:
+        server.stop()
+
+
+def test_a_restarted_worker_does_not_serve_an_expired_last_good_certificate(
+        tmp_path: pathlib.Path) -> None:
+    server = LoneServer(tmp_path)
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(minutes=5)
+    brief = new_serving_cert(server.ca, ["localhost"], start,
+                             datetime.timedelta(minutes=5, seconds=20),
+                             ip_addresses=("127.0.0.1",))
+    server.mount({"tls.crt": brief.cert_pem, "tls.key": brief.key_pem})
+    server.policy_path.write_text(TEST_POLICY.read_text())
+    server.start()  # a worker has served it, so the state dir holds it
+    try:
+        files, problem = _mismatched(server)
+        server.mount(files)
+        expiry = brief.certificate.not_valid_after_utc
+        wait_for("the last good certificate to expire",
+                 lambda: datetime.datetime.now(datetime.UTC) > expiry, 60, interval=0.5)
+        assert server.process is not None
+        master = server.process.pid
+        workers = children(master)
+        log_count = len(server.log_entries())
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for("gunicorn to replace the killed worker", lambda: (
+            len(now := children(master)) == server.workers and workers[0] not in now), 30)
+
+        # Not verified: the certificate has expired. A connection that the new worker takes
+        # fails its handshake; the old worker still presents what it has.
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+        seen: set[str] = set()
+
+        def refused_to_serve_it() -> bool:
+            try:
+                with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw, \
+                        context.wrap_socket(raw) as connection:
+                    der = connection.getpeercert(binary_form=True)
+                    assert der is not None
+                    seen.add(hashlib.sha256(der).hexdigest())
+            except (ssl.SSLError, OSError):
+                pass
+            return bool(entries_since(server.log_entries(), log_count, EXPIRED_REFUSED))
+
+        wait_for("the new worker to refuse the expired pair", refused_to_serve_it, 60,
+                 interval=0)
+        assert seen <= {fingerprint(brief.cert_pem)}
+        [entry] = entries_since(server.log_entries(), log_count, EXPIRED_REFUSED)
+        assert entry["level"] == "error"
+        assert problem in entry["error"], entry
+        assert entry["last_good_not_after"] == int(expiry.timestamp())
+        assert not entries_since(server.log_entries(), log_count, LAST_GOOD_SERVED)
     finally:
         server.stop()
 
