@@ -12,7 +12,8 @@ is swapped for a key that does not match, a truncated key, a missing file. Every
 connection must still present the last good certificate (compared by fingerprint) and answer
 reviews, the refusal must show in the log and the metrics, and a correct pair must then be served.
 A worker killed while the files are bad is replaced by one that serves the last good pair too
-(saved in the server's state dir); a brand-new server with bad files serves nothing.
+(saved in the server's state dir), unless that pair has expired; a brand-new server with bad
+files serves nothing.
 
 A server that never had a good policy is not ready and refuses every review (`NoPolicy`).
 """
