@@ -440,6 +440,13 @@ class ControlPlane:
                           "name": username}],
         } for namespace in namespaces]
         self.apply([role, *bindings])
+        # The API server authorises from an informer's cache: a RoleBinding just made may not be
+        # in force yet, and a create refused by RBAC would never reach the suite.
+        for binding in bindings:
+            namespace = binding["metadata"]["namespace"]
+            wait_for(f"RBAC to let {username} create in {namespace}", lambda ns=namespace: (
+                self.kubectl("auth", "can-i", "create", "pipelineruns.tekton.dev", "-n", ns,
+                             f"--as={username}", check=False).stdout.strip() == "yes"), 30)
 
     def human_kubeconfig(self, username: str) -> pathlib.Path:
         """A person (not a tool): no O=toolforge."""
