@@ -17,7 +17,9 @@ from policies.images import (
 )
 
 MAX_ERROR_CHARS = 1000
-"""Messages quote at most 80 characters of the input, each at most 10 once escaped (`\\U0010ffff`)."""
+"""Messages quote at most 80 characters of the input, each at most 10 once escaped."""
+CPU_SECONDS = 0.5
+"""The most one input may take; a parse takes microseconds (long input is refused first)."""
 
 
 def check(data: bytes) -> None:

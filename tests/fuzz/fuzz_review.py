@@ -28,6 +28,8 @@ from webhooks.patches import make_patch
 from webhooks.review import build_response, parse_review
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tekton"
+CPU_SECONDS = 1.0
+"""The most one input may take, as in tests/unit/webhooks/test_hostile_input.py."""
 
 
 class Fits:
