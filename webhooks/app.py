@@ -18,6 +18,7 @@ from policies.decision import Decision, deny
 from webhooks import metrics
 from webhooks.admission import ENDPOINTS, ActiveRuns, Context, Endpoint, answer
 from webhooks.errors import (
+    BadReviewError,
     BodyTooLargeError,
     ClientNotAllowedError,
     UnsupportedMediaError,
@@ -115,6 +116,9 @@ class AdmissionDispatcher:
             body, status = _refusal(endpoint.name, error)
         except RequestEntityTooLarge:
             body, status = _refusal(endpoint.name, _body_too_large())
+        except ClientDisconnected:  # an HTTPException, which handle_exception makes a 500
+            body, status = _refusal(endpoint.name, BadReviewError(
+                "the body ended before its Content-Length"))
         except Exception as error:
             with self.app.request_context(environ):
                 response = self.app.handle_exception(error)  # logs it; re-raises when testing
