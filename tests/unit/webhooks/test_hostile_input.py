@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import copy
 import datetime
+import io
 import json
 import logging
 import os
@@ -35,6 +36,7 @@ from flask.testing import FlaskClient
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from werkzeug.http import parse_options_header
+from werkzeug.test import EnvironBuilder
 
 from policies.decision import MAX_MESSAGE_CHARS, MAX_WARNING_CHARS
 from policies.slots import Claim, Reservation
@@ -602,3 +604,15 @@ def test_a_timeout_of_many_digits_is_judged_quickly(client: FlaskClient, where: 
     if where == "update":
         request["operation"], request["oldObject"] = "UPDATE", request["object"]
     post(client, "/validate/pipelineruns", serialise(review))
+
+
+@pytest.mark.parametrize("sent", [b"", b'{"kind":"AdmissionReview"'])
+def test_a_body_shorter_than_its_content_length_is_a_bad_review(app: Flask, sent: bytes) -> None:
+    # The short read raised ClientDisconnected, which Flask's handler answered with a 500.
+    environ = EnvironBuilder(path="/validate/pods", method="POST",
+                             content_type="application/json").get_environ()
+    environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(sent), "100"
+    statuses: list[str] = []
+    body = b"".join(app.wsgi_app(environ, lambda status, headers: statuses.append(status)))
+    assert statuses == ["400 BAD REQUEST"]
+    check_status(400, orjson.loads(body))
