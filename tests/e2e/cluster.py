@@ -603,7 +603,7 @@ class Suite:
     """`toolforge-admission serve` as a subprocess, registered with the control plane."""
 
     def __init__(self, control_plane: ControlPlane, workdir: pathlib.Path, *,
-                 policy: pathlib.Path = TEST_POLICY, workers: int = 2, threads: int = 8,
+                 policy: pathlib.Path = TEST_POLICY, workers: int = 2, threads: int = 2,
                  kubeconfig: pathlib.Path | None = None) -> None:
         from certs.issue import new_ca, new_serving_cert
 
