@@ -127,23 +127,28 @@ class Cpu:
 
 
 def run_parallel(clients: int, total: int, task: Callable[[int], Any],
-                 pool: ThreadPoolExecutor) -> tuple[list[Any], float]:
-    """`total` calls of task(i) from `clients` threads of `pool`; results and wall seconds."""
+                 pool: ThreadPoolExecutor, rate: float = 0) -> tuple[list[Any], float]:
+    """`total` calls of task(i) from `clients` threads of `pool`; results and wall seconds.
+    With a rate, the i-th call is due at i/rate seconds (open loop) instead of as soon as a
+    client is free (closed loop)."""
     counter = itertools.count()
     results: list[Any] = []
     lock = threading.Lock()
     start = threading.Barrier(clients + 1)
+    began = 0.0
 
     def client() -> None:
         start.wait()
         while (i := next(counter)) < total:
+            if rate:
+                time.sleep(max(0.0, began + i / rate - time.perf_counter()))
             result = task(i)
             with lock:
                 results.append(result)
 
     futures = [pool.submit(client) for _ in range(clients)]
-    start.wait()
     began = time.perf_counter()
+    start.wait()
     for future in futures:
         future.result()
     return results, time.perf_counter() - began
@@ -203,11 +208,13 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
                     registered = want
                 tag = f"b{next(serial)}"
                 if args.warmup:
-                    run_parallel(args.clients, args.warmup, create(f"{tag}-warm"), pool)
+                    run_parallel(args.clients, args.warmup, create(f"{tag}-warm"), pool,
+                                 args.rate)
                 window = LogWindow(suite.log_path)
                 closed = time_wait(suite.port)
                 before = cpu.sample()
-                results, wall = run_parallel(args.clients, args.creates, create(tag), pool)
+                results, wall = run_parallel(args.clients, args.creates, create(tag), pool,
+                                             args.rate)
                 used = Cpu.cores(before, cpu.sample(), wall)
                 closed = time_wait(suite.port) - closed
                 ok = [s for status, s, _ in results if status == 201]
@@ -268,6 +275,7 @@ def summarise_pods(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict
         del row["latencies_ms"]  # pooled above; the percentiles stay in each row
     return {
         "clients": args.clients, "creates_per_round": args.creates, "warmup": args.warmup,
+        "rate": args.rate,
         "rounds": args.rounds, "modes": modes,
         "p50_ratio": round(suite["p50_ms"] / none["p50_ms"], 3),
         "p99_ratio": round(suite["p99_ms"] / none["p99_ms"], 3),
@@ -351,7 +359,8 @@ def markdown(data: dict[str, Any]) -> str:
         f"Measured {meta['date']} on {meta['machine']}; kube-apiserver, etcd and the suite "
         f"(`serve --workers {meta['workers']} --threads {meta['threads']}`) on the same cores. "
         f"{pods['clients']} clients, {pods['creates_per_round']} pod creates per mode and round, "
-        f"{pods['rounds']} round(s), modes interleaved.",
+        f"{pods['rounds']} round(s), modes interleaved, "
+        + (f"paced at {pods['rate']:g} creates/s." if pods.get("rate") else "closed loop."),
         "",
         "| mode | creates/s | p50 ms | p90 ms | p99 ms | p99.9 ms | errors |",
         "|---|---|---|---|---|---|---|",
@@ -406,6 +415,9 @@ def main() -> int:
     parser.add_argument("--creates", type=int, default=2000,
                         help="measured pod creates per mode and round")
     parser.add_argument("--warmup", type=int, default=200, help="unmeasured creates first")
+    parser.add_argument("--rate", type=float, default=0,
+                        help="pod creates per second over all clients, paced (open loop); "
+                             "0: each client creates as soon as its last create returned")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--pr-clients", type=int, default=8)
     parser.add_argument("--pr-tools", type=int, default=300,
@@ -446,7 +458,8 @@ def main() -> int:
         env = {"cp": cp, "suite": suite, "cpu": cpu, "admin": admin(cp),
                "tool": tool_client(cp, TOOL), "builds": builds_api_client(cp)}
         print(f"bench e2e: pods, {args.clients} clients, {args.creates} creates per mode and "
-              f"round, {args.rounds} round(s)", flush=True)
+              f"round, {args.rounds} round(s), "
+              + (f"{args.rate:g} creates/s" if args.rate else "closed loop"), flush=True)
         data: dict[str, Any] = {"meta": {
             "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
             "machine": machine(), "workers": suite.workers, "threads": suite.threads,
