@@ -41,6 +41,7 @@ fixtures: $(STAMP)
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
 
-# Server-side benchmark against a Go reference (not part of the tests): bench/README.md.
+# Benchmark (not part of the tests): server side against a Go reference, then end to end through
+# the e2e harness's kube-apiserver with and without the suite (bench/e2e.py): bench/README.md.
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(BENCH_ARGS)
