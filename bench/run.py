@@ -539,7 +539,10 @@ def main() -> int:
             server.stop()
     if not args.no_e2e:
         # Its own process, after the servers above are gone: it needs both cores.
-        subprocess.run([sys.executable, str(BENCH / "e2e.py"), *(["--quick"] if args.quick else []),
+        out = Path(args.out)
+        subprocess.run([sys.executable, str(BENCH / "e2e.py"), "--out",
+                        str(out.with_name(f"e2e-{out.name}")),
+                        *(["--quick"] if args.quick else []),
                         *(["--no-plot"] if args.no_plot else [])], check=True)
     return 0
 
