@@ -5,8 +5,8 @@
 
 As Kyverno publishes its numbers: the control plane of the e2e harness (tests/e2e/cluster.py:
 etcd, kube-apiserver, kube-controller-manager; binaries from tests/e2e/build.py) and the suite
-started by `Suite` exactly as the e2e tests run it (gunicorn over TLS, 2 workers x 8 threads, the
-active-run check against this API server). Then:
+started by `Suite` exactly as the e2e tests run it (gunicorn over TLS with the harness's workers
+and threads, mutual TLS, the active-run check against this API server). Then:
 
 - pods: N clients (default 50), each on its own kept-alive HTTPS connection as the tool mytool
   (client certificate CN=mytool, O=toolforge), create a realistic tool pod (3 containers, 2 init
