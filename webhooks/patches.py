@@ -16,6 +16,10 @@ from typing import Any
 
 import orjson
 
+ALIGNED_PAIRS_LIMIT = 1_000_000
+"""difflib's alignment is quadratic on lists that differ all along (6000 credential mounts among
+others took 7 s); lists with more item pairs than this are replaced whole instead."""
+
 
 def make_patch(old: Any, new: Any) -> list[dict[str, Any]]:
     """The JSON Patch operations that turn `old` into `new`."""
@@ -68,6 +72,8 @@ def _removed(old: list[Any], new: list[Any]) -> list[int] | None:
 
 def _aligned(old: list[Any], new: list[Any], path: str) -> list[dict[str, Any]]:
     """Removals, additions and in-place changes that turn one list into the other."""
+    if len(old) * len(new) > ALIGNED_PAIRS_LIMIT:
+        return [{"op": "replace", "path": path, "value": new}]
     matcher = difflib.SequenceMatcher(None, [_canonical(item) for item in old],
                                       [_canonical(item) for item in new])
     operations: list[dict[str, Any]] = []
