@@ -93,7 +93,12 @@ def _aligned(old: list[Any], new: list[Any], path: str) -> list[dict[str, Any]]:
 
 def _canonical(item: Any) -> bytes:
     # Equal as JSON, equal here: keys sorted, and 1, 1.0 and true stay apart.
-    return orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    try:
+        return orjson.dumps(item, option=orjson.OPT_SORT_KEYS)
+    except orjson.JSONEncodeError:
+        # Nested deeper than orjson writes (255 levels; it reads 1024). The mutation shares the
+        # items it keeps with the original, so the object itself still pairs them.
+        return b"id:%d" % id(item)
 
 
 def _same(old: Any, new: Any) -> bool:
