@@ -633,3 +633,18 @@ def test_a_long_list_changed_all_along_is_patched_quickly(client: FlaskClient) -
         {"name": "empty-dir", "mountPath": f"/keep/v{i}"})] + step["volumeMounts"]
     answer = post(client, "/mutate/build-pods", serialise(review))
     assert answer["response"]["allowed"]
+
+
+def test_a_changed_list_holding_an_item_deeper_than_orjson_writes_is_patched(
+        client: FlaskClient) -> None:
+    # Aligning the list serialised every item with orjson, which stops at 255 levels: a 500.
+    review, step = _build_pod_review()
+    containers = review["request"]["object"]["spec"]["containers"]
+    trusted = next(c for c in containers if c["name"] == "step-analyze")
+    home = next(m["name"] for m in trusted["volumeMounts"] if m["mountPath"] == "/tekton/home")
+    for mount in step["volumeMounts"]:
+        if mount["mountPath"] == "/tekton/home":
+            mount["name"] = home
+    step["volumeMounts"][0]["x"] = DEEP.format(depth=300, kind="list")
+    answer = post(client, "/mutate/build-pods", serialise(review))
+    assert answer["response"]["allowed"]
