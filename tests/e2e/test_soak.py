@@ -21,8 +21,9 @@ the workers' RSS, added up, did not grow after the warm-up: by at most SOAK_GROW
 start to the end of the measured part, with a least-squares slope under SOAK_SLOPE_MB_PER_MIN.
 The sum, because gunicorn does not share reviews evenly between the workers.
 
-Calibration (2 cores shared with other sessions, 4,500-14,000 reviews per 100 s): after the
-warm-up the sum grew 1.7-3.4 MB (1.4-2.8 MB/min), slower over a 300 s run. Pod or policy
+Calibration (2 cores shared with other sessions, 4,500-22,000 reviews per 100 s): after the
+warm-up the sum grew 1.7-3.4 MB (1.4-2.8 MB/min) with 8 threads per worker, slower over a 300 s
+run; 0.4 MB with the harness's 2 threads per worker. Pod or policy
 reviews alone keep it flat; the active-run check's path (the Kubernetes client) alone grows it
 by about 0.4 MB/min per worker, and the mix by more (bench/README.md, "Memory through the real
 API server"). A leak of 1 KB per review (an unreleased copy of each request would be 2-13 KB)
