@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import http.client
 import json
 import os
@@ -19,6 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_POLICY, make_review
+from webhooks.server import ServerOptions, gunicorn_settings
 
 
 @dataclass
@@ -184,3 +186,14 @@ def test_metrics_are_summed_across_workers(server: Server) -> None:
               and 'endpoint="validate-policy"' in line and 'decision="allowed"' in line]
     assert sum(counts) >= 6
     assert "toolforge_admission_certificate_not_after_timestamp_seconds" in text
+
+
+def test_a_worker_freezes_what_it_loaded_so_full_collections_skip_it() -> None:
+    options = ServerOptions(bind="127.0.0.1:0", cert_file=Path("c"), key_file=Path("k"),
+                            policy_file=EXAMPLE_POLICY)
+    gc.unfreeze()
+    try:
+        gunicorn_settings(options)["post_worker_init"](None)
+        assert gc.get_freeze_count() > 1000
+    finally:
+        gc.unfreeze()
