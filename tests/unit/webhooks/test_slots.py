@@ -480,3 +480,29 @@ def test_the_budgets_fit_the_webhook_timeout_and_the_grace_outlasts_it() -> None
     timeout = yaml.safe_load(manifest.read_text())["webhooks"][0]["timeoutSeconds"]
     assert timeout - 1 >= DEFAULT_BUDGET_SECONDS + WITHDRAW_BUDGET_SECONDS
     assert RESERVATION_GRACE.total_seconds() > timeout
+
+
+class OverlapCluster(FakeCluster):
+    """Answers a Lease read only once a list is in flight: a claim that reads the Lease and then
+    lists, one after the other, waits out the read's 2 s and fails."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listing = threading.Event()
+
+    def get(self, name: str, timeout: float) -> dict[str, Any] | None:
+        if not self.listing.wait(2.0):
+            raise SlotsUnavailableError("the Lease was read before the list went out")
+        return super().get(name, timeout)
+
+    def list(self, label_selector: str, timeout: float) -> Sequence[Mapping[str, Any]]:
+        self.listing.set()
+        return super().list(label_selector, timeout)
+
+
+def test_the_runs_are_listed_while_the_lease_is_read() -> None:
+    # One API round trip per attempt instead of two: the PipelineRun webhook's latency.
+    cluster = OverlapCluster()
+    claim = slots(cluster).claim("mytool", candidate("a"), limit=1, label=LABEL, reserve=True)
+    assert claim.fits
+    assert cluster.writes == 1
