@@ -51,21 +51,27 @@ def main(result_file: str, png: str) -> None:
 
 
 def plot_e2e(data: dict, png: str) -> None:
-    """Pod create latency percentiles, no webhook vs the suite; PipelineRun review times."""
+    """Pod create latency percentiles, no webhook vs the suite (vs the Go reference);
+    PipelineRun review times."""
     pods, runs = data["pods"], data.get("pipelineruns")
     fig, axes = plt.subplots(1, 2 if runs else 1, figsize=(9 if runs else 5, 4), squeeze=False)
     ax = axes[0][0]
     quantiles = ["p50_ms", "p90_ms", "p99_ms", "p99.9_ms"]
-    width = 0.38
-    for offset, (mode, label, color) in enumerate((("none", "no webhook", "tab:gray"),
-                                                   ("suite", "suite registered", "tab:blue"))):
+    modes = [m for m in (("none", "no webhook", "tab:gray"),
+                         ("suite", "suite registered", "tab:blue"),
+                         ("goref", "Go reference registered", "tab:orange"))
+             if m[0] in pods["modes"]]
+    width = 0.8 / len(modes)
+    for offset, (mode, label, color) in enumerate(modes):
         values = [pods["modes"][mode][q] for q in quantiles]
-        ax.bar([i + (offset - 0.5) * width for i in range(len(quantiles))], values, width,
+        shift = (offset - (len(modes) - 1) / 2) * width
+        ax.bar([i + shift for i in range(len(quantiles))], values, width,
                label=f"{label} ({pods['modes'][mode]['creates_per_s']:.0f}/s)", color=color)
     ax.set_xticks(range(len(quantiles)), [q.removesuffix("_ms") for q in quantiles])
     ax.set_ylabel("pod create latency (ms)")
+    ratios = ", ".join(f"{pair} ×{r['p99']:.2f}" for pair, r in pods["ratios"].items())
     ax.set_title(f"{pods['clients']} concurrent pod creates through kube-apiserver\n"
-                 f"p99 suite/none ×{pods['p99_ratio']:.2f}", fontsize=9)
+                 f"p99 {ratios}", fontsize=9)
     ax.legend(fontsize=7)
     ax.grid(True, axis="y", alpha=0.3)
     if runs:

@@ -196,12 +196,12 @@ def build_go(workdir: Path) -> Path:
     return binary
 
 
-def go_config(workdir: Path, namespaces: list[str]) -> Path:
+def go_config(workdir: Path, namespaces: list[str], policy_file: Path = POLICY) -> Path:
     """The reference's allowed prefixes, computed by the project's own policy code."""
     from policies.model import parse_policy
     from policies.registry import allow_list
 
-    policy = parse_policy(POLICY.read_bytes())
+    policy = parse_policy(policy_file.read_bytes())
     today = datetime.datetime.now(datetime.UTC).date()
     prefixes = {ns: [str(p) for p in allow_list(policy, ns, today).prefixes] for ns in namespaces}
     config = {"prefixes": prefixes, "harborHosts": list(policy.builds.harbor_hosts),
@@ -211,11 +211,14 @@ def go_config(workdir: Path, namespaces: list[str]) -> Path:
     return path
 
 
-def start_go(binary: Path, config: Path, cert_dir: Path, cpu: str, workdir: Path) -> Server:
+def start_go(binary: Path, config: Path, cert_dir: Path, cpu: str | None, workdir: Path,
+             gomaxprocs: int = 1) -> Server:
+    """goref on a free port, pinned to `cpu` (taskset) unless it is None."""
     port = free_port()
-    env = dict(os.environ, GOMAXPROCS="1")
+    env = dict(os.environ, GOMAXPROCS=str(gomaxprocs))
+    pin = ["taskset", "-c", cpu] if cpu else []
     proc = subprocess.Popen(
-        ["taskset", "-c", cpu, str(binary), "-addr", f"127.0.0.1:{port}",
+        [*pin, str(binary), "-addr", f"127.0.0.1:{port}",
          "-cert", str(cert_dir / "tls.crt"), "-key", str(cert_dir / "tls.key"),
          "-config", str(config)],
         stdout=subprocess.DEVNULL, stderr=(workdir / "goref.log").open("wb"), env=env)
@@ -543,6 +546,7 @@ def main() -> int:
         subprocess.run([sys.executable, str(BENCH / "e2e.py"), "--out",
                         str(out.with_name(f"e2e-{out.name}")),
                         *(["--quick"] if args.quick else []),
+                        *(["--no-goref"] if args.no_go else []),
                         *(["--no-plot"] if args.no_plot else [])], check=True)
     return 0
 
