@@ -12,14 +12,9 @@ import datetime
 import http.client
 import json
 import logging
-import os
-import re
 import signal
 import socket
 import ssl
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +31,7 @@ from flask.testing import FlaskClient
 from certs.issue import KeyPair, new_ca
 from tests.conftest import EXAMPLE_POLICY, make_review
 from tests.unit.policies.test_pipelinerun import POLICY_YAML
+from tests.unit.webhooks.dev_server import start_dev_server
 from tests.unit.webhooks.test_slots import FakeCluster
 from tests.unit.webhooks.test_validate_pipelineruns import run_for
 from webhooks import metrics
@@ -217,37 +213,12 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     directory = tmp_path_factory.mktemp("mtls")
     client_ca = new_ca("API server client CA", NOW, datetime.timedelta(days=1))
     (directory / "client-ca.crt").write_bytes(client_ca.cert_pem)
-    port = _free_port()
-    command = [sys.executable, "-m", "webhooks.cli", "serve", "--dev",
-               f"--bind=127.0.0.1:{port}", "--workers=1", "--threads=4",
-               f"--client-ca={directory / 'client-ca.crt'}", f"--client-name={API_SERVER}"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stdout is not None
-    ca_file = ""
-    for line in process.stdout:
-        found = re.search(r"CA certificate: (\S+)", line)
-        if found:
-            ca_file = found.group(1)
-            break
-    assert ca_file, "serve --dev did not print its CA"
-    server = Server("127.0.0.1", port, ca_file, client_ca, directory)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if server.request("GET", "/readyz", server.context())[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield server
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    dev = start_dev_server("--workers=1", "--threads=4",
+                           f"--client-ca={directory / 'client-ca.crt'}",
+                           f"--client-name={API_SERVER}")
+    yield Server("127.0.0.1", dev.port, dev.ca_file, client_ca, directory)
+    dev.process.send_signal(signal.SIGTERM)
+    dev.process.wait(timeout=30)
 
 
 def test_over_tls_the_api_server_certificate_is_answered(server: Server) -> None:

@@ -9,13 +9,9 @@ a few such connections then hold every thread of a worker and reviews time out.
 from __future__ import annotations
 
 import http.client
-import os
-import re
 import signal
 import socket
 import ssl
-import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -24,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_POLICY, make_review
-from tests.unit.webhooks.test_server import Server, free_port, post_review
+from tests.unit.webhooks.dev_server import start_dev_server
+from tests.unit.webhooks.test_server import Server, post_review
 
 THREADS = 2
 PROMPT = 5.0
@@ -43,30 +40,9 @@ def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
 def start_server(directory: Path) -> Server:
     policy_file = directory / "policy.yaml"
     policy_file.write_bytes(EXAMPLE_POLICY.read_bytes())
-    port = free_port()
-    command = [sys.executable, "-m", "webhooks.cli", "serve", "--dev", "--bind",
-               f"127.0.0.1:{port}", "--policy", str(policy_file), "--workers", "1",
-               "--threads", str(THREADS)]
-    with (directory / "server.log").open("w") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, text=True,
-                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stdout is not None
-    ca_file = ""
-    for line in process.stdout:
-        found = re.search(r"CA certificate: (\S+)", line)
-        if found:
-            ca_file = found.group(1)
-            break
-    assert ca_file, "serve --dev did not print its CA"
-    server = Server(process, "127.0.0.1", port, ca_file, policy_file)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if server.get("/readyz")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    return server
+    dev = start_dev_server("--policy", str(policy_file), "--workers", "1",
+                           "--threads", str(THREADS), log=directory / "server.log")
+    return Server(dev.process, "127.0.0.1", dev.port, dev.ca_file, policy_file)
 
 
 def idle_tls(server: Server) -> ssl.SSLSocket:

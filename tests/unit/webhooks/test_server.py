@@ -6,12 +6,10 @@ import gc
 import http.client
 import json
 import os
-import re
 import signal
 import socket
 import ssl
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import EXAMPLE_POLICY, make_review
+from tests.unit.webhooks.dev_server import start_dev_server
 from webhooks.server import ServerOptions, gunicorn_settings
 
 
@@ -56,40 +55,14 @@ class Server:
             connection.close()
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     policy_file = tmp_path_factory.mktemp("policy") / "policy.yaml"
     policy_file.write_bytes(EXAMPLE_POLICY.read_bytes())
-    port = free_port()
-    command = [sys.executable, "-m", "webhooks.cli", "serve", "--dev", "--bind",
-               f"127.0.0.1:{port}", "--policy", str(policy_file), "--workers", "2"]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    assert process.stdout is not None
-    ca_file = ""
-    for line in process.stdout:
-        found = re.search(r"CA certificate: (\S+)", line)
-        if found:
-            ca_file = found.group(1)
-            break
-    assert ca_file, "serve --dev did not print its CA"
-    server = Server(process, "127.0.0.1", port, ca_file, policy_file)
-    deadline = time.monotonic() + 20
-    while time.monotonic() < deadline:
-        try:
-            if server.get("/readyz")[0] == 200:
-                break
-        except OSError:
-            time.sleep(0.1)
-    yield server
-    process.send_signal(signal.SIGTERM)
-    process.wait(timeout=30)
+    dev = start_dev_server("--policy", str(policy_file), "--workers", "2")
+    yield Server(dev.process, "127.0.0.1", dev.port, dev.ca_file, policy_file)
+    dev.process.send_signal(signal.SIGTERM)
+    dev.process.wait(timeout=30)
 
 
 def post_review(connection: http.client.HTTPSConnection, review: dict[str, object],

@@ -1,0 +1,67 @@
+"""`toolforge-admission serve --dev` as a subprocess: the real server, for tests over TLS."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class DevServer:
+    process: subprocess.Popen[str]
+    port: int
+    ca_file: str
+    """The CA of the certificate that `--dev` made (it prints the file's path on stdout)."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_dev_server(*args: str, log: Path | None = None, timeout: float = 20) -> DevServer:
+    """Start `serve --dev` on a free loopback port with `args`; return once /readyz is 200.
+
+    Without `log`, the server's log shares stdout with the CA line: for servers that log little.
+    """
+    port = free_port()
+    command = [sys.executable, "-m", "webhooks.cli", "serve", "--dev",
+               f"--bind=127.0.0.1:{port}", *args]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    if log is None:
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   text=True, env=env)
+    else:
+        with log.open("w") as stream:
+            process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=stream, text=True,
+                                       env=env)
+    assert process.stdout is not None
+    ca_file = next((found.group(1) for line in process.stdout
+                    if (found := re.search(r"CA certificate: (\S+)", line))), "")
+    assert ca_file, "serve --dev did not print its CA"
+    context = ssl.create_default_context(cafile=ca_file)
+    deadline = time.monotonic() + timeout
+    while not _ready(port, context):
+        assert time.monotonic() < deadline, f"serve --dev was not ready in {timeout:g} s"
+        time.sleep(0.1)
+    return DevServer(process, port, ca_file)
+
+
+def _ready(port: int, context: ssl.SSLContext) -> bool:
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
+    try:
+        connection.request("GET", "/readyz")
+        return connection.getresponse().status == 200
+    except OSError:
+        return False
+    finally:
+        connection.close()
