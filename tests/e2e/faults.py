@@ -47,12 +47,10 @@ import yaml
 from tests.e2e.cluster import (
     BUILD_NAMESPACE,
     MANIFESTS,
-    SUITE_NAMESPACE,
     ControlPlane,
     Suite,
     wait_for,
 )
-from webhooks.slots import RESERVATIONS_ANNOTATION, lease_name
 
 LEASE_WRITE = ("POST|PUT", r"^/apis/coordination\.k8s\.io/v1/namespaces/[^/]+/leases(/[^/?]+)?$")
 LEASE_READ = ("GET", r"^/apis/coordination\.k8s\.io/v1/namespaces/[^/]+/leases/[^/?]+$")
@@ -436,15 +434,3 @@ def tool_client(kubeconfig: pathlib.Path) -> Any:
     from kubernetes import config
 
     return config.new_client_from_config(str(kubeconfig))
-
-
-def reservations(control_plane: ControlPlane, tool: str) -> list[dict[str, Any]]:
-    """The reservations stored in the tool's Lease, read directly (not through the proxy)."""
-    result = control_plane.kubectl("-n", SUITE_NAMESPACE, "get", "lease", lease_name(tool),
-                                   "-o", "json", check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return []
-    annotations = json.loads(result.stdout)["metadata"].get("annotations") or {}
-    entries: list[dict[str, Any]] = json.loads(annotations.get(RESERVATIONS_ANNOTATION) or "[]")
-    return entries

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from typing import Any
 
 import yaml
 
-from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane
+from tests.e2e.cluster import BUILD_NAMESPACE, SUITE_NAMESPACE, ControlPlane
+from webhooks.slots import RESERVATIONS_ANNOTATION, lease_name
 
 TOOL_IMAGE = "tools-harbor.wmcloud.org/tool-mytool/app:1"
 BUILDER = "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"
@@ -50,3 +52,15 @@ def delete_runs(cp: ControlPlane, tool: str) -> None:
     """Finished or not, a tool's runs hold its active-run slot; tests leave none behind."""
     cp.kubectl("delete", "pipelineruns", "--all-namespaces", "-l", f"{TOOL_LABEL}={tool}",
                "--wait=true", "--ignore-not-found", timeout=120)
+
+
+def reservations(cp: ControlPlane, tool: str) -> list[dict[str, Any]]:
+    """The reservations stored in the tool's Lease (none when there is no Lease yet)."""
+    result = cp.kubectl("-n", SUITE_NAMESPACE, "get", "lease", lease_name(tool), "-o", "json",
+                        check=False)
+    if result.returncode != 0:
+        assert "NotFound" in result.stderr, result.stderr
+        return []
+    annotations = json.loads(result.stdout)["metadata"].get("annotations") or {}
+    entries: list[dict[str, Any]] = json.loads(annotations.get(RESERVATIONS_ANNOTATION) or "[]")
+    return entries

@@ -39,11 +39,10 @@ from tests.e2e.faults import (
     create,
     new_tool,
     proxied_suite,
-    reservations,
     tool_client,
     webhook_timeout,
 )
-from tests.e2e.objects import delete_runs, pipelinerun, unique
+from tests.e2e.objects import delete_runs, pipelinerun, reservations, unique
 from webhooks.slots import lease_body, lease_name
 
 DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied the request'

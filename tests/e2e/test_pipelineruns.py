@@ -31,10 +31,9 @@ import pytest
 import yaml
 
 from policies.slots import RESERVATION_GRACE
-from tests.e2e.cluster import BUILD_NAMESPACE, SUITE_NAMESPACE, ControlPlane, Suite, wait_for
-from tests.e2e.objects import unique
+from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane, Suite, wait_for
+from tests.e2e.objects import reservations, unique
 from tests.e2e.test_harness import delete_runs, pipelinerun
-from webhooks.slots import RESERVATIONS_ANNOTATION, lease_name
 
 DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied the request'
 CANCEL = json.dumps({"spec": {"status": "Cancelled"}})
@@ -55,18 +54,6 @@ def run_names(cp: ControlPlane, tool: str) -> list[str]:
     items = cp.get_json("pipelineruns", "--all-namespaces", "-l",
                         f"toolforge.org/tool={tool}")["items"]
     return sorted(item["metadata"]["name"] for item in items)
-
-
-def reservations(cp: ControlPlane, tool: str) -> list[dict[str, Any]]:
-    """The reservations stored in the tool's Lease (none when there is no Lease yet)."""
-    result = cp.kubectl("-n", SUITE_NAMESPACE, "get", "lease", lease_name(tool), "-o", "json",
-                        check=False)
-    if result.returncode != 0:
-        assert "NotFound" in result.stderr, result.stderr
-        return []
-    annotations = json.loads(result.stdout)["metadata"].get("annotations") or {}
-    entries: list[dict[str, Any]] = json.loads(annotations.get(RESERVATIONS_ANNOTATION) or "[]")
-    return entries
 
 
 def wait_slot_free(cp: ControlPlane, tool: str) -> None:

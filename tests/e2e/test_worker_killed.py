@@ -47,11 +47,17 @@ from tests.e2e.faults import (
     create,
     new_tool,
     proxied_suite,
-    reservations,
     tcp_connections,
     tool_client,
 )
-from tests.e2e.objects import TOOL_IMAGE, delete_runs, pipelinerun, pod_manifest, unique
+from tests.e2e.objects import (
+    TOOL_IMAGE,
+    delete_runs,
+    pipelinerun,
+    pod_manifest,
+    reservations,
+    unique,
+)
 from webhooks.slots import lease_name
 
 RUNS_DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied'
