@@ -45,6 +45,8 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from tests.e2e import traffic  # noqa: E402
+
 import payloads  # noqa: E402
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -569,21 +571,12 @@ def soak(wrk: str, ours: Server, args: argparse.Namespace,
     # The trend after the first chunk (the warm-up), by least squares over every sample: a leak
     # shows as a steady slope even when the first and last samples happen to be close.
     points = [(s["reviews"] / 10_000, max(s["rss_mb"])) for s in samples[1:]]
-    slope = _slope(points)
+    slope = traffic.slope(points)
     print(f"  soak: worker RSS {first:.1f} MB after the first chunk -> {last:.1f} MB after "
           f"{done} reviews; slope {slope:+.2f} MB per 10k reviews", flush=True)
     return {"soak_reviews": done, "soak_samples": samples, "soak_rss_mb_first": first,
             "soak_rss_mb_last": last, "soak_growth_mb": round(last - first, 1),
             "soak_slope_mb_per_10k": round(slope, 3), "peak_rss_mb_after_soak": hwm}
-
-
-def _slope(points: list[tuple[float, float]]) -> float:
-    if len(points) < 2:
-        return 0.0
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    var = sum((x - mean_x) ** 2 for x, _ in points)
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var if var else 0.0
 
 
 if __name__ == "__main__":

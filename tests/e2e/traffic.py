@@ -13,6 +13,7 @@ import json
 import os
 import pathlib
 import ssl
+import statistics
 import threading
 import time
 import urllib.parse
@@ -304,11 +305,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of y over x (0 with fewer than two distinct x)."""
-    if len(points) < 2:
+    if len({x for x, _ in points}) < 2:
         return 0.0
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    var = sum((x - mean_x) ** 2 for x, _ in points)
-    if var == 0:
-        return 0.0
-    return sum((x - mean_x) * (y - mean_y) for x, y in points) / var
+    xs, ys = zip(*points, strict=True)
+    return statistics.linear_regression(xs, ys).slope
