@@ -11,7 +11,7 @@ import datetime
 import hashlib
 from collections.abc import Mapping
 from functools import cached_property
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, Self
 
 import yaml
 from pydantic import (
@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic.alias_generators import to_camel
 
+from policies.allowlist import AllowLists
 from policies.decision import Mode, cap
 from policies.durations import format_duration, parse_duration
 from policies.identity import ToolPattern
@@ -146,6 +147,16 @@ class _Section(BaseModel):
         populate_by_name=True,
         arbitrary_types_allowed=True,
     )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None,
+                   deep: bool = False) -> Self:
+        copied = super().model_copy(update=update, deep=deep)
+        # A cached_property is derived from the fields it was computed from; a copy with other
+        # fields computes its own.
+        for name, member in vars(type(self)).items():
+            if isinstance(member, cached_property):
+                copied.__dict__.pop(name, None)
+        return copied
 
 
 class ToolsPolicy(_Section):
@@ -279,6 +290,13 @@ class Policy(_Section):
         if isinstance(value, Mapping) and "digest" in value:
             raise ValueError("unknown key 'digest'")
         return value
+
+    @cached_property
+    def allow_lists(self) -> AllowLists:
+        """The registry section prepared for lookups, once per policy rather than per review."""
+        exceptions = {namespace: tuple((e.prefix, e.expires) for e in entries)
+                      for namespace, entries in self.registries.exceptions.items()}
+        return AllowLists(self.tools.namespace_pattern, self.registries.allowed, exceptions)
 
 
 def parse_policy(text: str | bytes) -> Policy:

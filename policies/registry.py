@@ -19,12 +19,12 @@ are admitted (`pods/eviction` or `deployments/scale` must never be blocked by an
 from __future__ import annotations
 
 import datetime
-import threading
-from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
+from policies.allowlist import AllowList
 from policies.decision import (
     MAX_MESSAGE_CHARS,
     MAX_WARNING_CHARS,
@@ -35,14 +35,7 @@ from policies.decision import (
     decide,
     quote,
 )
-from policies.identity import PLACEHOLDER
-from policies.images import (
-    ImageReference,
-    ImageReferenceError,
-    RepositoryPrefix,
-    parse_image,
-    parse_prefix,
-)
+from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy
 
 IMAGE_NOT_ALLOWED = "ImageNotAllowed"
@@ -83,33 +76,6 @@ class PodImage:
     name: str
     image: object
     """The raw `image` value; not trusted to be a string."""
-
-
-@dataclass(frozen=True)
-class AllowList:
-    """The prefixes that apply in one namespace on one day."""
-
-    prefixes: tuple[RepositoryPrefix, ...]
-    expired: tuple[tuple[RepositoryPrefix, datetime.date], ...] = ()
-    """Exceptions of this namespace that no longer apply, and the day they ended."""
-    _by_registry: Mapping[str, tuple[RepositoryPrefix, ...]] = field(
-        default_factory=dict, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        by_registry: dict[str, list[RepositoryPrefix]] = {}
-        for prefix in self.prefixes:
-            by_registry.setdefault(prefix.registry, []).append(prefix)
-        object.__setattr__(self, "_by_registry",
-                           {registry: tuple(p) for registry, p in by_registry.items()})
-
-    def covers(self, image: ImageReference) -> bool:
-        # Most entries name another registry; look only at those on the image's registry.
-        candidates: tuple[RepositoryPrefix, ...] = self._by_registry.get(image.registry, ())
-        return any(prefix.covers(image) for prefix in candidates)
-
-    def ended_exception(self, image: ImageReference,
-                        ) -> tuple[RepositoryPrefix, datetime.date] | None:
-        return next(((p, day) for p, day in self.expired if p.covers(image)), None)
 
 
 def check_pod_images(*, kind: str, operation: str, namespace: str,
@@ -183,7 +149,7 @@ def _name(entry: dict[str, Any]) -> str:
 
 def allow_list(policy: Policy, namespace: str, day: datetime.date) -> AllowList:
     """The prefixes allowed in a namespace on a day (UTC), computed once per policy and day."""
-    return _rules_for(policy).allow_list(namespace, day)
+    return policy.allow_lists.allow_list(namespace, day)
 
 
 # -- checks on one container -------------------------------------------------------------------
@@ -240,99 +206,3 @@ def _utc_day(now: datetime.datetime) -> datetime.date:
     if now.tzinfo is None:
         return now.date()
     return now.astimezone(datetime.UTC).date()
-
-
-# -- what one policy allows, prepared once ------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Entry:
-    """An allow-list entry: parsed now when it is fixed, kept as text when it holds `{tool}`."""
-
-    prefix: RepositoryPrefix | None
-    template: str = ""
-
-    @classmethod
-    def of(cls, text: str) -> _Entry:
-        if PLACEHOLDER in text:
-            return cls(prefix=None, template=text)
-        return cls(prefix=_try_prefix(text))
-
-    def expand(self, tool: str | None) -> RepositoryPrefix | None:
-        if self.prefix is not None or not self.template:
-            return self.prefix
-        # Outside a tool namespace there is no tool to put in, so the entry does not apply. A
-        # tool name that makes an invalid prefix (e.g. `a-_b` in a repository path) cannot name
-        # a real repository either, so that entry is dropped too.
-        return _try_prefix(self.template.replace(PLACEHOLDER, tool)) if tool else None
-
-
-@dataclass(frozen=True)
-class _Exception:
-    entry: _Entry
-    expires: datetime.date | None
-
-
-class _Rules:
-    """One policy's registry section, parsed, with a per-namespace cache of allow lists."""
-
-    MAX_CACHED_NAMESPACES = 4096
-
-    def __init__(self, policy: Policy) -> None:
-        self.policy = policy  # kept so that its id() cannot be reused while this is cached
-        self._pattern = policy.tools.namespace_pattern
-        self._allowed = tuple(_Entry.of(text) for text in policy.registries.allowed)
-        self._exceptions = {
-            namespace: tuple(_Exception(_Entry.of(e.prefix), e.expires) for e in entries)
-            for namespace, entries in policy.registries.exceptions.items()
-        }
-        self._cache: dict[tuple[str, datetime.date], AllowList] = {}
-
-    def allow_list(self, namespace: str, day: datetime.date) -> AllowList:
-        key = (namespace, day)
-        found = self._cache.get(key)
-        if found is None:
-            found = self._compute(namespace, day)
-            if len(self._cache) >= self.MAX_CACHED_NAMESPACES:
-                self._cache.clear()  # a new day or a very large cluster; recomputing is cheap
-            self._cache[key] = found
-        return found
-
-    def _compute(self, namespace: str, day: datetime.date) -> AllowList:
-        tool = self._pattern.tool_of(namespace)
-        exceptions = self._exceptions.get(namespace, ())
-        live = [e.entry for e in exceptions if e.expires is None or day < e.expires]
-        ended = [(e.entry.expand(tool), e.expires) for e in exceptions
-                 if e.expires is not None and day >= e.expires]
-        prefixes = _unique(entry.expand(tool) for entry in (*self._allowed, *live))
-        return AllowList(prefixes=prefixes,
-                         expired=tuple((p, d) for p, d in ended if p is not None and d is not None))
-
-
-_RULES_LOCK = threading.Lock()
-_RULES: dict[int, _Rules] = {}
-_MAX_POLICIES = 4
-
-
-def _rules_for(policy: Policy) -> _Rules:
-    # Policy holds mappings, so it is not hashable; it is cached by identity instead. The cached
-    # _Rules keeps a reference to its policy, so the id cannot belong to another object meanwhile.
-    rules = _RULES.get(id(policy))
-    if rules is not None and rules.policy is policy:
-        return rules
-    rules = _Rules(policy)
-    with _RULES_LOCK:
-        if len(_RULES) >= _MAX_POLICIES:
-            _RULES.clear()
-        _RULES[id(policy)] = rules
-    return rules
-
-
-def _try_prefix(text: str) -> RepositoryPrefix | None:
-    try:
-        return parse_prefix(text)
-    except ImageReferenceError:
-        return None
-
-
-def _unique(prefixes: Iterable[RepositoryPrefix | None]) -> tuple[RepositoryPrefix, ...]:
-    return tuple(dict.fromkeys(p for p in prefixes if p is not None))

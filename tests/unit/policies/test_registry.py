@@ -223,6 +223,15 @@ def test_a_new_policy_object_is_not_answered_from_the_old_ones_cache() -> None:
     assert check(make_pod("quay.io/x/y"), policy=first).allowed is False
 
 
+def test_a_copy_with_other_registries_does_not_keep_the_originals_allow_lists() -> None:
+    first = make_policy()
+    assert check(make_pod("quay.io/x/y"), policy=first).allowed is False
+    section = first.registries.model_copy(update={"allowed": ("quay.io/x",)})
+    second = first.model_copy(update={"registries": section})
+    assert check(make_pod("quay.io/x/y"), policy=second).allowed is True
+    assert check(make_pod("quay.io/x/y"), policy=first).allowed is False
+
+
 # -- workloads ----------------------------------------------------------------------------------
 
 def _template(image: str) -> dict[str, Any]:
