@@ -1,4 +1,4 @@
-"""CA bundles: the PEM lists the API server trusts. Parse, compare, merge and remove, all pure.
+"""CA bundles: the PEM lists the API server trusts. Parse, compare and encode, all pure.
 
 A bundle is compared as a set of certificates (by SHA-256 of the DER encoding), never as text:
 re-encoding, reordering or a trailing newline is not a change and causes no write.
@@ -59,19 +59,6 @@ def fingerprints(certs: Iterable[x509.Certificate]) -> frozenset[str]:
 def same_bundle(a: Iterable[x509.Certificate], b: Iterable[x509.Certificate]) -> bool:
     """True if both hold the same certificates, in any order."""
     return fingerprints(a) == fingerprints(b)
-
-
-def merge_bundle(old: Iterable[x509.Certificate], new: Iterable[x509.Certificate]
-                 ) -> tuple[x509.Certificate, ...]:
-    """Old and new side by side (old first), as during a CA rollover."""
-    return unique([*old, *new])
-
-
-def remove_from_bundle(bundle: Iterable[x509.Certificate], gone: Iterable[x509.Certificate]
-                       ) -> tuple[x509.Certificate, ...]:
-    """The bundle without the given certificates."""
-    drop = fingerprints(gone)
-    return tuple(c for c in unique(bundle) if fingerprint(c) not in drop)
 
 
 def contains(bundle: Iterable[x509.Certificate], cert: x509.Certificate) -> bool:

@@ -46,7 +46,6 @@ BUILDER_NOT_ALLOWED = "BuilderNotAllowed"
 SPEC_CHANGED = "SpecChanged"
 TOO_MANY_RUNS = "TooManyActiveRuns"
 SLOTS_UNAVAILABLE = "ActiveRunsUnavailable"
-SLOTS_NOT_CHECKED = "ActiveRunsNotChecked"
 
 APP_IMAGE = "APP_IMAGE"
 BUILDER_IMAGE = "BUILDER_IMAGE"

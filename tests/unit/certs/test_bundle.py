@@ -42,19 +42,6 @@ def test_bundles_compare_as_sets_not_text(cas):
     assert not bundle.same_bundle(a, a[:1])
 
 
-def test_merge_keeps_old_first_and_adds_new_once(cas):
-    old = (cas[0].certificate,)
-    merged = bundle.merge_bundle(old, [cas[1].certificate, cas[0].certificate])
-    assert [c.subject for c in merged] == [cas[0].certificate.subject, cas[1].certificate.subject]
-
-
-def test_remove_drops_only_the_named_certificates(cas):
-    full = tuple(c.certificate for c in cas)
-    left = bundle.remove_from_bundle(full, [cas[1].certificate])
-    assert bundle.fingerprints(left) == bundle.fingerprints([cas[0].certificate,
-                                                             cas[2].certificate])
-
-
 def test_encode_round_trips(cas):
     certs = [c.certificate for c in cas]
     assert bundle.same_bundle(bundle.parse_bundle(bundle.encode_bundle(certs)), certs)
