@@ -45,6 +45,7 @@ from typing import Any
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
+from policies.objects import mapping
 
 CREDENTIALS_STRIPPED = "BuildCredentialsStripped"
 """Untrusted containers of a build pod carry credentials (stripped in enforce, warned in warn)."""
@@ -78,8 +79,8 @@ _SECRET_THEN_URL = frozenset({"basic-docker", "basic-git", "ssh-git"})
 
 def is_tekton_build_pod(pod: Mapping[str, Any], namespace: str, policy: Policy) -> bool:
     """A pod the Tekton controller made for a TaskRun, in the build namespace."""
-    metadata = _mapping(pod.get("metadata"))
-    labels = _mapping(metadata.get("labels"))
+    metadata = mapping(pod.get("metadata"))
+    labels = mapping(metadata.get("labels"))
     owners = metadata.get("ownerReferences")
     owned_by_taskrun = isinstance(owners, list) and any(
         isinstance(o, dict) and o.get("kind") == "TaskRun"
@@ -250,7 +251,7 @@ class Analysis:
 
 def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
     """Find every credential an untrusted container of a Tekton pod can read; change nothing."""
-    spec = _mapping(pod.get("spec"))
+    spec = mapping(pod.get("spec"))
     volumes = {v["name"]: v for v in _list(spec.get("volumes"))
                if isinstance(v, dict) and isinstance(v.get("name"), str)}
     all_containers = list(_containers(spec))
@@ -542,10 +543,6 @@ def _normal_path(path: str) -> str:
             continue
         parts.append(part)
     return "/" + "/".join(parts)
-
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _list(value: object) -> list[Any]:

@@ -26,6 +26,7 @@ from policies.durations import format_duration, parse_duration
 from policies.identity import User
 from policies.images import ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, Policy
+from policies.objects import mapping
 
 # Reasons, one per condition a check detects.
 NOT_A_TOOL = "NotATool"
@@ -191,7 +192,7 @@ class RunInput:
 
     @property
     def labels(self) -> Mapping[str, Any]:
-        return _mapping(_mapping(self.run.get("metadata")).get("labels"))
+        return mapping(mapping(self.run.get("metadata")).get("labels"))
 
 
 Check = Callable[[RunInput], Iterator[Finding]]
@@ -220,7 +221,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
     if not _is_empty(template) and not isinstance(template, Mapping):
         yield Finding(SPEC_INVALID, "spec.taskRunTemplate must be an object")
         return
-    for key, value in _mapping(template).items():
+    for key, value in mapping(template).items():
         if key != "serviceAccountName" and not _is_empty(value):
             hint = _FIELD_HINTS.get(key, "this field is not allowed")
             yield Finding(FIELD_NOT_ALLOWED, f"spec.taskRunTemplate.{cut(key)}: {hint}")
@@ -246,7 +247,7 @@ def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
 def service_account_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     allowed = run.builds.service_account
     places = (("spec.taskRunTemplate.serviceAccountName",
-               _mapping(run.spec.get("taskRunTemplate")).get("serviceAccountName")),
+               mapping(run.spec.get("taskRunTemplate")).get("serviceAccountName")),
               ("spec.serviceAccountName", run.spec.get("serviceAccountName")))
     for path, value in places:
         if not _is_empty(value) and value != allowed:
@@ -286,7 +287,7 @@ def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         yield Finding(SPEC_INVALID, "spec.timeouts must be an object")
         return
     places: list[tuple[str, object]] = [("spec.timeout", run.spec.get("timeout"))]
-    for key, value in _mapping(timeouts).items():
+    for key, value in mapping(timeouts).items():
         if key not in _TIMEOUT_KEYS:
             yield Finding(FIELD_NOT_ALLOWED, f"spec.timeouts.{cut(key)} is not a Tekton timeout")
             continue
@@ -433,8 +434,8 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
     """UPDATE: metadata and status pass; spec only cancels, stops or releases; the label stays."""
     findings: list[Finding] = []
     label = builds.tool_label
-    old_tool = _mapping(_mapping(old.get("metadata")).get("labels")).get(label)
-    new_tool = _mapping(_mapping(new.get("metadata")).get("labels")).get(label)
+    old_tool = mapping(mapping(old.get("metadata")).get("labels")).get(label)
+    new_tool = mapping(mapping(new.get("metadata")).get("labels")).get(label)
     if old_tool != new_tool:
         findings.append(Finding(TOOL_LABEL_CHANGED, f"the label {label} cannot change (it was "
                                                     f"{_shown(old_tool)}, not {_shown(new_tool)})"))
@@ -540,11 +541,8 @@ def _params(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _spec(run: Mapping[str, Any]) -> Mapping[str, Any]:
-    return _mapping(run.get("spec"))
+    return mapping(run.get("spec"))
 
-
-def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
 
 
 def _is_empty(value: object) -> bool:
