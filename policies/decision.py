@@ -91,10 +91,11 @@ def quote(value: object, limit: int = 200) -> str:
     return '"' + cap(escaped.replace('"', '\\"'), limit) + '"'
 
 
-def escape(value: object, limit: int = 200) -> str:
+def escape(value: object, limit: int = 80) -> str:
     """A tenant-supplied value escaped and bounded like `quote`, without the quotes.
 
-    For names that read better bare (`untrusted container step-build: mount /tekton/creds`).
+    For names and keys that read better bare (`untrusted container step-build: mount
+    /tekton/creds`, `spec.podTemplate: ...`); the default limit suits a name.
     """
     return quote(value, limit)[1:-1]
 

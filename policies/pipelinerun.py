@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, quote
+from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, escape, quote
 from policies.durations import format_duration, parse_duration
 from policies.identity import User
 from policies.images import ImageReferenceError, parse_image
@@ -151,7 +151,7 @@ def tool_of_requester(policy: Policy, namespace: str, user: User,
     return Identity(None, Finding(
         WRONG_NAMESPACE,
         f"PipelineRuns may only be created in the build namespace {policy.builds.namespace} or "
-        f"in a tool's namespace ({tools.namespace_pattern}), not in {cut(namespace)}"))
+        f"in a tool's namespace ({tools.namespace_pattern}), not in {escape(namespace)}"))
 
 
 def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
@@ -216,7 +216,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
         if key in ALLOWED_SPEC_FIELDS or _is_empty(value):
             continue
         hint = _FIELD_HINTS.get(key, "this field is not allowed")
-        yield Finding(FIELD_NOT_ALLOWED, f"spec.{cut(key)}: {hint}")
+        yield Finding(FIELD_NOT_ALLOWED, f"spec.{escape(key)}: {hint}")
     template = run.spec.get("taskRunTemplate")
     if not _is_empty(template) and not isinstance(template, Mapping):
         yield Finding(SPEC_INVALID, "spec.taskRunTemplate must be an object")
@@ -224,7 +224,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
     for key, value in mapping(template).items():
         if key != "serviceAccountName" and not _is_empty(value):
             hint = _FIELD_HINTS.get(key, "this field is not allowed")
-            yield Finding(FIELD_NOT_ALLOWED, f"spec.taskRunTemplate.{cut(key)}: {hint}")
+            yield Finding(FIELD_NOT_ALLOWED, f"spec.taskRunTemplate.{escape(key)}: {hint}")
 
 
 def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
@@ -236,7 +236,7 @@ def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
         return
     for key, value in ref.items():
         if key != "name" and not _is_empty(value):
-            yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef.{cut(key)} is not allowed; "
+            yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef.{escape(key)} is not allowed; "
                                                 "reference an approved pipeline by name only")
     name = ref.get("name")
     if name not in run.builds.pipelines:
@@ -271,7 +271,7 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         extra = [key for key, value in workspace.items()
                  if key not in _WORKSPACE_FIELDS and value is not None]
         for key in extra:
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {cut(key)} is not allowed; a "
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {escape(key)} is not allowed; a "
                                                  f"workspace may only be {kinds}")
         if not extra and not any(workspace.get(key) is not None for key in _WORKSPACE_SOURCES):
             yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use one of {kinds}")
@@ -289,7 +289,7 @@ def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     places: list[tuple[str, object]] = [("spec.timeout", run.spec.get("timeout"))]
     for key, value in mapping(timeouts).items():
         if key not in _TIMEOUT_KEYS:
-            yield Finding(FIELD_NOT_ALLOWED, f"spec.timeouts.{cut(key)} is not a Tekton timeout")
+            yield Finding(FIELD_NOT_ALLOWED, f"spec.timeouts.{escape(key)} is not a Tekton timeout")
             continue
         places.append((f"spec.timeouts.{key}", value))
     for path, value in places:
@@ -445,7 +445,7 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
                      and k != "status")
     if changed:
         findings.append(Finding(SPEC_CHANGED, "the spec of a PipelineRun cannot change after "
-                                              f"creation (changed: {cut(', '.join(changed))}); "
+                                              f"creation (changed: {escape(', '.join(changed))}); "
                                               "create a new run instead"))
     old_status, new_status = old_spec.get("status"), new_spec.get("status")
     if old_status != new_status and not status_change_is_allowed(old_status, new_status):
@@ -525,11 +525,6 @@ def escapes(path: object) -> bool:
     return path.startswith(("/", "\\")) or ".." in re.split(r"[/\\]", path)
 
 
-def cut(text: str, limit: int = 80) -> str:
-    """A tenant-chosen key, shortened and escaped for a message."""
-    return quote(text, limit)[1:-1]
-
-
 def _params(spec: Mapping[str, Any]) -> dict[str, Any]:
     params = spec.get("params")
     found: dict[str, Any] = {}
@@ -542,7 +537,6 @@ def _params(spec: Mapping[str, Any]) -> dict[str, Any]:
 
 def _spec(run: Mapping[str, Any]) -> Mapping[str, Any]:
     return mapping(run.get("spec"))
-
 
 
 def _is_empty(value: object) -> bool:
