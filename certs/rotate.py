@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import datetime
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from certs import bundle, state
 from certs.issue import KeyPair, new_ca, new_serving_cert
@@ -27,6 +27,7 @@ Sleep = Callable[[float], None]
 """Sleeps for the given number of seconds (tests advance their fake clock instead)."""
 Log = Callable[[dict[str, Any]], None]
 """Receives one structured event."""
+_V = TypeVar("_V")
 
 
 class RotationError(Exception):
@@ -83,8 +84,9 @@ def _new_ca(now: datetime.datetime, settings: Settings) -> KeyPair:
     return new_ca(name, now, settings.ca_lifetime)
 
 
-def _without(data: dict[str, bytes], *keys: str) -> dict[str, bytes]:
-    return {k: v for k, v in data.items() if k not in keys}
+def _without(entries: Mapping[str, _V], *keys: str) -> dict[str, _V]:
+    """Secret data or annotations without some keys."""
+    return {k: v for k, v in entries.items() if k not in keys}
 
 
 def _write(store: Store, old: Secret | None, new: Secret) -> None:
@@ -111,7 +113,7 @@ def act(action: Action, v: View, store: Store, now: datetime.datetime) -> None:
         _write(store, ca_secret, Secret(settings.ca_secret, data, {**annotations, **marks}, labels,
                                         state.SECRET_TYPE_OPAQUE))
 
-    unmarked = _without_keys(ca_annotations, state.BUNDLED_CA_ANNOTATION,
+    unmarked = _without(ca_annotations, state.BUNDLED_CA_ANNOTATION,
                              state.BUNDLED_AT_ANNOTATION)
     kind = action.kind
     if kind == "create-ca":
@@ -164,10 +166,6 @@ def act(action: Action, v: View, store: Store, now: datetime.datetime) -> None:
             {**old_annotations, **annotations}, {**old_labels, **labels}, state.SECRET_TYPE_TLS))
     else:
         raise AssertionError(f"not a write: {kind}")
-
-
-def _without_keys(d: dict[str, str], *keys: str) -> dict[str, str]:
-    return {k: v for k, v in d.items() if k not in keys}
 
 
 def event(action: Action, **extra: Any) -> dict[str, Any]:
