@@ -17,7 +17,7 @@ from typing import Any, TypeVar
 
 from certs import bundle, state
 from certs.issue import KeyPair, new_ca, new_serving_cert
-from certs.renewal import CHAIN, WRITES, Action, View, evaluate, view
+from certs.renewal import CHAIN, WRITES, Action, ActionKind, View, evaluate, view
 from certs.state import Observed, Secret, Settings
 from certs.store import ConflictError, Store
 
@@ -101,71 +101,134 @@ def _pem(cert: Any) -> bytes:
     return bundle.encode_bundle([cert])
 
 
-def act(action: Action, v: View, store: Store, now: datetime.datetime) -> None:
-    """Perform one step with one write."""
-    settings, ca_secret, certs_secret = v.settings, v.observed.ca_secret, v.observed.certs_secret
-    ca_data = dict(ca_secret.data) if ca_secret else {}
-    ca_annotations = dict(ca_secret.annotations) if ca_secret else {}
+@dataclass(frozen=True)
+class _Write:
+    """One step about to be written: the action, what was read, and where to write."""
 
-    def write_ca(data: dict[str, bytes], annotations: dict[str, str]) -> None:
+    action: Action
+    view: View
+    store: Store
+    now: datetime.datetime
+
+    @property
+    def ca_data(self) -> dict[str, bytes]:
+        ca_secret = self.view.observed.ca_secret
+        return dict(ca_secret.data) if ca_secret else {}
+
+    @property
+    def ca_annotations(self) -> dict[str, str]:
+        ca_secret = self.view.observed.ca_secret
+        return dict(ca_secret.annotations) if ca_secret else {}
+
+    @property
+    def unmarked_ca_annotations(self) -> dict[str, str]:
+        """The CA Secret's annotations without the mark of which CA the bundles hold."""
+        return _without(self.ca_annotations, state.BUNDLED_CA_ANNOTATION,
+                        state.BUNDLED_AT_ANNOTATION)
+
+    def write_ca(self, data: dict[str, bytes], annotations: dict[str, str]) -> None:
+        ca_secret = self.view.observed.ca_secret
         marks, labels = _marks()
         labels = {**(dict(ca_secret.labels) if ca_secret else {}), **labels}
-        _write(store, ca_secret, Secret(settings.ca_secret, data, {**annotations, **marks}, labels,
-                                        state.SECRET_TYPE_OPAQUE))
+        _write(self.store, ca_secret, Secret(self.view.settings.ca_secret, data,
+                                             {**annotations, **marks}, labels,
+                                             state.SECRET_TYPE_OPAQUE))
 
-    unmarked = _without(ca_annotations, state.BUNDLED_CA_ANNOTATION,
-                             state.BUNDLED_AT_ANNOTATION)
-    kind = action.kind
-    if kind == "create-ca":
-        pair = _new_ca(now, settings)
-        data = {state.CA_CRT: pair.cert_pem, state.CA_KEY: pair.key_pem}
-        if action.ca is not None:
-            data[state.PREVIOUS_CA_CRT] = _pem(action.ca)
-        write_ca(data, unmarked)
-    elif kind == "drop-next-ca":
-        write_ca(_without(ca_data, state.NEXT_CA_CRT, state.NEXT_CA_KEY), ca_annotations)
-    elif kind in {"drop-previous-ca", "retire-previous-ca"}:
-        write_ca(_without(ca_data, state.PREVIOUS_CA_CRT), ca_annotations)
-    elif kind == "clear-bundled-mark":
-        write_ca(ca_data, unmarked)
-    elif kind == "mark-bundled":
-        assert action.ca is not None
-        write_ca(ca_data, {**ca_annotations,
-                           state.BUNDLED_CA_ANNOTATION: bundle.fingerprint(action.ca),
-                           state.BUNDLED_AT_ANNOTATION: _iso(now)})
-    elif kind == "start-rollover":
-        pair = _new_ca(now, settings)
-        write_ca({**ca_data, state.NEXT_CA_CRT: pair.cert_pem, state.NEXT_CA_KEY: pair.key_pem},
-                 ca_annotations)
-    elif kind == "promote-next-ca":
-        data = _without(ca_data, state.NEXT_CA_CRT, state.NEXT_CA_KEY)
-        data.update({state.CA_CRT: ca_data[state.NEXT_CA_CRT],
-                     state.CA_KEY: ca_data[state.NEXT_CA_KEY],
-                     state.PREVIOUS_CA_CRT: ca_data[state.CA_CRT]})
-        write_ca(data, ca_annotations)
-    elif kind == "sync-webhook-bundle":
-        assert action.configuration is not None
-        store.replace_ca_bundles(action.configuration, bundle.encode_bundle(action.bundle))
-    elif kind == "sync-secret-bundle":
-        assert certs_secret is not None
-        _write(store, certs_secret, replace(
-            certs_secret, data={**certs_secret.data,
-                                state.CA_BUNDLE: bundle.encode_bundle(action.bundle)}))
-    elif kind == "issue-leaf":
-        assert v.current is not None
-        assert bundle.contains(action.bundle, v.current.cert)
-        leaf = new_serving_cert(KeyPair(v.current.cert_pem, v.current.key_pem),
-                                settings.dns_names, now, settings.leaf_lifetime)
-        annotations, labels = _marks(now)
-        old_annotations = dict(certs_secret.annotations) if certs_secret else {}
-        old_labels = dict(certs_secret.labels) if certs_secret else {}
-        _write(store, certs_secret, Secret(
-            settings.certs_secret,
-            {state.TLS_CRT: leaf.cert_pem, state.TLS_KEY: leaf.key_pem,
-             state.CA_BUNDLE: bundle.encode_bundle(action.bundle)},
-            {**old_annotations, **annotations}, {**old_labels, **labels}, state.SECRET_TYPE_TLS))
-    else:
-        raise AssertionError(f"not a write: {kind}")
+
+def _create_ca(w: _Write) -> None:
+    pair = _new_ca(w.now, w.view.settings)
+    data = {state.CA_CRT: pair.cert_pem, state.CA_KEY: pair.key_pem}
+    if w.action.ca is not None:
+        data[state.PREVIOUS_CA_CRT] = _pem(w.action.ca)
+    w.write_ca(data, w.unmarked_ca_annotations)
+
+
+def _drop_next_ca(w: _Write) -> None:
+    w.write_ca(_without(w.ca_data, state.NEXT_CA_CRT, state.NEXT_CA_KEY), w.ca_annotations)
+
+
+def _drop_previous_ca(w: _Write) -> None:
+    w.write_ca(_without(w.ca_data, state.PREVIOUS_CA_CRT), w.ca_annotations)
+
+
+def _clear_bundled_mark(w: _Write) -> None:
+    w.write_ca(w.ca_data, w.unmarked_ca_annotations)
+
+
+def _mark_bundled(w: _Write) -> None:
+    assert w.action.ca is not None
+    w.write_ca(w.ca_data, {**w.ca_annotations,
+                           state.BUNDLED_CA_ANNOTATION: bundle.fingerprint(w.action.ca),
+                           state.BUNDLED_AT_ANNOTATION: _iso(w.now)})
+
+
+def _start_rollover(w: _Write) -> None:
+    pair = _new_ca(w.now, w.view.settings)
+    w.write_ca({**w.ca_data, state.NEXT_CA_CRT: pair.cert_pem, state.NEXT_CA_KEY: pair.key_pem},
+               w.ca_annotations)
+
+
+def _promote_next_ca(w: _Write) -> None:
+    ca_data = w.ca_data
+    data = _without(ca_data, state.NEXT_CA_CRT, state.NEXT_CA_KEY)
+    data.update({state.CA_CRT: ca_data[state.NEXT_CA_CRT],
+                 state.CA_KEY: ca_data[state.NEXT_CA_KEY],
+                 state.PREVIOUS_CA_CRT: ca_data[state.CA_CRT]})
+    w.write_ca(data, w.ca_annotations)
+
+
+def _sync_webhook_bundle(w: _Write) -> None:
+    assert w.action.configuration is not None
+    w.store.replace_ca_bundles(w.action.configuration, bundle.encode_bundle(w.action.bundle))
+
+
+def _sync_secret_bundle(w: _Write) -> None:
+    certs_secret = w.view.observed.certs_secret
+    assert certs_secret is not None
+    _write(w.store, certs_secret, replace(
+        certs_secret, data={**certs_secret.data,
+                            state.CA_BUNDLE: bundle.encode_bundle(w.action.bundle)}))
+
+
+def _issue_leaf(w: _Write) -> None:
+    current, certs_secret, settings = w.view.current, w.view.observed.certs_secret, w.view.settings
+    assert current is not None
+    assert bundle.contains(w.action.bundle, current.cert)
+    leaf = new_serving_cert(KeyPair(current.cert_pem, current.key_pem),
+                            settings.dns_names, w.now, settings.leaf_lifetime)
+    annotations, labels = _marks(w.now)
+    old_annotations = dict(certs_secret.annotations) if certs_secret else {}
+    old_labels = dict(certs_secret.labels) if certs_secret else {}
+    _write(w.store, certs_secret, Secret(
+        settings.certs_secret,
+        {state.TLS_CRT: leaf.cert_pem, state.TLS_KEY: leaf.key_pem,
+         state.CA_BUNDLE: bundle.encode_bundle(w.action.bundle)},
+        {**old_annotations, **annotations}, {**old_labels, **labels}, state.SECRET_TYPE_TLS))
+
+
+_WRITERS: Mapping[ActionKind, Callable[[_Write], None]] = {
+    "create-ca": _create_ca,
+    "drop-next-ca": _drop_next_ca,
+    "drop-previous-ca": _drop_previous_ca,
+    "retire-previous-ca": _drop_previous_ca,
+    "clear-bundled-mark": _clear_bundled_mark,
+    "mark-bundled": _mark_bundled,
+    "start-rollover": _start_rollover,
+    "promote-next-ca": _promote_next_ca,
+    "sync-webhook-bundle": _sync_webhook_bundle,
+    "sync-secret-bundle": _sync_secret_bundle,
+    "issue-leaf": _issue_leaf,
+}
+"""How each step that writes is written: one write per step."""
+assert _WRITERS.keys() == WRITES, "every step that writes has one writer"
+
+
+def act(action: Action, v: View, store: Store, now: datetime.datetime) -> None:
+    """Perform one step with one write."""
+    writer = _WRITERS.get(action.kind)
+    if writer is None:
+        raise AssertionError(f"not a write: {action.kind}")
+    writer(_Write(action, v, store, now))
 
 
 def event(action: Action, **extra: Any) -> dict[str, Any]:
