@@ -1,9 +1,8 @@
 """The policy in force: read from the mounted ConfigMap file, reloaded when it changes.
 
-The kubelet updates a ConfigMap volume by swapping a symlink, so the file is compared by
-identity and content, not watched by name. A change that does not parse is refused, logged and
-counted; the last good policy stays in force. With no good policy at all, the service is not
-ready rather than guessing one.
+The file is compared by identity (`webhooks.mounts`) and content, not watched by name. A change
+that does not parse is refused, logged and counted; the last good policy stays in force. With no
+good policy at all, the service is not ready rather than guessing one.
 
 Each accepted policy is also saved to a file shared by the pod's workers, so that a worker that
 starts (or is restarted) while the mounted file is bad serves the same last good policy as its
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policies.model import Policy, PolicyError, parse_policy
-from webhooks import metrics
+from webhooks import metrics, mounts
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +28,7 @@ logger = logging.getLogger(__name__)
 class Snapshot:
     """What the source last saw on disk, and whether it was usable."""
 
-    identity: tuple[int, int, int] | None
+    identity: mounts.Identity | None
     digest: str = ""
     error: str = ""
 
@@ -68,10 +67,9 @@ class PolicySource:
         """Reread the file if it changed; True when a new policy was put in force."""
         with self._lock:
             try:
-                stat = self.path.stat()
+                identity = mounts.identity(self.path)
             except OSError as error:
                 return self._refuse(None, "", f"cannot read {self.path}: {error.strerror}")
-            identity = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
             if identity == self._seen.identity:
                 return False
             try:
@@ -99,7 +97,8 @@ class PolicySource:
                                     f"cannot parse the policy: {type(error).__name__}: {error}")
             self._put_in_force(policy)
             self._seen = Snapshot(identity, digest)
-            self._save_last_good(text)
+            if self.last_good is not None:
+                mounts.save_last_good(self.last_good, text, "policy")
             metrics.POLICY_VALID.set(1)
             logger.info("policy loaded", extra={"fields": {
                 "path": str(self.path), "digest": digest[:12], "generation": self._generation}})
@@ -109,17 +108,6 @@ class PolicySource:
         self._policy = policy
         self._generation += 1
         metrics.POLICY_GENERATION.set(self._generation)
-
-    def _save_last_good(self, text: bytes) -> None:
-        if self.last_good is None:
-            return
-        staged = self.last_good.with_name(f".{self.last_good.name}.{os.getpid()}")
-        try:
-            staged.write_bytes(text)
-            os.replace(staged, self.last_good)
-        except OSError as error:
-            logger.warning("cannot save the last good policy", extra={"fields": {
-                "path": str(self.last_good), "error": error.strerror}})
 
     def _load_last_good(self) -> None:
         if self.last_good is None or self._policy is not None:
@@ -133,7 +121,7 @@ class PolicySource:
                        extra={"fields": {"path": str(self.last_good),
                                          "digest": policy.digest[:12]}})
 
-    def _refuse(self, identity: tuple[int, int, int] | None, digest: str, error: str) -> bool:
+    def _refuse(self, identity: mounts.Identity | None, digest: str, error: str) -> bool:
         # Log and count a bad file once, not on every poll.
         if (identity, error) != (self._seen.identity, self._seen.error):
             metrics.POLICY_RELOAD_ERRORS.inc()

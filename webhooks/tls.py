@@ -6,8 +6,8 @@ served from the next connection on, without a restart and without touching conne
 open. Files that do not form a usable pair (a key that does not match, a half-written file) are
 refused: the last good context keeps serving, and the refusal is logged and counted.
 
-Each pair put in force is also saved, cert and key in one file (mode 0600, replaced atomically),
-where the server's workers share it: a worker that starts (or is restarted) while the files are
+Each pair put in force is also saved, cert and key in one file (`mounts.save_last_good`), where
+the server's workers share it: a worker that starts (or is restarted) while the files are
 refused serves that last good pair instead of failing every connection, and goes on checking the
 files. A saved pair that has expired is not served: no certificate is better than one every
 client refuses, and the log then says why the worker has none.
@@ -20,7 +20,6 @@ admission paths then refuse any connection that `verified_client_names` finds no
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import logging
 import os
@@ -32,7 +31,7 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from webhooks import metrics
+from webhooks import metrics, mounts
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +53,7 @@ class ServingCertificate:
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._checked = 0.0
-        self._identity: tuple[object, ...] | None = None
+        self._identity: mounts.Identity | None = None
         self._context: ssl.SSLContext | None = None
         self._error = ""
         self.not_after: float | None = None
@@ -76,8 +75,7 @@ class ServingCertificate:
         with self._lock:
             self._checked = time.monotonic()
             try:
-                identity = tuple((s.st_ino, s.st_mtime_ns, s.st_size)
-                                 for s in (path.stat() for path in self._files()))
+                identity = mounts.identity(*self._files())
             except OSError as error:
                 return self._refuse(None, f"cannot read certificate files: {error}")
             if identity == self._identity:
@@ -90,7 +88,8 @@ class ServingCertificate:
             not_after = cert.not_valid_after_utc.timestamp()
             self._context, self._identity, self.not_after = context, identity, not_after
             self._error = ""
-            self._save_last_good(pem)
+            if self.last_good is not None:
+                mounts.save_last_good(self.last_good, pem, "certificate")
             metrics.CERTIFICATE_NOT_AFTER.set(not_after)
             metrics.CERTIFICATE_VALID.set(1)
             logger.info("serving certificate loaded", extra={"fields": {
@@ -104,7 +103,7 @@ class ServingCertificate:
         files = [self.cert_file, self.key_file]
         return [*files, Path(self.client_ca_file)] if self.client_ca_file else files
 
-    def _refuse(self, identity: tuple[object, ...] | None, error: str) -> bool:
+    def _refuse(self, identity: mounts.Identity | None, error: str) -> bool:
         # Log and count a bad pair once, not on every check; the gauge stays 0 while it lasts.
         if identity != self._identity or self._context is None:
             metrics.CERTIFICATE_RELOAD_ERRORS.inc()
@@ -115,22 +114,6 @@ class ServingCertificate:
         metrics.CERTIFICATE_VALID.set(0)
         self._identity, self._error = identity, error
         return False
-
-    def _save_last_good(self, pem: bytes) -> None:
-        if self.last_good is None:
-            return
-        staged = self.last_good.with_name(f".{self.last_good.name}.{os.getpid()}")
-        try:
-            with contextlib.suppress(FileNotFoundError):
-                staged.unlink()  # left by a process of the same PID that died writing it
-            # Created 0600, not chmod-ed afterwards: the key is never readable by others.
-            descriptor = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with open(descriptor, "wb") as file:
-                file.write(pem)
-            os.replace(staged, self.last_good)
-        except OSError as error:
-            logger.warning("cannot save the last good certificate", extra={"fields": {
-                "path": str(self.last_good), "error": error.strerror}})
 
     def _serve_last_good(self) -> None:
         """At start, with the files refused: the pair that this server's workers last put in
