@@ -24,6 +24,7 @@ from webhooks.errors import (
     UnsupportedMediaError,
     WebhookError,
 )
+from webhooks.mounts import POLICY_FILE
 from webhooks.policy_source import PolicySource
 from webhooks.review import MAX_BODY_BYTES, AdmissionRequest, build_response, parse_review
 from webhooks.tls import verified_client_names
@@ -31,7 +32,7 @@ from webhooks.tls import verified_client_names
 logger = logging.getLogger(__name__)
 
 DEFAULTS: Mapping[str, Any] = {
-    "POLICY_FILE": "/etc/toolforge-admission/policy/policy.yaml",
+    "POLICY_FILE": POLICY_FILE,
     "POLICY_RELOAD_SECONDS": 2.0,
     "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
     # Mutual TLS: admission reviews only over a connection with a client certificate that the

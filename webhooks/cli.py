@@ -14,9 +14,11 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from webhooks.mounts import POLICY_FILE
+
 EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_CERT_DIR = "/etc/webhook/certs"
-DEFAULT_POLICY = "/etc/toolforge-admission/policy/policy.yaml"
+DEFAULT_POLICY = POLICY_FILE
 
 
 def main(argv: list[str] | None = None) -> int:

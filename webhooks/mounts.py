@@ -18,6 +18,9 @@ from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
+POLICY_FILE = "/etc/toolforge-admission/policy/policy.yaml"
+"""Where the deployment mounts the policy ConfigMap: the server's default policy file."""
+
 Identity = tuple[tuple[int, int, int], ...]
 """Inode, modification time (ns) and size of each file, in the order they were named."""
 

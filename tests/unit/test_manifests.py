@@ -23,6 +23,7 @@ import yaml
 from policies.model import parse_policy
 from webhooks import metrics
 from webhooks.admission import ENDPOINTS, POLICY_CONFIGMAP, POLICY_KEY
+from webhooks.mounts import POLICY_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "manifests"
@@ -302,7 +303,7 @@ def test_server_deployment(docs: tuple[Doc, ...]) -> None:
     assert spec["topologySpreadConstraints"][0]["topologyKey"] == "kubernetes.io/hostname"
     (container,) = spec["containers"]
     assert container["args"][0] == "serve"
-    assert "--policy=/etc/toolforge-admission/policy/policy.yaml" in container["args"]
+    assert f"--policy={POLICY_FILE}" in container["args"]
     assert "--cert-dir=/etc/webhook/certs" in container["args"]
     env = {item["name"]: item for item in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
