@@ -108,6 +108,26 @@ def kubernetes_store(kubeconfig: str | None, settings: Settings) -> Store:
         raise StoreError(f"cannot configure the Kubernetes client: {e}") from e
 
 
+# The level of an event; every other event is `info`.
+_LEVELS = {"error": "error", "refuse": "error", "warning": "warning"}
+
+
+def log_line(now: datetime.datetime, record: dict[str, Any]) -> str:
+    """One event as a JSON line in the server's log schema.
+
+    The server (`webhooks/logs.py`) and this job cannot share a formatter (certs stands alone),
+    so both write the same first fields by contract: `time` (UTC, RFC 3339 with milliseconds),
+    `level`, `logger` and `message`, then the event's own fields.
+    tests/unit/test_log_schema.py holds the two to it.
+    """
+    fields = dict(record)
+    event = fields.get("event", "")
+    entry = {"time": now.astimezone(datetime.UTC).isoformat(timespec="milliseconds"),
+             "level": _LEVELS.get(event, "info"), "logger": "certs",
+             "message": fields.pop("message", event), **fields}
+    return json.dumps(entry)
+
+
 def _utc_now() -> datetime.datetime:
     return datetime.datetime.now(datetime.UTC)
 
@@ -131,8 +151,7 @@ def main(argv: list[str], *, store: Store | None = None,
         return EXIT_USAGE
 
     def log(record: dict[str, Any]) -> None:
-        record = {"time": clock().isoformat(timespec="seconds"), "logger": "certs", **record}
-        print(json.dumps(record, sort_keys=False), file=out, flush=True)
+        print(log_line(clock(), record), file=out, flush=True)
 
     if args.command == "rotate" and args.disabled:
         log({"event": "disabled", "message": "rotation disabled: certificates are managed "
@@ -153,7 +172,8 @@ def main(argv: list[str], *, store: Store | None = None,
         log({"event": "warning", "message": f"no webhook configuration matches "
                                             f"{settings.webhook_label!r}: no caBundle to fill"})
     log(event(outcome.final, steps=len(outcome.steps)))
-    log({"event": "certificates", **report.describe(outcome.view)})
+    log({"event": "certificates", "message": "certificates installed",
+         **report.describe(outcome.view)})
     return EXIT_OK
 
 
