@@ -1,11 +1,12 @@
 """Registry credentials in Tekton build pods: only trusted steps may keep them.
 
 Tekton's creds-init hands the registry Secrets of the build ServiceAccount to **every** step of a
-TaskRun pod (tekton.md §3): a `secret` volume mounted at `/tekton/creds-secrets/<secret>`, a
-credential flag such as `-basic-docker=<secret>=<host>` before `--` in the entrypoint's args, and
-a private `/tekton/creds` emptyDir the entrypoint writes the docker config to before copying it
-into `$HOME`. In buildpacks-phases the detect, build and extender steps run the tool's code, so
-`strip_build_credentials` takes all of that away from every container that is not a trusted step.
+TaskRun pod (tests/fixtures/tekton/ holds real ones): a `secret` volume mounted at
+`/tekton/creds-secrets/<secret>`, a credential flag such as `-basic-docker=<secret>=<host>` before
+`--` in the entrypoint's args, and a private `/tekton/creds` emptyDir the entrypoint writes the
+docker config to before copying it into `$HOME`. In buildpacks-phases the detect, build and
+extender steps run the tool's code, so `strip_build_credentials` takes all of that away from every
+container that is not a trusted step.
 
 A container is trusted only when it is a step (`step-<name>`) and its name, image and recorded
 `-entrypoint` all match one `credentials.trustedSteps` entry. Everything else is untrusted:

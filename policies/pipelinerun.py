@@ -10,7 +10,7 @@ Three questions, each pure:
   cancel or stop (or to release a pending run), and never the tool label.
 
 Both Tekton shapes are read whatever `apiVersion` says: with `matchPolicy: Equivalent` and no
-conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (apiserver-behaviour.md §4).
+conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/README.md).
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ _WORKSPACE_FIELDS = frozenset({"name", "subPath"}) | _WORKSPACE_SOURCES
 _TIMEOUT_KEYS = ("pipeline", "tasks", "finally")
 
 # Harbor allows no two separators in a row; builds-api inserts this filler between them
-# (toolforge.md §1, `ToolNameToHarborProjectName`).
+# (builds-api's `ToolNameToHarborProjectName`).
 _HARBOR_SEPARATORS = "._-"
 _HARBOR_FILLER = "char.sep"
 _HARBOR_NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
