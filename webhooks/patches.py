@@ -1,12 +1,12 @@
 """JSON Patches from an object and its mutated copy.
 
 `jsonpatch.make_patch` compares the two whole documents and, for lists, searches for the best
-alignment; on a 45 KB Tekton pod that costs more than the mutation itself. A mutation changes a
-few branches, so the diff descends only where the two differ (`==` on equal subtrees is cheap),
-through mappings and through lists that kept their length. A list whose length changed is
-aligned item by item (difflib on each item's canonical JSON): what was removed or added is
-patched as such, and an item changed in place is descended into like any other branch.
-jsonpatch's own list diff cost a millisecond on the few lists a Tekton pod's mutation changes.
+alignment; on a Tekton pod that costs more than the mutation itself (bench/HISTORY.md, entry 6).
+A mutation changes a few branches, so the diff descends only where the two differ (`==` on equal
+subtrees is cheap), through mappings and through lists that kept their length. A list whose
+length changed is aligned item by item (difflib on each item's canonical JSON): what was removed
+or added is patched as such, and an item changed in place is descended into like any other
+branch.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from typing import Any
 import orjson
 
 ALIGNED_PAIRS_LIMIT = 1_000_000
-"""difflib's alignment is quadratic on lists that differ all along (6000 credential mounts among
-others took 7 s); lists with more item pairs than this are replaced whole instead."""
+"""difflib's alignment is quadratic on lists that differ all along (bench/HISTORY.md, entry 6);
+lists with more item pairs than this are replaced whole instead."""
 
 
 def make_patch(old: Any, new: Any) -> list[dict[str, Any]]:
