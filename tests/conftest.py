@@ -1,65 +1,11 @@
-"""Fixtures shared by every test: builders for reviews and policies."""
+"""Fixtures shared by every test (the builders they use are in tests/builders.py)."""
 
 from __future__ import annotations
-
-import copy
-import uuid
-from pathlib import Path
-from typing import Any
 
 import pytest
 
 from policies.model import Policy, parse_policy
-
-EXAMPLE_POLICY = Path(__file__).parent.parent / "policies" / "example-policy.yaml"
-
-KINDS = {
-    "pods": ("", "v1", "Pod"),
-    "pipelineruns": ("tekton.dev", "v1", "PipelineRun"),
-    "configmaps": ("", "v1", "ConfigMap"),
-    "deployments": ("apps", "v1", "Deployment"),
-}
-
-
-def make_review(
-    obj: dict[str, Any] | None = None,
-    *,
-    resource: str = "pods",
-    operation: str = "CREATE",
-    namespace: str = "tool-mytool",
-    username: str = "mytool",
-    groups: tuple[str, ...] = ("toolforge", "system:authenticated"),
-    old: dict[str, Any] | None = None,
-    dry_run: bool = False,
-    sub_resource: str = "",
-    kind: tuple[str, str, str] | None = None,
-) -> dict[str, Any]:
-    """A valid admission.k8s.io/v1 AdmissionReview as the API server sends it."""
-    group, version, kind_name = kind or KINDS[resource]
-    obj = copy.deepcopy(obj) if obj is not None else {
-        "apiVersion": "v1", "kind": "Pod",
-        "metadata": {"name": "app", "namespace": namespace},
-        "spec": {"containers": [{"name": "app", "image": "tools-harbor.wmcloud.org/tool-mytool/app:1"}]},
-    }
-    request: dict[str, Any] = {
-        "uid": str(uuid.uuid4()),
-        "kind": {"group": group, "version": version, "kind": kind_name},
-        "resource": {"group": group, "version": version, "resource": resource},
-        "requestKind": {"group": group, "version": version, "kind": kind_name},
-        "requestResource": {"group": group, "version": version, "resource": resource},
-        "name": obj.get("metadata", {}).get("name", ""),
-        "namespace": namespace,
-        "operation": operation,
-        "userInfo": {"username": username, "groups": list(groups)},
-        "object": obj,
-        "oldObject": old,
-        "dryRun": dry_run,
-        "options": {"kind": f"{operation.title()}Options", "apiVersion": "meta.k8s.io/v1"},
-    }
-    if sub_resource:
-        request["subResource"] = sub_resource
-        request["requestSubResource"] = sub_resource
-    return {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": request}
+from tests.builders import EXAMPLE_POLICY
 
 
 @pytest.fixture

@@ -418,7 +418,7 @@ def fingerprint(cert_pem: bytes) -> str:
 
 
 def pod_review(image: str) -> dict[str, Any]:
-    from tests.conftest import make_review
+    from tests.builders import make_review
 
     return make_review({"apiVersion": "v1", "kind": "Pod",
                         "metadata": {"name": unique("app"), "namespace": "tool-mytool"},

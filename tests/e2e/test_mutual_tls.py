@@ -18,7 +18,7 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from tests.conftest import make_review
+from tests.builders import make_review
 from tests.e2e.cluster import (
     BUILD_NAMESPACE,
     SUITE_NAMESPACE,

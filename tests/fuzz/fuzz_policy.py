@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from policies.model import PolicyError, parse_policy
-from tests.conftest import EXAMPLE_POLICY
+from tests.builders import EXAMPLE_POLICY
 
 MAX_PROBLEM_CHARS = 600
 CPU_SECONDS = 2.5

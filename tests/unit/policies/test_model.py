@@ -7,7 +7,7 @@ import datetime
 import pytest
 
 from policies.model import MAX_POLICY_BYTES, PolicyError, parse_policy
-from tests.conftest import EXAMPLE_POLICY
+from tests.builders import EXAMPLE_POLICY
 
 
 def problems_of(text: str) -> tuple[str, ...]:

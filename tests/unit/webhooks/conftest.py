@@ -9,7 +9,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import EXAMPLE_POLICY
+from tests.builders import EXAMPLE_POLICY
 from webhooks.app import EXTENSION, create_app
 
 

@@ -12,7 +12,7 @@ from flask.testing import FlaskClient
 
 from policies.decision import Decision
 from policies.model import Policy
-from tests.conftest import make_review
+from tests.builders import make_review
 from webhooks.admission import ENDPOINTS, Context, Endpoint, answer
 from webhooks.app import create_app
 from webhooks.review import read_review

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import EXAMPLE_POLICY, make_review
+from tests.builders import EXAMPLE_POLICY, make_review
 from webhooks.cli import EXIT_BAD_INPUT, EXIT_DENIED, EXIT_OK, main
 
 

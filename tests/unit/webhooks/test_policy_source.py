@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_POLICY
+from tests.builders import EXAMPLE_POLICY
 from webhooks import policy_source
 from webhooks.policy_source import PolicySource
 

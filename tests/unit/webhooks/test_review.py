@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from policies.decision import Decision, Finding, allow, decide, deny
-from tests.conftest import make_review
+from tests.builders import make_review
 from webhooks.errors import BadReviewError
 from webhooks.review import build_response, parse_review, read_review
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import EXAMPLE_POLICY, make_review
+from tests.builders import EXAMPLE_POLICY, make_review
 from tests.unit.webhooks.dev_server import start_dev_server
 from webhooks.server import ServerOptions, gunicorn_settings
 

@@ -13,7 +13,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from policies.slots import Claim, Reservation
-from tests.conftest import make_review
+from tests.builders import make_review
 from tests.unit.policies.test_pipelinerun import POLICY_YAML, make_run
 from tests.unit.webhooks.test_slots import FakeCluster
 from webhooks.app import EXTENSION, create_app

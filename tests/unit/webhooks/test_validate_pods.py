@@ -12,7 +12,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import make_review
+from tests.builders import make_review
 from webhooks.app import EXTENSION, create_app
 
 PATH = "/validate/pods"
