@@ -21,7 +21,7 @@ from policies.decision import MAX_MESSAGE_CHARS, MAX_WARNING_CHARS
 from policies.model import parse_policy
 from policies.slots import Claim, Reservation
 from tests.builders import EXAMPLE_POLICY, make_review
-from tests.unit.policies.test_pipelinerun import make_run
+from tests.pipelineruns import make_run
 from webhooks.admission import ENDPOINTS, Context
 from webhooks.errors import BadReviewError
 from webhooks.patches import make_patch

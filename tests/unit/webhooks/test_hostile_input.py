@@ -41,7 +41,7 @@ from werkzeug.test import EnvironBuilder
 from policies.decision import MAX_MESSAGE_CHARS, MAX_WARNING_CHARS
 from policies.slots import Claim, Reservation
 from tests.builders import EXAMPLE_POLICY, make_review
-from tests.unit.policies.test_pipelinerun import make_run
+from tests.pipelineruns import make_run
 from webhooks.admission import ENDPOINTS, RULE_FAILED
 from webhooks.app import EXTENSION, create_app
 from webhooks.logs import JsonFormatter

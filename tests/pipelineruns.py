@@ -1,0 +1,60 @@
+"""A valid PipelineRun in either Tekton shape, and the policy it is valid under."""
+
+from __future__ import annotations
+
+from typing import Any
+
+HARBOR = "harbor.example.org"
+BUILDER = f"{HARBOR}/toolforge/heroku-builder:22"
+POLICY_YAML = f"""
+tools:
+  namespacePattern: "tool-{{tool}}"
+  usernamePattern: "{{tool}}"
+  groups: [toolforge]
+  systemUsers: [system:serviceaccount:image-build:builds-api]
+builds:
+  namespace: image-build
+  harborHosts: [{HARBOR}]
+  harborProject: "tool-{{tool}}"
+  pipelines: [buildpacks]
+  builders: [{BUILDER}]
+  params:
+    required: [APP_IMAGE, BUILDER_IMAGE, SOURCE_URL]
+    optional: [SOURCE_REFERENCE, SOURCE_SUBPATH, {{name: ENV_VARS, type: array}}]
+  maxActiveRuns: 1
+  maxTimeout: 1h
+  serviceAccount: buildpacks-sa
+"""
+
+
+def make_run(shape: str = "v1", *, tool: str = "mytool", params: dict[str, Any] | None = None,
+             **spec: Any) -> dict[str, Any]:
+    """A valid run for `tool` in the given Tekton shape; `spec` keys override or add fields."""
+    values: dict[str, Any] = {
+        "APP_IMAGE": f"{HARBOR}/tool-{tool}/{tool}:latest",
+        "BUILDER_IMAGE": BUILDER,
+        "SOURCE_URL": "https://gitlab.example.org/mytool/app.git",
+        "ENV_VARS": ["A=1", "B_2=x=y"],
+    }
+    values.update(params or {})
+    body: dict[str, Any] = {
+        "pipelineRef": {"name": "buildpacks"},
+        "params": [{"name": k, "value": v} for k, v in values.items() if v is not None],
+        "workspaces": [{"name": "source-ws", "emptyDir": {}}],
+    }
+    if shape == "v1":
+        body["taskRunTemplate"] = {"serviceAccountName": "buildpacks-sa"}
+        body["timeouts"] = {"pipeline": "1h"}
+    else:
+        body["serviceAccountName"] = "buildpacks-sa"
+        body["timeout"] = "30m"
+    body.update(spec)
+    return {
+        # With matchPolicy Equivalent and no conversion, a v1beta1 body arrives labelled v1.
+        "apiVersion": "tekton.dev/v1",
+        "kind": "PipelineRun",
+        "metadata": {"name": f"{tool}-buildpacks-pipelinerun-abcde", "namespace": "image-build",
+                     "uid": "0c8a7d3e-0000-4000-8000-000000000001",
+                     "labels": {"toolforge.org/tool": tool}},
+        "spec": body,
+    }
