@@ -15,7 +15,7 @@ from flask.testing import FlaskClient
 from policies.slots import Claim, Reservation
 from tests.builders import make_review
 from tests.pipelineruns import POLICY_YAML, make_run
-from tests.unit.webhooks.test_slots import FakeCluster
+from tests.unit.webhooks.fakes import FakeCluster
 from webhooks.app import EXTENSION, create_app
 from webhooks.slots import LeaseSlots, SlotsUnavailableError
 
