@@ -58,3 +58,12 @@ def make_run(shape: str = "v1", *, tool: str = "mytool", params: dict[str, Any] 
                      "labels": {"toolforge.org/tool": tool}},
         "spec": body,
     }
+
+
+def run_for(tool: str = "mytool", uid: str = "u1", shape: str = "v1", **spec: Any,
+            ) -> dict[str, Any]:
+    """A valid run with its own uid and name, as separate runs of one tool have."""
+    run = make_run(shape, tool=tool, **spec)
+    run["metadata"]["uid"] = uid
+    run["metadata"]["name"] = f"{tool}-buildpacks-pipelinerun-{uid}"
+    return run

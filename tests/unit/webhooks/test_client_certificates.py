@@ -30,10 +30,9 @@ from flask.testing import FlaskClient
 
 from certs.issue import KeyPair, new_ca
 from tests.builders import EXAMPLE_POLICY, make_review
-from tests.pipelineruns import POLICY_YAML
+from tests.pipelineruns import POLICY_YAML, run_for
 from tests.unit.webhooks.dev_server import start_dev_server
 from tests.unit.webhooks.fakes import FakeCluster
-from tests.unit.webhooks.test_validate_pipelineruns import run_for
 from webhooks import metrics
 from webhooks.admission import ENDPOINTS
 from webhooks.app import EXTENSION, create_app

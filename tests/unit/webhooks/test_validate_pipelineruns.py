@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from policies.slots import Claim, Reservation
 from tests.builders import make_review
-from tests.pipelineruns import POLICY_YAML, make_run
+from tests.pipelineruns import POLICY_YAML, run_for
 from tests.unit.webhooks.fakes import FakeCluster
 from webhooks.app import EXTENSION, create_app
 from webhooks.slots import LeaseSlots, SlotsUnavailableError
@@ -49,14 +49,6 @@ def client(tmp_path: Path, cluster: FakeCluster) -> Iterator[FlaskClient]:
     app = make_app(tmp_path, LeaseSlots(cluster, cluster))
     yield app.test_client()
     app.extensions[EXTENSION].source.stop()
-
-
-def run_for(tool: str = "mytool", uid: str = "u1", shape: str = "v1", **spec: Any,
-            ) -> dict[str, Any]:
-    run = make_run(shape, tool=tool, **spec)
-    run["metadata"]["uid"] = uid
-    run["metadata"]["name"] = f"{tool}-buildpacks-pipelinerun-{uid}"
-    return run
 
 
 def post(client: FlaskClient, obj: dict[str, Any] | None, **options: Any) -> dict[str, Any]:
