@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.client
+import json
 import os
 import re
 import socket
@@ -65,3 +66,48 @@ def _ready(port: int, context: ssl.SSLContext) -> bool:
         return False
     finally:
         connection.close()
+
+
+@dataclass
+class Server:
+    """A started server, with its policy file, as the tests talk to it."""
+
+    process: subprocess.Popen[str]
+    host: str
+    port: int
+    ca_file: str
+    policy_file: Path
+
+    def context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
+        context = ssl.create_default_context(cafile=self.ca_file)
+        for name, version in versions.items():
+            setattr(context, name, version)
+        return context
+
+    def connection(self) -> http.client.HTTPSConnection:
+        return http.client.HTTPSConnection(self.host, self.port, context=self.context(), timeout=10)
+
+    def replace_policy(self, text: str) -> None:
+        """Swap the file in one step, as the kubelet does for a ConfigMap volume."""
+        staged = self.policy_file.with_suffix(".new")
+        staged.write_text(text)
+        os.replace(staged, self.policy_file)
+
+    def get(self, path: str) -> tuple[int, str]:
+        connection = self.connection()
+        try:
+            connection.request("GET", path)
+            response = connection.getresponse()
+            return response.status, response.read().decode()
+        finally:
+            connection.close()
+
+
+def post_review(connection: http.client.HTTPSConnection, review: dict[str, object],
+                path: str = "/validate/policy") -> dict[str, object]:
+    """POST a review on a connection; the AdmissionReview answered (HTTP 200 asserted)."""
+    connection.request("POST", path, body=json.dumps(review),
+                       headers={"Content-Type": "application/json"})
+    response = connection.getresponse()
+    assert response.status == 200
+    return json.loads(response.read())  # type: ignore[no-any-return]

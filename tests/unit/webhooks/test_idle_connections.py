@@ -20,8 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.builders import EXAMPLE_POLICY, make_review
-from tests.unit.webhooks.dev_server import start_dev_server
-from tests.unit.webhooks.test_server import Server, post_review
+from tests.unit.webhooks.dev_server import Server, post_review, start_dev_server
 
 THREADS = 2
 PROMPT = 5.0

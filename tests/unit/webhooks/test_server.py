@@ -3,56 +3,18 @@
 from __future__ import annotations
 
 import gc
-import http.client
-import json
-import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
 from tests.builders import EXAMPLE_POLICY, make_review
-from tests.unit.webhooks.dev_server import start_dev_server
+from tests.unit.webhooks.dev_server import Server, post_review, start_dev_server
 from webhooks.server import ServerOptions, gunicorn_settings
-
-
-@dataclass
-class Server:
-    process: subprocess.Popen[str]
-    host: str
-    port: int
-    ca_file: str
-    policy_file: Path
-
-    def context(self, **versions: ssl.TLSVersion) -> ssl.SSLContext:
-        context = ssl.create_default_context(cafile=self.ca_file)
-        for name, version in versions.items():
-            setattr(context, name, version)
-        return context
-
-    def connection(self) -> http.client.HTTPSConnection:
-        return http.client.HTTPSConnection(self.host, self.port, context=self.context(), timeout=10)
-
-    def replace_policy(self, text: str) -> None:
-        """Swap the file in one step, as the kubelet does for a ConfigMap volume."""
-        staged = self.policy_file.with_suffix(".new")
-        staged.write_text(text)
-        os.replace(staged, self.policy_file)
-
-    def get(self, path: str) -> tuple[int, str]:
-        connection = self.connection()
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read().decode()
-        finally:
-            connection.close()
 
 
 @pytest.fixture(scope="module")
@@ -63,15 +25,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield Server(dev.process, "127.0.0.1", dev.port, dev.ca_file, policy_file)
     dev.process.send_signal(signal.SIGTERM)
     dev.process.wait(timeout=30)
-
-
-def post_review(connection: http.client.HTTPSConnection, review: dict[str, object],
-                path: str = "/validate/policy") -> dict[str, object]:
-    connection.request("POST", path, body=json.dumps(review),
-                       headers={"Content-Type": "application/json"})
-    response = connection.getresponse()
-    assert response.status == 200
-    return json.loads(response.read())  # type: ignore[no-any-return]
 
 
 def test_dev_server_answers_a_review_over_tls(server: Server) -> None:
