@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from policies.model import parse_policy
 from tests.builders import EXAMPLE_POLICY, make_review
 from tests.unit.webhooks.dev_server import Server, post_review, start_dev_server
 from webhooks.server import ServerOptions, gunicorn_settings
@@ -119,7 +120,15 @@ def test_a_worker_freezes_what_it_loaded_so_full_collections_skip_it() -> None:
                             policy_file=EXAMPLE_POLICY)
     gc.unfreeze()
     try:
+        # What a worker has loaded when it starts serving (the app, the client, the policy) ...
+        loaded = {"policy": parse_policy(EXAMPLE_POLICY.read_bytes())}
         gunicorn_settings(options)["post_worker_init"](None)
-        assert gc.get_freeze_count() > 1000
+        # ... and what a review makes afterwards.
+        made_by_a_review = [{"kind": "Pod", "metadata": {"name": "p"}}]
+        # A collection walks the objects gc.get_objects() lists; frozen ones are not among them.
+        walked = {id(o) for o in gc.get_objects()}
+        assert id(loaded) not in walked
+        assert id(loaded["policy"]) not in walked
+        assert id(made_by_a_review) in walked
     finally:
         gc.unfreeze()
