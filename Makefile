@@ -31,8 +31,9 @@ e2e-binaries: $(STAMP)
 test: lint e2e-binaries
 	$(BIN)/pytest
 
+# The fast loop: no cluster, no server started, no fuzzing (`make test` runs those too).
 test-unit: $(STAMP)
-	$(BIN)/pytest -m "not e2e"
+	$(BIN)/pytest -m "not e2e and not slow"
 
 # Rewrite the files generated from another source (tests/generate.py says which); a unit test
 # fails while one is stale.

@@ -36,6 +36,7 @@ def test_every_seed_keeps_the_invariants(target: str) -> None:
         module.check(seed)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(importlib.util.find_spec("atheris") is None,
                     reason="atheris has wheels for x86-64 Linux only")
 @pytest.mark.parametrize("target", TARGETS)

@@ -220,6 +220,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     dev.process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_over_tls_the_api_server_certificate_is_answered(server: Server) -> None:
     certificate = client_certificate(server.client_ca, API_SERVER, server.directory)
     review = make_review()
@@ -228,6 +229,7 @@ def test_over_tls_the_api_server_certificate_is_answered(server: Server) -> None
     assert body["response"]["uid"] == review["request"]["uid"]
 
 
+@pytest.mark.slow
 def test_over_tls_no_certificate_gets_a_403_status(server: Server) -> None:
     status, body = server.request("POST", "/validate/pods", server.context(), make_review())
     assert status == 403
@@ -235,6 +237,7 @@ def test_over_tls_no_certificate_gets_a_403_status(server: Server) -> None:
     assert "the connection from 127.0.0.1 has no client certificate" in body["message"]
 
 
+@pytest.mark.slow
 def test_over_tls_a_certificate_with_another_name_gets_a_403(server: Server) -> None:
     certificate = client_certificate(server.client_ca, "mytool", server.directory)
     status, body = server.request("POST", "/validate/pods", server.context(certificate),
@@ -243,6 +246,7 @@ def test_over_tls_a_certificate_with_another_name_gets_a_403(server: Server) -> 
     assert "names ['mytool'] (from 127.0.0.1) are not allowed" in body["message"]
 
 
+@pytest.mark.slow
 def test_over_tls_a_certificate_from_another_ca_fails_the_handshake(server: Server) -> None:
     other = new_ca("another CA", NOW, datetime.timedelta(days=1))
     certificate = client_certificate(other, API_SERVER, server.directory)
@@ -251,11 +255,13 @@ def test_over_tls_a_certificate_from_another_ca_fails_the_handshake(server: Serv
         server.request("GET", "/healthz", server.context(certificate))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
 def test_over_tls_probes_and_metrics_need_no_certificate(server: Server, path: str) -> None:
     assert server.request("GET", path, server.context())[0] == 200
 
 
+@pytest.mark.slow
 def test_cbc_and_sha1_suites_are_refused_in_tls_1_2(server: Server) -> None:
     # What OpenSSL's defaults would otherwise accept from a TLS 1.2 client.
     weak = server.context()

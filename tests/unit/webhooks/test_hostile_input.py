@@ -410,6 +410,7 @@ def check_logs(records: list[logging.LogRecord]) -> None:
 
 # --- the properties ----------------------------------------------------------------------------
 
+@pytest.mark.slow
 @HOSTILE
 @given(case=object_mutations())
 def test_a_broken_object_gets_a_verdict_or_a_4xx(client: FlaskClient,
@@ -417,6 +418,7 @@ def test_a_broken_object_gets_a_verdict_or_a_4xx(client: FlaskClient,
     post(client, *case)
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(case=envelope_mutations())
 def test_a_broken_envelope_gets_a_verdict_or_a_4xx(client: FlaskClient,
@@ -424,6 +426,7 @@ def test_a_broken_envelope_gets_a_verdict_or_a_4xx(client: FlaskClient,
     post(client, *case)
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(case=tenant_strings())
 def test_tenant_names_and_images_are_quoted_and_capped(client: FlaskClient,
@@ -431,18 +434,21 @@ def test_tenant_names_and_images_are_quoted_and_capped(client: FlaskClient,
     post(client, *case)
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(path=st.sampled_from(PATHS), value=JSON)
 def test_any_json_document_gets_an_answer(client: FlaskClient, path: str, value: Any) -> None:
     post(client, path, orjson.dumps(value))
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(path=st.sampled_from(PATHS), body=st.binary(max_size=2000))
 def test_any_bytes_get_an_answer(client: FlaskClient, path: str, body: bytes) -> None:
     post(client, path, body)
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(base=st.sampled_from(BASES), at=st.integers(0, 10**6),
        junk=st.binary(min_size=1, max_size=8).map(lambda b: b"\xff" + b))
@@ -479,6 +485,7 @@ def test_a_body_at_the_cap_is_judged(client: FlaskClient) -> None:
     assert post(client, path, body)["kind"] == "AdmissionReview"
 
 
+@pytest.mark.slow
 @HOSTILE
 @given(path=st.sampled_from(PATHS), content_type=st.one_of(st.sampled_from([
     "", "text/plain", "application/json; charset=utf-8", "APPLICATION/JSON", "text/json",

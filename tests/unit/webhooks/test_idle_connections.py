@@ -26,6 +26,8 @@ THREADS = 2
 PROMPT = 5.0
 """Seconds a review may take while idle connections are open (it takes milliseconds)."""
 
+pytestmark = pytest.mark.slow  # every test here starts a server
+
 
 @pytest.fixture(scope="module")
 def small_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:

@@ -28,6 +28,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     dev.process.wait(timeout=30)
 
 
+@pytest.mark.slow
 def test_dev_server_answers_a_review_over_tls(server: Server) -> None:
     review = make_review({"metadata": {"name": "x"}}, resource="configmaps")
     connection = server.connection()
@@ -35,6 +36,7 @@ def test_dev_server_answers_a_review_over_tls(server: Server) -> None:
     assert answer["response"] == {"uid": review["request"]["uid"], "allowed": True}
 
 
+@pytest.mark.slow
 def test_connections_are_kept_alive_across_reviews(server: Server) -> None:
     connection = server.connection()
     post_review(connection, make_review({"metadata": {"name": "x"}}, resource="configmaps"))
@@ -43,6 +45,7 @@ def test_connections_are_kept_alive_across_reviews(server: Server) -> None:
     assert connection.sock is first
 
 
+@pytest.mark.slow
 def test_tls_below_1_2_is_refused(server: Server) -> None:
     old = server.context()
     with pytest.warns(DeprecationWarning, match="TLSv1_1"):
@@ -55,6 +58,7 @@ def test_tls_below_1_2_is_refused(server: Server) -> None:
         old.wrap_socket(raw, server_hostname=server.host)
 
 
+@pytest.mark.slow
 def test_tls_1_2_uses_a_forward_secret_aead_cipher_without_compression(server: Server) -> None:
     context = server.context(maximum_version=ssl.TLSVersion.TLSv1_2)
     with socket.create_connection((server.host, server.port)) as raw, \
@@ -66,6 +70,7 @@ def test_tls_1_2_uses_a_forward_secret_aead_cipher_without_compression(server: S
         assert tls.compression() is None
 
 
+@pytest.mark.slow
 def test_a_bad_policy_edit_is_refused_while_the_old_policy_keeps_serving(server: Server) -> None:
     _, before = server.get("/readyz")
     good_digest = before.split()[2]
@@ -82,6 +87,7 @@ def test_a_bad_policy_edit_is_refused_while_the_old_policy_keeps_serving(server:
     assert any("builds.maxActiveRuns: must be an integer >= 1" in note for note in notes)
 
 
+@pytest.mark.slow
 def test_a_valid_edit_reaches_every_worker_within_seconds(server: Server) -> None:
     server.replace_policy("builds: {maxActiveRuns: 4}\n")
     deadline = time.monotonic() + 15
@@ -101,6 +107,7 @@ def _digest_of(server: Server) -> str:
     return hashlib.sha256(server.policy_file.read_bytes()).hexdigest()[:12]
 
 
+@pytest.mark.slow
 def test_metrics_are_summed_across_workers(server: Server) -> None:
     for _ in range(6):
         connection = server.connection()
