@@ -158,6 +158,11 @@ class Load(threading.Thread):
                 self.failures.append((time.monotonic(), repr(error)))
             self.stopping.wait(0.1)
 
+    def wait_admitted(self, count: int, timeout: float = 30) -> None:
+        """Wait until `count` more creates than so far have been admitted."""
+        target = self.ok + count
+        wait_for(f"{count} more admitted creates", lambda: self.ok >= target, timeout, 0.1)
+
     def webhook_failures(self) -> list[str]:
         return [m for _, m in self.failures if "failed calling webhook" in m or "x509" in m]
 
@@ -362,7 +367,7 @@ def test_leaf_renewal_and_ca_rollover_under_load_fail_nothing(
     old_leaf = rotation.served_certificate()
     assert rotation.ca_bundle() == [old_ca]
     load.start()
-    time.sleep(1.5)
+    load.wait_admitted(10)
 
     # The leaf (90 days + 1 h backdating) is due once renew-before is 90 days.
     rotation.rotate("--leaf-lifetime=91d", "--leaf-renew-before=90d", propagation_delay="3s")
@@ -371,12 +376,12 @@ def test_leaf_renewal_and_ca_rollover_under_load_fail_nothing(
     assert renewed.issuer == old_ca.subject
     wait_for("the server to serve the renewed leaf",
              lambda: rotation.served_certificate() == renewed, 15, 0.2)
-    time.sleep(1.5)
+    load.wait_admitted(10)
 
     # The CA (365 days + 1 h) is due once renew-before is 365 days: a whole rollover in one run.
     rotation.rotate("--ca-lifetime=366d", "--ca-renew-before=365d", "--leaf-lifetime=91d",
                     "--leaf-renew-before=90d", propagation_delay="3s")
-    time.sleep(3)  # connections opened after the last bundle change
+    load.wait_admitted(20)  # on connections opened after the last bundle change
     load.stop()
 
     new_ca = x509.load_pem_x509_certificate(rotation.secret_data(rotation.ca_secret)["ca.crt"])
@@ -396,7 +401,7 @@ def test_serving_a_new_ca_before_the_bundle_has_it_fails_admissions(
     """The wrong order (the leaf first, the bundle later) is seen: the test can fail."""
     assert rotation.kubelet is not None
     load.start()
-    time.sleep(1)
+    load.wait_admitted(5)
     rotation.kubelet.paused.set()
     try:
         now = datetime.datetime.now(datetime.UTC)
