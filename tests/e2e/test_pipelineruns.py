@@ -32,8 +32,7 @@ import yaml
 
 from policies.slots import RESERVATION_GRACE
 from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane, Suite, wait_for
-from tests.e2e.objects import reservations, unique
-from tests.e2e.test_harness import delete_runs, pipelinerun
+from tests.e2e.objects import delete_runs, pipelinerun, reservations, unique
 
 DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied the request'
 CANCEL = json.dumps({"spec": {"status": "Cancelled"}})
