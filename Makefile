@@ -19,7 +19,7 @@ serve: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/mypy policies webhooks certs
+	$(BIN)/mypy policies webhooks certs tests
 	$(BIN)/lint-imports
 
 # The e2e tests need kube-apiserver, etcd, kube-controller-manager, kubectl and the Tekton

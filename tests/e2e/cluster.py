@@ -44,7 +44,7 @@ import yaml
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 HERE = pathlib.Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -129,8 +129,8 @@ class ClusterCA:
               sans: Iterable[x509.GeneralName] = ()) -> tuple[pathlib.Path, pathlib.Path]:
         """Write <stem>.crt and <stem>.key, signed by this CA; return their paths."""
         key = ec.generate_private_key(ec.SECP256R1())
-        usage = (x509.ExtendedKeyUsageOID.SERVER_AUTH if server
-                 else x509.ExtendedKeyUsageOID.CLIENT_AUTH)
+        usage = (ExtendedKeyUsageOID.SERVER_AUTH if server
+                 else ExtendedKeyUsageOID.CLIENT_AUTH)
         builder = (
             x509.CertificateBuilder()
             .subject_name(name).issuer_name(self.cert.subject)
@@ -431,7 +431,7 @@ class ControlPlane:
                  "verbs": ["get", "list", "watch"]},
             ],
         }
-        bindings = [{
+        bindings: list[dict[str, Any]] = [{
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": f"e2e-{username}", "namespace": namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",

@@ -414,8 +414,8 @@ def create(api_client: Any, body: dict[str, Any]) -> Outcome:
     started = time.monotonic()
     try:
         if body["kind"] == "Pod":
-            client.CoreV1Api(api_client).create_namespaced_pod(
-                metadata["namespace"], body, _preload_content=False)
+            pods: Any = client.CoreV1Api(api_client)  # given the plain dict, as the CLI sends it
+            pods.create_namespaced_pod(metadata["namespace"], body, _preload_content=False)
         else:
             client.CustomObjectsApi(api_client).create_namespaced_custom_object(
                 "tekton.dev", "v1", metadata["namespace"], "pipelineruns", body,
@@ -423,7 +423,7 @@ def create(api_client: Any, body: dict[str, Any]) -> Outcome:
     except client.ApiException as error:
         seconds = time.monotonic() - started
         try:
-            message = str(json.loads(error.body)["message"])
+            message = str(json.loads(error.body or "")["message"])
         except (TypeError, ValueError, KeyError):
             message = str(error.body)
         return Outcome(metadata["name"], int(error.status), message, seconds)

@@ -29,10 +29,10 @@ import urllib.request
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
-from build import ensure_binaries
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2]))
+from tests.e2e.build import ensure_binaries
 
 SERVICE_CIDR = "10.0.0.0/24"  # never routed: there is no kube-proxy
 ISSUER = "https://kubernetes.default.svc.cluster.local"
@@ -120,7 +120,7 @@ def make_pki(directory: pathlib.Path) -> None:
 
     serving_key, serving = leaf(
         _name("kube-apiserver"),
-        x509.ExtendedKeyUsageOID.SERVER_AUTH,
+        ExtendedKeyUsageOID.SERVER_AUTH,
         [
             x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
             x509.IPAddress(ipaddress.ip_address("10.0.0.1")),  # first IP of SERVICE_CIDR
@@ -133,7 +133,7 @@ def make_pki(directory: pathlib.Path) -> None:
 
     # O=system:masters is the group RBAC always lets do everything.
     admin_key, admin = leaf(
-        _name("e2e-admin", "system:masters"), x509.ExtendedKeyUsageOID.CLIENT_AUTH, []
+        _name("e2e-admin", "system:masters"), ExtendedKeyUsageOID.CLIENT_AUTH, []
     )
     _write_key(admin_key, directory / "admin.key")
     _write_cert(admin, directory / "admin.crt")

@@ -134,7 +134,7 @@ class Load(threading.Thread):
         super().__init__(daemon=True, name="admission-load")
         from kubernetes import client
 
-        self.core = client.CoreV1Api(_new_client(cp))
+        self.core: Any = client.CoreV1Api(_new_client(cp))  # given plain dicts
         self.namespace = namespace
         self.stopping = threading.Event()
         self.ok = 0

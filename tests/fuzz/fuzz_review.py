@@ -13,6 +13,7 @@ import datetime
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import jsonpatch
 import orjson
@@ -83,7 +84,7 @@ def seeds() -> Iterator[bytes]:
     reviews = [(0, json.loads(path.read_text()))
                for path in sorted(FIXTURES.glob("*/pod.create.admissionreview.json"))]
     reviews += [(2, review) for _, review in reviews]
-    runs = {"resource": "pipelineruns", "namespace": "image-build"}
+    runs: dict[str, Any] = {"resource": "pipelineruns", "namespace": "image-build"}
     reviews += [
         (1, make_review(make_run("v1"), **runs)),
         (1, make_review(make_run("v1beta1"), **runs)),

@@ -132,8 +132,9 @@ def test_ca_rollover_with_overlap_finishes_within_two_daily_runs(store, clock):
         "start-rollover", "sync-webhook-bundle", "sync-webhook-bundle", "sync-secret-bundle",
         "mark-bundled", "promote-next-ca", "issue-leaf"]
     assert first.final.kind == "wait"  # retiring the old CA is beyond --max-wait
-    assert bundle.is_signed_by(leaf_of(store), view(gather(store, SETTINGS), clock(),
-                                                    SETTINGS).current.cert)
+    current = view(gather(store, SETTINGS), clock(), SETTINGS).current
+    assert current is not None
+    assert bundle.is_signed_by(leaf_of(store), current.cert)
     assert store.secrets["webhook-ca"].data["previous-ca.crt"] == old_ca
     clock.advance(DAY)
     second = run(store, clock)

@@ -46,8 +46,9 @@ class FakeApi:
 
 def make(core=None, admission=None):
     store = KubernetesStore(ApiClient(), SETTINGS)
-    store.core = core or FakeApi()
-    store.admission = admission or FakeApi()
+    # The fakes stand in for the generated API classes, by their method names.
+    store.core = core or FakeApi()  # type: ignore[assignment]
+    store.admission = admission or FakeApi()  # type: ignore[assignment]
     return store
 
 

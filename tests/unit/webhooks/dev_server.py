@@ -110,4 +110,4 @@ def post_review(connection: http.client.HTTPSConnection, review: dict[str, objec
                        headers={"Content-Type": "application/json"})
     response = connection.getresponse()
     assert response.status == 200
-    return json.loads(response.read())  # type: ignore[no-any-return]
+    return json.loads(response.read())

@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -113,7 +113,7 @@ def _workload(kind: str, pod_spec: dict[str, Any]) -> dict[str, Any]:
 
 def _base_reviews() -> list[tuple[str, dict[str, Any]]]:
     """(path, review) pairs that each reach the interesting part of an endpoint's rule."""
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"}, "spec": {
+    pod: dict[str, Any] = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "app"}, "spec": {
         "containers": [{"name": "app", "image": "tools-harbor.wmcloud.org/tool-mytool/app:1"}],
         "initContainers": [{"name": "init", "image": "docker.io/library/bash:5"}]}}
     debug = copy.deepcopy(pod)
@@ -121,7 +121,7 @@ def _base_reviews() -> list[tuple[str, dict[str, Any]]]:
     configmap = {"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": {"name": "toolforge-admission-policy"},
                  "data": {"policy.yaml": EXAMPLE_POLICY.read_text()}}
-    runs = {"resource": "pipelineruns", "namespace": "image-build"}
+    runs: dict[str, Any] = {"resource": "pipelineruns", "namespace": "image-build"}
     reviews: list[tuple[str, dict[str, Any]]] = []
     for review in _fixture_reviews():
         reviews += [("/mutate/build-pods", review), ("/validate/pods", review)]
@@ -513,7 +513,7 @@ def test_the_strategies_reach_past_the_parsers_nesting_limit() -> None:
 def test_a_json_line_per_record_survives_a_hostile_message() -> None:
     """The log formatter is what keeps tenant text from forging log lines; prove it does."""
     record = logging.LogRecord("webhooks.app", logging.INFO, __file__, 1, "review", None, None)
-    record.fields = {"name": "x\n{\"level\": \"error\"}\x1b[2J"}  # type: ignore[attr-defined]
+    record.fields = {"name": "x\n{\"level\": \"error\"}\x1b[2J"}
     line = JsonFormatter().format(record)
     assert "\n" not in line
     assert orjson.loads(line)["name"] == record.fields["name"]  # type: ignore[attr-defined]
@@ -620,7 +620,13 @@ def test_a_body_shorter_than_its_content_length_is_a_bad_review(app: Flask, sent
                              content_type="application/json").get_environ()
     environ["wsgi.input"], environ["CONTENT_LENGTH"] = io.BytesIO(sent), "100"
     statuses: list[str] = []
-    body = b"".join(app.wsgi_app(environ, lambda status, headers: statuses.append(status)))
+
+    def start_response(status: str, headers: list[tuple[str, str]], exc_info: object = None,
+                       ) -> Callable[[bytes], object]:
+        statuses.append(status)
+        return io.BytesIO().write
+
+    body = b"".join(app.wsgi_app(environ, start_response))
     assert statuses == ["400 BAD REQUEST"]
     check_status(400, orjson.loads(body))
 

@@ -37,7 +37,8 @@ def test_equal_documents_give_an_empty_patch() -> None:
 
 
 def test_only_changed_branches_are_touched() -> None:
-    old = {"spec": {"containers": [{"name": "a", "args": ["-x", "--", "y"]}, {"name": "b"}]}}
+    old: dict[str, Any] = {"spec": {"containers": [{"name": "a", "args": ["-x", "--", "y"]},
+                                                   {"name": "b"}]}}
     new = copy.deepcopy(old)
     new["spec"]["containers"][0]["args"] = ["--", "y"]
     patch = make_patch(old, new)

@@ -35,7 +35,8 @@ def test_a_valid_edit_is_put_in_force(tmp_path: Path) -> None:
     assert source.policy.builds.max_active_runs == 1
     configmap_volume(tmp_path, "builds: {maxActiveRuns: 3}\n", 2)
     assert source.refresh() is True
-    assert source.policy.builds.max_active_runs == 3
+    edited = source.policy
+    assert edited.builds.max_active_runs == 3
     assert source.generation == 2
 
 

@@ -36,6 +36,10 @@ from webhooks.slots import (
 NOW = datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC)
 
 
+POOL = urllib3.HTTPConnectionPool("127.0.0.1")
+"""The pool a urllib3 error names; the errors under test never reach one."""
+
+
 def candidate(uid: str, at: datetime.datetime = NOW) -> Reservation:
     return Reservation(uid=uid, namespace="image-build", name=f"run-{uid}", reserved_at=at)
 
@@ -383,10 +387,10 @@ def test_the_withdrawal_has_its_own_short_budget() -> None:
 @pytest.mark.parametrize(("error", "uncertain"), [
     pytest.param(ApiException(status=500, reason="Internal Server Error"), True, id="500"),
     pytest.param(ApiException(status=504, reason="Gateway Timeout"), True, id="504"),
-    pytest.param(urllib3.exceptions.ReadTimeoutError(None, "/", "timed out"), True,
+    pytest.param(urllib3.exceptions.ReadTimeoutError(POOL, "/", "timed out"), True,
                  id="read-timeout"),
     pytest.param(urllib3.exceptions.MaxRetryError(
-        None, "/", urllib3.exceptions.ProtocolError("Connection aborted.")), True,
+        POOL, "/", urllib3.exceptions.ProtocolError("Connection aborted.")), True,
         id="connection-lost"),
     pytest.param(ApiException(status=429, reason="Too Many Requests"), False, id="429"),
     pytest.param(ApiException(status=403, reason="Forbidden"), False, id="403"),
@@ -399,7 +403,7 @@ def test_write_errors_are_uncertain_unless_the_api_server_refused(
 
 
 def test_a_connection_error_names_its_cause() -> None:
-    error = urllib3.exceptions.MaxRetryError(None, "/apis/x", ConnectionRefusedError("refused"))
+    error = urllib3.exceptions.MaxRetryError(POOL, "/apis/x", ConnectionRefusedError("refused"))
     with pytest.raises(SlotsUnavailableError,
                        match=r"^listing PipelineRuns failed: ConnectionRefusedError: refused$"):
         KubernetesRuns(FailingApi(error)).list("a=b", 1.0)

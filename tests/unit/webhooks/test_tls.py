@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from prometheus_client import REGISTRY
 
 from certs.issue import new_ca, new_serving_cert
-from webhooks import metrics
 from webhooks.tls import ServingCertificate
 
 NOW = datetime.datetime.now(datetime.UTC)
@@ -35,7 +35,7 @@ def serving(tmp_path: Path) -> ServingCertificate:
 
 
 def value(name: str) -> float:
-    sample = metrics.REGISTRY.get_sample_value(name)
+    sample = REGISTRY.get_sample_value(name)
     assert sample is not None
     return sample
 
