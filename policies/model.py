@@ -146,6 +146,9 @@ class _Section(BaseModel):
         alias_generator=to_camel,
         populate_by_name=True,
         arbitrary_types_allowed=True,
+        # Each field's docstring is its description: docs/policy-reference.md is written from
+        # them (`make generate`), so a new key is documented where it is declared.
+        use_attribute_docstrings=True,
     )
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None,
@@ -176,7 +179,9 @@ class ParamSpec(_Section):
     """A PipelineRun parameter a tool may set, and the JSON type of its value."""
 
     name: Name
+    """The parameter's name; an entry that is only a name is `{name: <name>}`."""
     type: Literal["string", "array"] = "string"
+    """The JSON type its value must have."""
 
     @model_validator(mode="before")
     @classmethod
@@ -185,8 +190,12 @@ class ParamSpec(_Section):
 
 
 class ParamsPolicy(_Section):
+    """The parameters a PipelineRun may set; any other parameter is refused."""
+
     required: tuple[ParamSpec, ...] = ()
+    """Parameters every run must set."""
     optional: tuple[ParamSpec, ...] = ()
+    """Parameters a run may set."""
 
     @model_validator(mode="after")
     def _unique(self) -> ParamsPolicy:
@@ -205,14 +214,20 @@ class BuildsPolicy(_Section):
     """What a PipelineRun may contain, and how many may be active per tool."""
 
     namespace: Name = "image-build"
+    """The shared namespace where builds run."""
     harbor_hosts: tuple[Host, ...] = ()
+    """Registry hosts a run's APP_IMAGE may push to."""
     harbor_project: Pattern = ToolPattern.parse("tool-{tool}")
+    """The tool's Harbor project, the only one its APP_IMAGE may name."""
     pipelines: tuple[Name, ...] = ("buildpacks",)
+    """The `pipelineRef` names a run may use."""
     builders: tuple[Image, ...] = ()
+    """The BUILDER_IMAGE references a run may use, compared after normalisation."""
     params: ParamsPolicy = ParamsPolicy()
     max_active_runs: PositiveInt = 1
+    """Active runs per tool (an integer >= 1)."""
     max_active_runs_overrides: Mapping[Name, Count] = {}
-    """Per-tool limits; 0 stops a tool from building at all."""
+    """Per-tool limits, tool name -> integer >= 0; 0 stops a tool from building at all."""
     max_timeout: Seconds = Field(default=3600.0, json_schema_extra={"format": "duration"})
     """The longest `timeouts.pipeline` a run may ask for."""
     tool_label: Name = "toolforge.org/tool"
@@ -220,6 +235,7 @@ class BuildsPolicy(_Section):
     service_account: Name = "default"
     """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
     mode: Mode = "enforce"
+    """`enforce` refuses a run with findings; `warn` admits it and returns them as warnings."""
 
     def max_active_runs_for(self, tool: str) -> int:
         limit = self.max_active_runs_overrides.get(tool, self.max_active_runs)
@@ -235,8 +251,11 @@ class RegistryException(_Section):
     """An extra allowed prefix for one namespace, optionally until a date (exclusive)."""
 
     prefix: Prefix
+    """A registry host or repository prefix, as in `registries.allowed`; an entry that is only a
+    prefix is `{prefix: <prefix>}`."""
     expires: datetime.date | None = None
-    """The first day on which the exception no longer applies."""
+    """The first day (UTC, `YYYY-MM-DD`) on which the exception no longer applies; without it,
+    the exception does not end."""
 
     @model_validator(mode="before")
     @classmethod
@@ -255,21 +274,34 @@ class RegistriesPolicy(_Section):
     """Where a tool's containers may come from."""
 
     allowed: tuple[Prefix, ...] = ()
+    """Registry hosts or repository prefixes, matched on `/` boundaries; `{tool}` stands for the
+    tool in its own namespace (an entry with it applies in tool namespaces only)."""
     exceptions: Mapping[Name, tuple[RegistryException, ...]] = {}
+    """Namespace -> extra prefixes allowed there, each until an optional date."""
     mode: Mode = "enforce"
+    """`enforce` refuses an object with an image from elsewhere; `warn` admits it and returns
+    the findings as warnings."""
 
 
 class TrustedStep(_Section):
     """A Tekton step that may keep registry credentials: name, image and entrypoint must match."""
 
     name: Name
+    """The step's name in the Task (the container is `step-<name>`)."""
     images: tuple[Image, ...] = Field(min_length=1)
+    """The images the step may run, compared after normalisation (at least one)."""
     entrypoint: Name
+    """The program Tekton's entrypoint runs for the step (its `-entrypoint` argument)."""
 
 
 class CredentialsPolicy(_Section):
+    """Which steps of a build pod keep the registry credentials Tekton hands to every step."""
+
     trusted_steps: tuple[TrustedStep, ...] = ()
+    """The build steps that keep registry credentials; every other container loses them."""
     mode: Mode = "enforce"
+    """`enforce` strips credentials from untrusted containers; `warn` leaves them and returns
+    warnings."""
 
 
 class Policy(_Section):
@@ -277,6 +309,7 @@ class Policy(_Section):
 
     tools: ToolsPolicy = ToolsPolicy()
     exempt_namespaces: tuple[Name, ...] = ("kube-system",)
+    """Namespaces no rule checks."""
     builds: BuildsPolicy = BuildsPolicy()
     registries: RegistriesPolicy = RegistriesPolicy()
     credentials: CredentialsPolicy = CredentialsPolicy()

@@ -1,5 +1,7 @@
 """Files written from another source in the repository, so that the two cannot drift apart.
 
+- docs/policy-reference.md: every policy key, its default and its meaning, from the model
+  (`policies/reference.py` writes it from the field docstrings in `policies/model.py`).
 - manifests/monitoring/prometheusrule.yaml: the alerting rules of rules.yaml (the one file to
   edit) wrapped in a PrometheusRule for the Prometheus Operator.
 
@@ -12,6 +14,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Mapping
 from pathlib import Path
+
+from policies import reference
 
 REPO = Path(__file__).resolve().parent.parent
 MONITORING = REPO / "manifests" / "monitoring"
@@ -40,6 +44,7 @@ def prometheus_rule() -> str:
 
 
 GENERATED: Mapping[Path, Callable[[], str]] = {
+    REPO / "docs" / "policy-reference.md": reference.markdown,
     MONITORING / "prometheusrule.yaml": prometheus_rule,
 }
 """Each generated file, and what writes its content."""
