@@ -184,25 +184,24 @@ def test_five_years_of_daily_runs_never_leave_a_bundle_distrusting_the_served_le
     assert_bundles_always_trust_served_leaf(store.history, SETTINGS.propagation_delay, clock())
 
 
+def crash_after_every_write(store, clock, span):
+    """Runs every 3 minutes for `span`, each dying after its first write."""
+    end = clock() + span
+    while clock() < end:
+        store.fail_after_writes = 1
+        with contextlib.suppress(CrashError):
+            run(store, clock, max_wait=datetime.timedelta(0))
+        clock.advance(datetime.timedelta(minutes=3))
+    store.fail_after_writes = None
+
+
 def test_a_run_that_dies_after_every_write_still_converges_safely(clock):
     """Each run makes one write and crashes; runs every 3 minutes resume from the Secrets."""
     store = make_store(clock)
     simulate(store, clock, years=0, every=HOUR)  # nothing
-    end = clock() + 2 * DAY
-    while clock() < end:
-        store.fail_after_writes = 1
-        with contextlib.suppress(CrashError):
-            run(store, clock, max_wait=datetime.timedelta(0))
-        clock.advance(datetime.timedelta(minutes=3))
-    store.fail_after_writes = None
+    crash_after_every_write(store, clock, 2 * DAY)
     clock.advance(244 * DAY)
-    end = clock() + DAY
-    while clock() < end:
-        store.fail_after_writes = 1
-        with contextlib.suppress(CrashError):
-            run(store, clock, max_wait=datetime.timedelta(0))
-        clock.advance(datetime.timedelta(minutes=3))
-    store.fail_after_writes = None
+    crash_after_every_write(store, clock, DAY)
     final = run(store, clock)
     assert final.final.kind == "done"
     assert "previous-ca.crt" not in store.secrets["webhook-ca"].data
