@@ -19,7 +19,6 @@ import copy
 import datetime
 import os
 import pathlib
-import shutil
 import signal
 import socket
 import ssl
@@ -46,6 +45,7 @@ from tests.e2e.cluster import (
     wait_for,
     wait_http,
 )
+from tests.volumes import link_keys, swap_data
 
 ANYWHERE_IMAGE = "docker-registry.tools.wmflabs.org/toolforge-python311-sssd-base:latest"
 SERVICE = "localhost"  # the leaf's names are the Service's: localhost, localhost.<ns>, ...
@@ -78,26 +78,11 @@ class Kubelet(threading.Thread):
         self.last: dict[str, bytes] | None = None
         self.copies = 0
         self.error: BaseException | None = None
-        self._serial = 0
-        for name in ("tls.crt", "tls.key", "ca.crt"):
-            (directory / name).symlink_to(f"..data/{name}")
+        link_keys(directory, ["tls.crt", "tls.key", "ca.crt"])
 
     def write(self, files: dict[str, bytes]) -> None:
         """Swap the files in at once: a fresh directory, then rename the ..data symlink."""
-        self._serial += 1
-        target = f"..{self._serial:04d}"
-        fresh = self.directory / target
-        fresh.mkdir()
-        for name, content in files.items():
-            (fresh / name).write_bytes(content)
-        (fresh / "tls.key").chmod(0o600)
-        link = self.directory / "..data_tmp"
-        link.symlink_to(target)
-        old = (self.directory / "..data").resolve() if (self.directory / "..data").exists() \
-            else None
-        os.replace(link, self.directory / "..data")
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_data(self.directory, files, private=["tls.key"])
 
     def resync(self) -> None:
         self.last = None

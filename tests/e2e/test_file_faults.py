@@ -53,6 +53,7 @@ from tests.e2e.cluster import (
 )
 from tests.e2e.faults import children
 from tests.e2e.objects import TOOL_IMAGE, pod_manifest, unique
+from tests.volumes import link_keys, swap_data
 
 VALID = "toolforge_admission_policy_valid"
 POLICY_ERRORS = "toolforge_admission_policy_reload_errors_total"
@@ -244,32 +245,20 @@ class ConfigMapVolume:
     def __init__(self, path: pathlib.Path) -> None:
         self.path = path
         self.root = path.parent
-        self.versions: list[pathlib.Path] = []
 
     def update(self, files: dict[str, bytes]) -> None:
-        version = self.root / f"..{datetime.datetime.now(datetime.UTC):%Y_%m_%d_%H_%M_%S.%f}"
-        version.mkdir()
-        for name, data in files.items():
-            (version / name).write_bytes(data)
-        link = self.root / "..data_tmp"
-        link.symlink_to(version.name)
-        link.replace(self.root / "..data")
-        if not self.path.is_symlink():
-            staged = self.root / f".{self.path.name}.link"
-            staged.symlink_to(f"..data/{self.path.name}")
-            staged.replace(self.path)
-        for old in self.versions:
-            shutil.rmtree(old)
-        self.versions = [version]
+        swap_data(self.root, files)
+        link_keys(self.root, [self.path.name])
 
     def remove(self, fallback: str) -> None:
         """Back to a plain file (the suite's own layout), with what the volume held."""
         data = self.path.read_bytes() if self.path.exists() else fallback.encode()
         self.path.unlink(missing_ok=True)
         self.path.write_bytes(data)
-        (self.root / "..data").unlink(missing_ok=True)
-        for old in self.versions:
-            shutil.rmtree(old, ignore_errors=True)
+        current = self.root / "..data"
+        if current.is_symlink():
+            shutil.rmtree(current.resolve(), ignore_errors=True)
+            current.unlink()
 
 
 @pytest.mark.parametrize("bad", ["garbage", "key-missing"])
@@ -325,9 +314,7 @@ class LoneServer:
         self.ca_file.write_bytes(self.ca.cert_pem)
         self.cert_dir = workdir / "certs"
         self.cert_dir.mkdir()
-        for name in ("tls.crt", "tls.key"):
-            (self.cert_dir / name).symlink_to(f"..data/{name}")
-        self._serial = 0
+        link_keys(self.cert_dir, ["tls.crt", "tls.key"])
         self.policy_path = workdir / "policy.yaml"
         self.kubeconfig = workdir / "nowhere.kubeconfig"
         self.kubeconfig.write_text(yaml.safe_dump({
@@ -348,18 +335,7 @@ class LoneServer:
 
     def mount(self, files: dict[str, bytes]) -> None:
         """Swap the Secret volume's files at once, as the kubelet's atomic writer does."""
-        self._serial += 1
-        fresh = self.cert_dir / f"..{self._serial:04d}"
-        fresh.mkdir()
-        for name, data in files.items():
-            (fresh / name).write_bytes(data)
-        link = self.cert_dir / "..data_tmp"
-        link.symlink_to(fresh.name)
-        old = (self.cert_dir / "..data").resolve() if (self.cert_dir / "..data").exists() \
-            else None
-        link.replace(self.cert_dir / "..data")
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_data(self.cert_dir, files)
 
     def start(self) -> None:
         script = pathlib.Path(sys.executable).parent / "toolforge-admission"

@@ -2,38 +2,30 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from tests.builders import EXAMPLE_POLICY
+from tests.volumes import link_keys, swap_data
 from webhooks import policy_source
 from webhooks.policy_source import PolicySource
 
 
-def configmap_volume(root: Path, text: str, version: int) -> Path:
+def configmap_volume(root: Path, text: str) -> Path:
     """Write the file the way the kubelet updates a ConfigMap volume: a new dir, a symlink swap."""
-    data = root / f"..{version}"
-    data.mkdir()
-    (data / "policy.yaml").write_text(text)
-    link = root / "..data"
-    tmp = root / "..data_tmp"
-    tmp.symlink_to(data.name)
-    os.replace(tmp, link)
-    target = root / "policy.yaml"
-    if not target.is_symlink():
-        target.symlink_to("..data/policy.yaml")
-    return target
+    swap_data(root, {"policy.yaml": text.encode()})
+    link_keys(root, ["policy.yaml"])
+    return root / "policy.yaml"
 
 
 def test_a_valid_edit_is_put_in_force(tmp_path: Path) -> None:
-    path = configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n", 1)
+    path = configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n")
     source = PolicySource(path, interval=0)
     assert source.refresh() is True
     assert source.policy is not None
     assert source.policy.builds.max_active_runs == 1
-    configmap_volume(tmp_path, "builds: {maxActiveRuns: 3}\n", 2)
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 3}\n")
     assert source.refresh() is True
     edited = source.policy
     assert edited.builds.max_active_runs == 3
@@ -41,25 +33,25 @@ def test_a_valid_edit_is_put_in_force(tmp_path: Path) -> None:
 
 
 def test_an_unchanged_file_is_not_reparsed(tmp_path: Path) -> None:
-    path = configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n", 1)
+    path = configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n")
     source = PolicySource(path, interval=0)
     source.refresh()
     assert source.refresh() is False
-    configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n", 2)  # same text, new file
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 1}\n")  # same text, new file
     assert source.refresh() is False
     assert source.generation == 1
 
 
 def test_an_invalid_edit_is_refused_and_the_last_good_policy_stays(tmp_path: Path) -> None:
-    path = configmap_volume(tmp_path, EXAMPLE_POLICY.read_text(), 1)
+    path = configmap_volume(tmp_path, EXAMPLE_POLICY.read_text())
     source = PolicySource(path, interval=0)
     source.refresh()
     good = source.policy
-    configmap_volume(tmp_path, "builds: {maxActiveRuns: 0}\n", 2)
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 0}\n")
     assert source.refresh() is False
     assert source.policy is good
     assert "builds.maxActiveRuns: must be an integer >= 1" in source.error
-    configmap_volume(tmp_path, "builds: {maxActiveRuns: 2}\n", 3)
+    configmap_volume(tmp_path, "builds: {maxActiveRuns: 2}\n")
     assert source.refresh() is True
     assert source.error == ""
 
