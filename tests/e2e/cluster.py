@@ -217,6 +217,18 @@ def wait_http(url: str, context: ssl.SSLContext | None, deadline_s: float,
     raise TimeoutError(f"{url} not ready after {deadline_s}s ({last})")
 
 
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """The JSON log lines of a log (gunicorn's own lines and partial lines are left out)."""
+    entries = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            try:
+                entries.append(json.loads(line))
+            except ValueError:
+                continue
+    return entries
+
+
 def wait_for(what: str, predicate: Any, timeout: float = 60.0, interval: float = 0.25) -> Any:
     """Poll predicate() until it returns something truthy; return that."""
     deadline = time.monotonic() + timeout
@@ -735,14 +747,7 @@ class Suite:
     # -- logs
 
     def log_entries(self) -> list[dict[str, Any]]:
-        entries = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if line.startswith("{"):
-                try:
-                    entries.append(json.loads(line))
-                except ValueError:
-                    continue
-        return entries
+        return json_lines(self.log_path.read_text(errors="replace"))
 
     def reviews(self, **match: Any) -> list[dict[str, Any]]:
         """The log's review lines (with uid and endpoint) whose fields equal `match`."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane
+from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane, json_lines
 
 BUILDS_API = "builds-api"
 """The builds API's ServiceAccount in the build namespace: a system user of the test policy
@@ -279,14 +279,7 @@ class LogWindow:
             return handle.read().decode(errors="replace")
 
     def entries(self) -> list[dict[str, Any]]:
-        out = []
-        for line in self.text().splitlines():
-            if line.startswith("{"):
-                try:
-                    out.append(json.loads(line))
-                except ValueError:
-                    continue
-        return out
+        return json_lines(self.text())
 
     def reviews(self) -> list[dict[str, Any]]:
         return [e for e in self.entries() if e.get("message") == "review" and "endpoint" in e]
