@@ -79,7 +79,8 @@ def test_validate_policy_refuses_a_broken_policy_with_every_problem(client: Flas
     assert result["allowed"] is False
     assert result["status"]["message"] == (
         "policy.yaml is not a valid policy: builds.maxActiveRuns: must be an integer >= 1; "
-        "bogus: unknown key")
+        "bogus: unknown key; the keys here are tools, exemptNamespaces, builds, registries, "
+        "credentials")
 
 
 def test_validate_policy_admits_a_valid_policy_and_other_configmaps(client: FlaskClient) -> None:

@@ -28,7 +28,9 @@ def test_policy_check_lists_every_problem(tmp_path: Path,
     path = write(tmp_path, "p.yaml", "builds: {maxActiveRuns: 0}\nbogus: 1\n")
     assert main(["policy", "check", path]) == EXIT_DENIED
     assert capsys.readouterr().err.splitlines() == [
-        "error: builds.maxActiveRuns: must be an integer >= 1", "error: bogus: unknown key"]
+        "error: builds.maxActiveRuns: must be an integer >= 1",
+        "error: bogus: unknown key; the keys here are tools, exemptNamespaces, builds, registries, "
+        "credentials"]
 
 
 def test_policy_check_reads_the_policy_out_of_a_configmap_manifest(tmp_path: Path) -> None:
