@@ -7,16 +7,21 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import importlib.metadata
 import importlib.resources
 import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from policies.model import Policy
 
 EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_CERT_DIR = "/etc/webhook/certs"
 DEFAULT_POLICY = "/etc/toolforge-admission/policy/policy.yaml"
+ADMIN = "kubernetes-admin"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,11 +34,27 @@ def main(argv: list[str] | None = None) -> int:
 
         return int(certs_main(args[1:]))
     parsed = _parser().parse_args(args)
-    return int(parsed.run(parsed))
+    from webhooks.policy_files import InputError
+
+    try:
+        return int(parsed.run(parsed))
+    except InputError as error:
+        for line in str(error).splitlines():
+            print(f"error: {line}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except Exception as error:
+        # Exit 1 means "denied"; a failure must never look like a verdict.
+        if os.environ.get("TOOLFORGE_ADMISSION_DEBUG"):
+            raise
+        print(f"error: {type(error).__name__}: {error} (set TOOLFORGE_ADMISSION_DEBUG=1 for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_BAD_INPUT
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="toolforge-admission", description=__doc__)
+    parser = argparse.ArgumentParser(prog="toolforge-admission", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=_version_text())
     commands = parser.add_subparsers(required=True, metavar="COMMAND")
 
     serve = commands.add_parser("serve", help="run the webhook server (gunicorn, TLS)")
@@ -59,28 +80,53 @@ def _parser() -> argparse.ArgumentParser:
                             "example policy")
     serve.set_defaults(run=_serve)
 
-    review = commands.add_parser("review", help="evaluate an object offline, as the API "
-                                                "server would send it")
-    review.add_argument("input", help="AdmissionReview JSON or a manifest (YAML/JSON), - for stdin")
+    review = commands.add_parser(
+        "review", help="judge objects offline, as the API server would send them",
+        description="Judge objects offline, as the suite would answer the API server: "
+                    "AdmissionReviews and manifests, in files, directories (every *.yaml, *.yml, "
+                    "*.json below), multi-document YAML and kubectl Lists. Exit 0 when all are "
+                    "allowed, 1 when any is denied, 2 on bad input.")
+    review.add_argument("inputs", nargs="+", metavar="INPUT",
+                        help="file or directory of AdmissionReviews or manifests, - for stdin")
     review.add_argument("--policy", required=True, help="policy file or ConfigMap manifest")
     review.add_argument("--endpoint", choices=_endpoint_names(),
-                        help="one endpoint only (default: mutating first, then validating)")
-    review.add_argument("--user", help="requester username for a manifest (default: the tool of "
-                                       "a tool namespace, else kubernetes-admin)")
+                        help="one endpoint only (default: those that accept the kind, mutating "
+                             "first, as the API server calls them)")
+    review.add_argument("--user", help="requester of a manifest (default: the tool of a tool "
+                                       "namespace, or of a build run's tool label; else "
+                                       f"{ADMIN})")
     review.add_argument("--group", action="append", dest="groups",
                         help="requester group (repeat; default: the policy's first tool group "
-                             "for a tool's user, system:masters otherwise)")
-    review.add_argument("--namespace", help="namespace for a manifest (default: its own)")
+                             "for a tool's user, the ServiceAccount groups for a ServiceAccount, "
+                             "system:masters otherwise)")
+    review.add_argument("--namespace", help="namespace of a manifest (default: its own, else "
+                                            "default)")
     review.add_argument("--operation", default="CREATE", choices=["CREATE", "UPDATE", "DELETE"])
-    review.add_argument("--old", help="the stored object, for --operation UPDATE")
+    review.add_argument("--old", help="the stored object, for --operation UPDATE (one input "
+                                      "object only)")
     review.add_argument("--dry-run", action="store_true")
+    review.add_argument("--now", type=_instant, help="judge as on this day or at this time (UTC; "
+                                                     "2027-07-01 or 2027-07-01T12:00:00Z), e.g. "
+                                                     "after an exception expires")
+    review.add_argument("-o", "--output", choices=["table", "json", "yaml"],
+                        help="table: one line per object (the default on a terminal); json, "
+                             "yaml: the AdmissionReviews (the default otherwise: json)")
+    review.add_argument("--show-mutated", nargs="?", const="diff", choices=["diff", "object"],
+                        help="what mutation changed: a diff (the default), or the whole object "
+                             "as the API server would store it")
     review.set_defaults(run=_review)
 
     policy = commands.add_parser("policy", help="policy tools")
     policy_commands = policy.add_subparsers(required=True, metavar="COMMAND")
-    check = policy_commands.add_parser("check", help="validate a policy file or ConfigMap")
+    check = policy_commands.add_parser(
+        "check", help="validate a policy file or ConfigMap",
+        description="Validate a policy. Exit 0 when valid, 1 when it has problems (each on a "
+                    "line), 2 when there is no policy to check.")
     check.add_argument("file", help="policy YAML or ConfigMap manifest, - for stdin")
     check.set_defaults(run=_policy_check)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=_version)
 
     commands.add_parser("certs", help="certificate rotation (see `certs --help`)")
     return parser
@@ -142,73 +188,78 @@ def _dev_certificate(bind: str) -> Path:
     return directory
 
 
-def _read_input(name: str) -> bytes:
-    if name == "-":
-        return sys.stdin.buffer.read()
-    return Path(name).read_bytes()
-
-
-def _policy_text(data: bytes) -> bytes:
-    """The policy inside a ConfigMap manifest, or the file itself when it is a policy."""
-    import yaml
-
-    from webhooks.admission import POLICY_KEY
-
+def _version_text() -> str:
     try:
-        document = yaml.safe_load(data)
-    except yaml.YAMLError:
-        return data  # parse_policy reports the YAML error with its position
-    if isinstance(document, dict) and document.get("kind") == "ConfigMap":
-        text = (document.get("data") or {}).get(POLICY_KEY)
-        if not isinstance(text, str):
-            raise ValueError(f"the ConfigMap has no data key {POLICY_KEY}")
-        return text.encode()
-    return data
+        return f"toolforge-admission {importlib.metadata.version('toolforge-admission')}"
+    except importlib.metadata.PackageNotFoundError:
+        return "toolforge-admission (not installed as a package)"
+
+
+def _version(args: argparse.Namespace) -> int:
+    print(_version_text())
+    return EXIT_OK
+
+
+def _instant(text: str) -> datetime.datetime:
+    """A --now value: a day (its start, UTC) or a time (UTC unless it says otherwise)."""
+    try:
+        if len(text) == 10:
+            day = datetime.date.fromisoformat(text)
+            return datetime.datetime(day.year, day.month, day.day, tzinfo=datetime.UTC)
+        moment = datetime.datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date (YYYY-MM-DD) nor a time "
+                                         f"(YYYY-MM-DDTHH:MM:SSZ): {text!r}") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=datetime.UTC)
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from policies.model import PolicyError, parse_policy
+    from webhooks.policy_files import PolicyFileError, load_policy
 
     try:
-        policy = parse_policy(_policy_text(_read_input(args.file)))
-    except (OSError, ValueError) as error:
-        problems = error.problems if isinstance(error, PolicyError) else (str(error),)
-        for problem in problems:
+        policy = load_policy(args.file)
+    except PolicyFileError as error:
+        for problem in error.problems:
             print(f"error: {problem}", file=sys.stderr)
-        return EXIT_DENIED if isinstance(error, PolicyError) else EXIT_BAD_INPUT
+        return EXIT_BAD_INPUT if error.unreadable else EXIT_DENIED
     print(f"ok: policy is valid (sha256 {policy.digest[:12]})")
     return EXIT_OK
 
 
 def _review(args: argparse.Namespace) -> int:
-    from policies.model import PolicyError, parse_policy
-    from webhooks.offline import OfflineReviewError, review_offline
+    from webhooks.batch import BatchOptions, review_inputs
+    from webhooks.documents import read_documents
+    from webhooks.offline import Requester
+    from webhooks.policy_files import InputError
+
+    output = args.output or ("table" if sys.stdout.isatty() or args.show_mutated else "json")
+    if args.show_mutated == "diff" and output != "table":
+        raise InputError("--show-mutated=diff is for people: use -o table, or "
+                         "--show-mutated=object for the objects as JSON or YAML")
+    policy = _load_policy(args.policy)
+    old = None
+    if args.old:
+        documents = list(read_documents([args.old]))
+        if len(documents) != 1 or not isinstance(documents[0].body, dict):
+            raise InputError(f"--old {args.old}: must hold exactly one object")
+        old = documents[0].body
+    requester = Requester(user=args.user, groups=tuple(args.groups) if args.groups else None,
+                          namespace=args.namespace, operation=args.operation, old=old,
+                          dry_run=args.dry_run)
+    options = BatchOptions(output=output, show_mutated=args.show_mutated, endpoint=args.endpoint,
+                           requester=requester,
+                           now=args.now or datetime.datetime.now(datetime.UTC))
+    return review_inputs(args.inputs, policy, options, sys.stdout, sys.stderr)
+
+
+def _load_policy(name: str) -> Policy:
+    """The policy for `review`, `test` and `audit --policy`: its problems are bad input."""
+    from webhooks.policy_files import InputError, PolicyFileError, load_policy
 
     try:
-        policy = parse_policy(_policy_text(Path(args.policy).read_bytes()))
-        data = _read_input(args.input)
-        old = Path(args.old).read_bytes() if args.old else None
-        outcome = review_offline(
-            data, policy, endpoint=args.endpoint, user=args.user, groups=args.groups,
-            namespace=args.namespace, operation=args.operation, old=old, dry_run=args.dry_run,
-            now=datetime.datetime.now(datetime.UTC))
-    except PolicyError as error:
-        for problem in error.problems:
-            print(f"error: policy: {problem}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    except (OSError, OfflineReviewError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    for line in outcome.notes:
-        print(line, file=sys.stderr)
-    _print_json(outcome.review)
-    return EXIT_OK if outcome.allowed else EXIT_DENIED
-
-
-def _print_json(document: Any) -> None:
-    import orjson
-
-    sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+        return load_policy(name)
+    except PolicyFileError as error:
+        raise InputError("\n".join(f"policy: {problem}" for problem in error.problems)) from None
 
 
 if __name__ == "__main__":
