@@ -116,6 +116,16 @@ def _parser() -> argparse.ArgumentParser:
                              "as the API server would store it")
     review.set_defaults(run=_review)
 
+    test = commands.add_parser(
+        "test", help="run policy test suites",
+        description="Run policy test suites (docs/cli.md has the format): each case judges an "
+                    "object as `review` would and compares the verdict, message and mutated "
+                    "fields with the expected ones. Exit 0 when all pass, 1 when any fails, 2 "
+                    "when a suite cannot be run.")
+    test.add_argument("paths", nargs="+", metavar="PATH",
+                      help="a suite file, or a directory searched for suites")
+    test.set_defaults(run=_test)
+
     policy = commands.add_parser("policy", help="policy tools")
     policy_commands = policy.add_subparsers(required=True, metavar="COMMAND")
     check = policy_commands.add_parser(
@@ -250,6 +260,38 @@ def _review(args: argparse.Namespace) -> int:
                            requester=requester,
                            now=args.now or datetime.datetime.now(datetime.UTC))
     return review_inputs(args.inputs, policy, options, sys.stdout, sys.stderr)
+
+
+def _test(args: argparse.Namespace) -> int:
+    from webhooks.suites import SuiteError, find_suites, run_suite
+
+    clock = datetime.datetime.now(datetime.UTC)
+    passed = failed = broken = 0
+    try:
+        names = find_suites(args.paths)
+    except SuiteError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for name in names:
+        try:
+            result = run_suite(name, clock)
+        except SuiteError as error:
+            print(f"{name}\n  error: {error}")
+            broken += 1
+            continue
+        print(name)
+        for case in result.cases:
+            print(f"  {'ok  ' if case.passed else 'FAIL'}  {case.name}")
+            for failure in case.failures:
+                print(f"          {failure}")
+        passed += sum(case.passed for case in result.cases)
+        failed += sum(not case.passed for case in result.cases)
+    summary = f"{passed} passed, {failed} failed"
+    print(summary + (f", {broken} suite{'s' if broken != 1 else ''} could not run" if broken
+                     else ""))
+    if broken:
+        return EXIT_BAD_INPUT
+    return EXIT_DENIED if failed else EXIT_OK
 
 
 def _load_policy(name: str) -> Policy:
