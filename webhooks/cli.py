@@ -13,7 +13,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from policies.model import Policy
@@ -79,7 +79,27 @@ def _parser() -> argparse.ArgumentParser:
                        help="on 127.0.0.1 with a fresh self-signed certificate and the bundled "
                             "example policy")
     serve.set_defaults(run=_serve)
+    _add_review(commands)
+    _add_test(commands)
+    _add_audit(commands)
 
+    policy = commands.add_parser("policy", help="policy tools")
+    policy_commands = policy.add_subparsers(required=True, metavar="COMMAND")
+    check = policy_commands.add_parser(
+        "check", help="validate a policy file or ConfigMap",
+        description="Validate a policy. Exit 0 when valid, 1 when it has problems (each on a "
+                    "line), 2 when there is no policy to check.")
+    check.add_argument("file", help="policy YAML or ConfigMap manifest, - for stdin")
+    check.set_defaults(run=_policy_check)
+
+    version = commands.add_parser("version", help="print the version")
+    version.set_defaults(run=_version)
+
+    commands.add_parser("certs", help="certificate rotation (see `certs --help`)")
+    return parser
+
+
+def _add_review(commands: Any) -> None:
     review = commands.add_parser(
         "review", help="judge objects offline, as the API server would send them",
         description="Judge objects offline, as the suite would answer the API server: "
@@ -116,6 +136,8 @@ def _parser() -> argparse.ArgumentParser:
                              "as the API server would store it")
     review.set_defaults(run=_review)
 
+
+def _add_test(commands: Any) -> None:
     test = commands.add_parser(
         "test", help="run policy test suites",
         description="Run policy test suites (docs/cli.md has the format): each case judges an "
@@ -126,20 +148,37 @@ def _parser() -> argparse.ArgumentParser:
                       help="a suite file, or a directory searched for suites")
     test.set_defaults(run=_test)
 
-    policy = commands.add_parser("policy", help="policy tools")
-    policy_commands = policy.add_subparsers(required=True, metavar="COMMAND")
-    check = policy_commands.add_parser(
-        "check", help="validate a policy file or ConfigMap",
-        description="Validate a policy. Exit 0 when valid, 1 when it has problems (each on a "
-                    "line), 2 when there is no policy to check.")
-    check.add_argument("file", help="policy YAML or ConfigMap manifest, - for stdin")
-    check.set_defaults(run=_policy_check)
 
-    version = commands.add_parser("version", help="print the version")
-    version.set_defaults(run=_version)
-
-    commands.add_parser("certs", help="certificate rotation (see `certs --help`)")
-    return parser
+def _add_audit(commands: Any) -> None:
+    audit = commands.add_parser(
+        "audit", help="judge what already runs in the cluster against the policy",
+        description="Judge the pods and workloads of tool namespaces and the PipelineRuns as if "
+                    "they were created now, against the policy in force (the ConfigMap) or a "
+                    "proposed one (--policy), and report per tool what would be refused. Uses "
+                    "KUBECONFIG (or the in-cluster ServiceAccount) and only lists. Exit 0 when "
+                    "nothing would be refused, 1 when something would, 2 when the audit cannot "
+                    "be done.")
+    audit.add_argument("--policy", help="a proposed policy file or ConfigMap manifest (default: "
+                                        "the policy in force, read from the cluster)")
+    scope = audit.add_mutually_exclusive_group()
+    scope.add_argument("-n", "--namespace", help="audit this namespace only, whatever it is")
+    scope.add_argument("-A", "--all-namespaces", action="store_true",
+                       help="audit every tool namespace and the build namespace (the default)")
+    audit.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    audit.add_argument("--context", help="the kubeconfig context to use")
+    audit.add_argument("--policy-namespace",
+                       default=os.environ.get("POD_NAMESPACE") or "toolforge-admission",
+                       help="where the policy ConfigMap and the audit summary live (default: "
+                            "$POD_NAMESPACE, else toolforge-admission)")
+    audit.add_argument("--publish", action="store_true",
+                       help="write PolicyReports per namespace and the summary the webhook "
+                            "exports as metrics (the audit CronJob does)")
+    audit.add_argument("--exit-zero", action="store_true",
+                       help="exit 0 even when something would be refused (the CronJob: its "
+                            "findings go to the reports and the metric)")
+    audit.add_argument("--page-size", type=int, default=500, help="objects per list call")
+    audit.add_argument("--now", type=_instant, help="judge as on this day or at this time (UTC)")
+    audit.set_defaults(run=_audit)
 
 
 def _endpoint_names() -> list[str]:
@@ -292,6 +331,50 @@ def _test(args: argparse.Namespace) -> int:
     if broken:
         return EXIT_BAD_INPUT
     return EXIT_DENIED if failed else EXIT_OK
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import orjson
+
+    from webhooks.admission import POLICY_CONFIGMAP
+    from webhooks.audit import AuditError, audit, audit_document, audit_table, summary_text
+    from webhooks.inventory import CONFIGMAPS, ApiError, KubernetesApi
+    from webhooks.policy_files import InputError, PolicyFileError, policy_from_configmap
+    from webhooks.policy_reports import publish_reports, publish_summary, summary
+
+    now = args.now or datetime.datetime.now(datetime.UTC)
+    try:
+        api = KubernetesApi.from_environment(args.context)
+        if args.policy:
+            policy, source = _load_policy(args.policy), args.policy
+        else:
+            source = f"the ConfigMap {args.policy_namespace}/{POLICY_CONFIGMAP}"
+            configmap = api.read(CONFIGMAPS, args.policy_namespace, POLICY_CONFIGMAP)
+            if configmap is None:
+                raise InputError(f"{source} does not exist: give a policy with --policy FILE")
+            policy = policy_from_configmap(configmap, source)
+        result = audit(api, policy, now=now, namespace=args.namespace,
+                       page_size=args.page_size)
+    except PolicyFileError as error:
+        raise InputError("\n".join(f"policy: {p}" for p in error.problems)) from None
+    except (ApiError, AuditError) as error:
+        raise InputError(f"cannot audit: {error}") from None
+    if args.output == "json":
+        document = audit_document(result, source, policy.digest, now)
+        sys.stdout.write(orjson.dumps(document, option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        sys.stdout.write(audit_table(result))
+    print(summary_text(result, source, policy.digest), file=sys.stderr)
+    for resource in result.not_served:
+        print(f"note: the cluster does not serve {resource}: not audited", file=sys.stderr)
+    if args.publish:
+        try:
+            print(publish_reports(api, result, now, policy.digest, namespace=args.namespace),
+                  file=sys.stderr)
+            publish_summary(api, args.policy_namespace, summary(result, now, policy.digest))
+        except ApiError as error:
+            raise InputError(f"cannot publish the audit: {error}") from None
+    return EXIT_DENIED if result.findings and not args.exit_zero else EXIT_OK
 
 
 def _load_policy(name: str) -> Policy:

@@ -216,7 +216,7 @@ def requester_of(policy: Policy, namespace: str, manifest: Mapping[str, Any],
     if user is None:
         tool = tools.namespace_pattern.tool_of(namespace)
         if tool is None and namespace == policy.builds.namespace:
-            tool = _labelled_tool(policy, manifest)
+            tool = tool_of(policy, namespace, manifest)
             if tool is None and tools.system_users:
                 user = tools.system_users[0]
         if user is None:
@@ -232,7 +232,12 @@ def requester_of(policy: Policy, namespace: str, manifest: Mapping[str, Any],
     return user, ["system:masters"]
 
 
-def _labelled_tool(policy: Policy, manifest: Mapping[str, Any]) -> str | None:
+def tool_of(policy: Policy, namespace: str, manifest: Mapping[str, Any]) -> str | None:
+    """The tool an object belongs to: its namespace's, or in the build namespace the one its
+    tool label names."""
+    tool = policy.tools.namespace_pattern.tool_of(namespace)
+    if tool is not None or namespace != policy.builds.namespace:
+        return tool
     metadata = manifest.get("metadata")
     labels = metadata.get("labels") if isinstance(metadata, dict) else None
     value = labels.get(policy.builds.tool_label) if isinstance(labels, dict) else None
