@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS: Mapping[str, Any] = {
     "POLICY_FILE": "/etc/toolforge-admission/policy/policy.yaml",
+    # The continuous audit's summary (the ConfigMap toolforge-admission-audit), exported on
+    # /metrics; nothing is exported while it is absent.
+    "AUDIT_SUMMARY_FILE": "/etc/toolforge-admission/audit/audit.json",
     "POLICY_RELOAD_SECONDS": 2.0,
     "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
     # Mutual TLS: admission reviews only over a connection with a client certificate that the
@@ -267,7 +270,7 @@ def _health_blueprint() -> Blueprint:
 
     @blueprint.get("/metrics")
     def metrics_view() -> Response:
-        text, content_type = metrics.exposition()
+        text, content_type = metrics.exposition(current_app.config["AUDIT_SUMMARY_FILE"])
         return Response(text, content_type=content_type)
 
     return blueprint

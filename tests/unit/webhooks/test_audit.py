@@ -319,3 +319,52 @@ def test_audit_command_without_a_policy_exits_2(fake_cluster: FakeApi,
     assert capsys.readouterr().err.splitlines() == [
         "error: the ConfigMap toolforge-admission/toolforge-admission-policy does not exist: "
         "give a policy with --policy FILE"]
+
+
+# -- the metric ----------------------------------------------------------------------------------
+
+
+def metrics_text(tmp_path: Path, summary_file: Path) -> str:
+    from webhooks.app import EXTENSION, create_app
+
+    app = create_app({"POLICY_FILE": str(EXAMPLE_POLICY), "POLICY_RELOAD_SECONDS": 0,
+                      "TESTING": True, "AUDIT_SUMMARY_FILE": str(summary_file)})
+    try:
+        response = app.test_client().get("/metrics")
+        assert response.status_code == 200
+        return response.get_data(as_text=True)
+    finally:
+        app.extensions[EXTENSION].source.stop()
+
+
+def test_the_webhook_exports_the_summary_the_audit_publishes(policy: Policy,
+                                                              tmp_path: Path) -> None:
+    api = FakeApi(cluster())
+    result = audit(api, policy, now=NOW)
+    publish_summary(api, "toolforge-admission", summary(result, NOW, policy.digest))
+    configmap = api.written[("configmaps", "toolforge-admission", SUMMARY_CONFIGMAP)]
+    # The kubelet writes the ConfigMap's key as a file in the webhook pods' volume.
+    path = tmp_path / SUMMARY_KEY
+    path.write_text(configmap["data"][SUMMARY_KEY])
+    samples = {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+               for line in metrics_text(tmp_path, path).splitlines()
+               if line.startswith("toolforge_admission_audit_")}
+    assert samples == {
+        'toolforge_admission_audit_findings{rule="BuilderNotAllowed"}': 1.0,
+        'toolforge_admission_audit_findings{rule="ImageNotAllowed"}': 3.0,
+        "toolforge_admission_audit_judged_objects": 12.0,
+        "toolforge_admission_audit_tools_with_findings": 2.0,
+        "toolforge_admission_audit_last_run_timestamp_seconds": NOW.timestamp(),
+        "toolforge_admission_audit_run_duration_seconds": round(result.seconds, 3),
+    }
+
+
+@pytest.mark.parametrize("content", [None, b"", b"{not json", b'{"byRule": 3}', b"[]"])
+def test_no_summary_or_a_broken_one_exports_nothing(tmp_path: Path,
+                                                    content: bytes | None) -> None:
+    path = tmp_path / SUMMARY_KEY
+    if content is not None:
+        path.write_bytes(content)
+    text = metrics_text(tmp_path, path)
+    assert "toolforge_admission_audit_" not in text
+    assert "toolforge_admission_policy_valid" in text
