@@ -131,9 +131,12 @@ def _add_review(commands: Any) -> None:
     review.add_argument("-o", "--output", choices=["table", "json", "yaml"],
                         help="table: one line per object (the default on a terminal); json, "
                              "yaml: the AdmissionReviews (the default otherwise: json)")
-    review.add_argument("--show-mutated", nargs="?", const="diff", choices=["diff", "object"],
-                        help="what mutation changed: a diff (the default), or the whole object "
-                             "as the API server would store it")
+    mutated = review.add_mutually_exclusive_group()
+    mutated.add_argument("--show-mutated", action="store_const", const="diff",
+                         dest="show_mutated", help="list what mutation changed, at its path")
+    mutated.add_argument("--show-mutated-object", action="store_const", const="object",
+                         dest="show_mutated", help="print each mutated object as the API server "
+                                                   "would store it")
     review.set_defaults(run=_review)
 
 
@@ -283,8 +286,8 @@ def _review(args: argparse.Namespace) -> int:
 
     output = args.output or ("table" if sys.stdout.isatty() or args.show_mutated else "json")
     if args.show_mutated == "diff" and output != "table":
-        raise InputError("--show-mutated=diff is for people: use -o table, or "
-                         "--show-mutated=object for the objects as JSON or YAML")
+        raise InputError("--show-mutated is for people: use -o table, or "
+                         "--show-mutated-object for the objects as JSON or YAML")
     policy = _load_policy(args.policy)
     old = None
     if args.old:

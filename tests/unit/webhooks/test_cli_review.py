@@ -125,7 +125,7 @@ def test_show_mutated_diff_names_each_change_at_its_path(
 
 
 def test_show_mutated_object_is_the_patch_applied(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(review(str(BUILD_POD_REVIEW), "--show-mutated=object", "-o", "json")) == EXIT_OK
+    assert main(review(str(BUILD_POD_REVIEW), "--show-mutated-object", "-o", "json")) == EXIT_OK
     mutated = json.loads(capsys.readouterr().out)
     assert main(review(str(BUILD_POD_REVIEW), "-o", "json")) == EXIT_OK
     answer = json.loads(capsys.readouterr().out)
@@ -137,7 +137,7 @@ def test_show_mutated_object_is_the_patch_applied(capsys: pytest.CaptureFixture[
 
 def test_show_mutated_diff_needs_the_table(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(review(str(BUILD_POD_REVIEW), "--show-mutated", "-o", "json")) == EXIT_BAD_INPUT
-    assert capsys.readouterr().err.startswith("error: --show-mutated=diff is for people")
+    assert capsys.readouterr().err.startswith("error: --show-mutated is for people")
 
 
 @pytest.mark.parametrize(("now", "verdict", "code"), [
