@@ -135,7 +135,7 @@ def audit(api: Api, policy: Policy, *, now: datetime.datetime, namespace: str | 
     for resource in audited_resources():
         try:
             for obj in list_objects(api, resource, namespace=namespace, page_size=page_size):
-                if namespace is not None or in_scope(policy, resource.kind, _namespace(obj)):
+                if in_scope(policy, resource.kind, _namespace(obj), asked=namespace):
                     judged.append(judge(obj, policy, now))
         except ApiError as error:
             if error.status == 404:
@@ -147,12 +147,15 @@ def audit(api: Api, policy: Policy, *, now: datetime.datetime, namespace: str | 
                        time.monotonic() - started)
 
 
-def in_scope(policy: Policy, kind: str, namespace: str) -> bool:
-    """Tools' namespaces, and the builds of the build namespace; never exempt namespaces."""
-    if namespace in policy.exempt_namespaces:
-        return False
+def in_scope(policy: Policy, kind: str, namespace: str, *, asked: str | None = None) -> bool:
+    """Tools' namespaces, and the builds of the build namespace; never exempt namespaces
+    unless asked for by name."""
     if namespace == policy.builds.namespace:
         return kind in BUILD_KINDS
+    if asked is not None:
+        return namespace == asked
+    if namespace in policy.exempt_namespaces:
+        return False
     return policy.tools.namespace_pattern.tool_of(namespace) is not None
 
 

@@ -1,6 +1,8 @@
-"""The `toolforge-admission` command: serve, review offline, check a policy, manage certificates.
+"""The `toolforge-admission` command: serve the webhooks, judge objects offline (review), run
+policy test suites (test), judge what already runs (audit), check a policy, rotate certificates.
 
-Exit codes: 0 allowed / valid, 1 denied / invalid, 2 bad input.
+Exit codes: 0 allowed / valid / passed, 1 denied / invalid / failed, 2 bad input (one line on
+stderr; never a traceback, which would end in 1). docs/cli.md has the manual.
 """
 
 from __future__ import annotations

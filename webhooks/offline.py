@@ -150,7 +150,8 @@ def review_request(request: AdmissionRequest, policy: Policy, *, endpoint: str |
 
 def _kind_text(request: AdmissionRequest) -> str:
     kind = request.kind
-    return f"{kind.kind} ({kind.group}/{kind.version})" if kind.group else kind.kind
+    return f"{kind.kind} ({kind.group}/{kind.version})" if kind.group else \
+        f"{kind.kind} ({kind.version})"
 
 
 def _note(name: str, decision: Decision) -> str:

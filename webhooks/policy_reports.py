@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from policies.decision import cap
 from webhooks.audit import AuditResult, Finding
 from webhooks.inventory import CONFIGMAPS, Api, ApiError, Resource, list_objects
 
@@ -29,6 +30,12 @@ SOURCE = "toolforge-admission"
 MANAGED_BY = {"app.kubernetes.io/managed-by": "toolforge-admission-audit"}
 SUMMARY_CONFIGMAP = "toolforge-admission-audit"
 SUMMARY_KEY = "audit.json"
+
+
+MAX_RESULTS = 500
+MAX_RESULT_MESSAGE = 1000
+"""An object is at most 1.5 MiB in etcd: a namespace's report keeps its first findings, with
+their messages capped; the summary still counts them all."""
 
 
 def policy_report(namespace: str, findings: list[Finding], workloads: int,
@@ -43,14 +50,14 @@ def policy_report(namespace: str, findings: list[Finding], workloads: int,
         "scored": True,
         "severity": "high",
         "source": SOURCE,
-        "message": finding.message,
+        "message": cap(finding.message, MAX_RESULT_MESSAGE),
         "timestamp": stamp,
         "resources": [{"apiVersion": finding.api_version, "kind": finding.kind,
                        "namespace": finding.namespace, "name": finding.name,
                        "uid": finding.uid}],
         "properties": {"tool": finding.tool, "refused": ", ".join(finding.refused),
                        "owned": str(len(finding.owned)), "policyDigest": digest[:12]},
-    } for finding in findings]
+    } for finding in findings[:MAX_RESULTS]]
     return {
         "apiVersion": f"{POLICY_REPORTS.group}/{POLICY_REPORTS.version}",
         "kind": POLICY_REPORTS.kind,

@@ -196,6 +196,14 @@ def test_one_namespace_only_and_whatever_it_is(policy: Policy) -> None:
         ("ingress-nginx", "ingress", "")]
 
 
+def test_in_the_build_namespace_only_the_builds_are_audited(policy: Policy) -> None:
+    # Its pods are Tekton's, made for admitted runs; what a tool asked for is the run.
+    build_pod = pod("old-builder-pod", BANNED, namespace="image-build")
+    result = audit(FakeApi([*cluster(), build_pod]), policy, now=NOW, namespace="image-build")
+    assert [(f.kind, f.name) for f in result.findings] == [("PipelineRun", "old-builder")]
+    assert result.judged == 2
+
+
 def test_what_the_cluster_does_not_serve_is_noted_not_fatal(policy: Policy) -> None:
     served = {r.plural for r in audited_resources()} - {"pipelineruns"}
     result = audit(FakeApi(cluster(), served=served), policy, now=NOW)

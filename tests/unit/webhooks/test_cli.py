@@ -106,7 +106,7 @@ def test_a_kind_no_webhook_reviews_is_reported_as_not_reviewed(
     code = main(["review", "--policy", str(EXAMPLE_POLICY), "-o", "table",
                  write(tmp_path, "in.yaml", "kind: Secret\napiVersion: v1\n")])
     assert code == EXIT_OK
-    assert "not reviewed   no webhook of the suite reviews Secret objects" in capsys.readouterr().out
+    assert "not reviewed   no webhook of the suite reviews Secret (v1) objects" in capsys.readouterr().out
 
 
 def test_metadata_null_is_judged_not_a_crash(tmp_path: Path,
