@@ -8,7 +8,10 @@ so a typo never silently turns a rule off.
 from __future__ import annotations
 
 import datetime
+import difflib
 import hashlib
+import types
+import typing
 from collections.abc import Mapping
 from functools import cached_property
 from typing import Annotated, Any, Literal, Self
@@ -338,11 +341,9 @@ def parse_policy(text: str | bytes) -> Policy:
     if len(raw) > MAX_POLICY_BYTES:
         raise PolicyError([f"policy is {len(raw)} bytes; the limit is {MAX_POLICY_BYTES}"])
     try:
-        data = yaml.safe_load(raw)
-    except (yaml.YAMLError, ValueError) as error:
-        # PyYAML's constructors raise ValueError for a well-formed but impossible value, such
-        # as the date 2027-00-01 or `!!int x`.
-        raise PolicyError([f"not valid YAML: {_one_line(str(error))}"]) from None
+        data = yaml.load(raw, Loader=_PolicyLoader)  # noqa: S506 (a SafeLoader)
+    except yaml.YAMLError as error:
+        raise PolicyError([_yaml_problem(error)]) from None
     except RecursionError:
         # PyYAML builds nested collections recursively; a few thousand levels exhaust the stack.
         raise PolicyError(["the policy is nested too deeply"]) from None
@@ -358,19 +359,161 @@ def parse_policy(text: str | bytes) -> Policy:
     return policy.model_copy(update={"digest": hashlib.sha256(raw).hexdigest()})
 
 
+class _PolicyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, which also says where a value is that it cannot construct."""
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except (ValueError, TypeError) as error:
+            # A well-formed but impossible value (the date 2027-13-45, `!!int x`) raises a bare
+            # ValueError with no position; the innermost node is the one to point at.
+            kind = _YAML_TAGS.get(node.tag, node.tag)
+            value = node.value if isinstance(node.value, str) else ""
+            raise yaml.constructor.ConstructorError(
+                None, None, f"{value!r} is not {kind}: {error}", node.start_mark) from None
+
+
+_YAML_TAGS = {
+    "tag:yaml.org,2002:timestamp": "a date (quote it to make it a string)",
+    "tag:yaml.org,2002:int": "an integer",
+    "tag:yaml.org,2002:float": "a number",
+    "tag:yaml.org,2002:bool": "a boolean",
+}
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    if isinstance(error, yaml.reader.ReaderError):
+        # Its text ends with the position in "<byte string>"; say it in the policy's words.
+        return f"not valid YAML (byte {error.position}): {_one_line(str(error).split(chr(10))[0])}"
+    if not isinstance(error, yaml.MarkedYAMLError) or error.problem_mark is None:
+        return f"not valid YAML: {_one_line(str(error))}"
+    mark = error.problem_mark
+    text = f"not valid YAML (line {mark.line + 1}, column {mark.column + 1}): {error.problem}"
+    if error.context and error.context_mark is not None:
+        context = error.context.removeprefix("while ")
+        text += (f" (while {context} that starts at line {error.context_mark.line + 1}, column "
+                 f"{error.context_mark.column + 1})")
+    return _one_line(text)
+
+
+# What a list or mapping of the policy holds, in the policy's words, by key.
+_SHAPES = {
+    "groups": "a list of group names",
+    "systemUsers": "a list of usernames",
+    "exemptNamespaces": "a list of namespace names",
+    "harborHosts": "a list of registry hosts",
+    "pipelines": "a list of pipeline names",
+    "builders": "a list of image references",
+    "images": "a list of image references",
+    "required": "a list of parameters (a name, or {name, type})",
+    "optional": "a list of parameters (a name, or {name, type})",
+    "allowed": "a list of registry prefixes",
+    "exceptions": "a mapping from a namespace to a list of registry prefixes",
+    "maxActiveRunsOverrides": "a mapping from a tool's name to a number of runs",
+    "trustedSteps": "a list of steps ({name, images, entrypoint})",
+    "exceptions.*": "a list of registry prefixes (a prefix, or {prefix, expires})",
+}
+
+
 def _problem(error: Mapping[str, Any]) -> str:
-    path = ".".join(str(part) for part in error["loc"]) or "policy"
+    loc = tuple(error["loc"])
     kind = error["type"]
+    if loc[-1:] == ("[key]",):
+        return (f"{_path(loc[:-2]) or 'policy'}: the key {error['input']!r} must be a string "
+                "(quote names such as yes, no, on, off in YAML)")
+    path = _path(loc) or "policy"
     if kind == "extra_forbidden":
-        return f"{path}: unknown key"
+        return f"{path}: unknown key; {_known_keys(_section_at(loc[:-1]), str(loc[-1]))}"
     if kind == "missing":
         return f"{path}: required"
+    if kind in ("tuple_type", "dict_type", "list_type"):
+        field_name, depth = _field_at(loc)
+        shape = _SHAPES.get(field_name + ".*" * depth)
+        return f"{path}: must be {shape or ('a mapping' if kind == 'dict_type' else 'a list')}"
+    if kind == "model_type":
+        section = _section_at(loc)
+        keys = ", ".join(_aliases(section)) if section is not None else ""
+        return f"{path}: must be a mapping" + (f" with the keys {keys}" if keys else "")
     message = str(error["msg"]).removeprefix("Value error, ")
     if kind == "string_type":
         message = "must be a string (quote names such as yes, no, on, off in YAML)"
     elif kind == "literal_error":
         message = f"must be one of {error['ctx']['expected']}"
+    elif kind.startswith(("date_", "datetime_")):
+        message = "must be a date (YYYY-MM-DD)"
+    elif kind == "too_short":
+        count = error["ctx"]["min_length"]
+        message = f"must list at least {count} {'entry' if count == 1 else 'entries'}"
+    elif message.startswith("Input should be "):
+        message = "must be " + message.removeprefix("Input should be ")
     return f"{path}: {message}"
+
+
+def _path(loc: tuple[Any, ...]) -> str:
+    """`builds.params.required[0].type`: keys joined with dots, list positions in brackets."""
+    text = ""
+    for part in loc:
+        text += f"[{part}]" if isinstance(part, int) else f".{part}" if text else str(part)
+    return text
+
+
+def _section_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The policy section (model) that the mapping at `loc` is read into, if any."""
+    return _walk(loc)[0]
+
+
+def _field_at(loc: tuple[Any, ...]) -> tuple[str, int]:
+    """The key of the last section field on the way to `loc`, and how many list positions or
+    mapping keys below that field `loc` is."""
+    return _walk(loc)[1:]
+
+
+def _walk(loc: tuple[Any, ...]) -> tuple[type[BaseModel] | None, str, int]:
+    section: type[BaseModel] | None = Policy
+    annotation: Any = None
+    field_name, depth = "", 0
+    for part in loc:
+        if section is not None:
+            field = next((f for f in section.model_fields.values() if f.alias == part), None)
+            if field is None:
+                return None, "", 0
+            annotation, field_name, depth = field.annotation, str(part), 0
+        else:
+            annotation, depth = _contained(annotation), depth + 1  # a position or a mapping key
+        section = _model_in(annotation)
+    return section, field_name, depth
+
+
+def _contained(annotation: Any) -> Any:
+    """What a tuple or mapping annotation holds (its values, for a mapping)."""
+    args = [a for a in typing.get_args(annotation) if a is not Ellipsis]
+    return args[-1] if typing.get_origin(annotation) is not None and args else None
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section an annotation is, when it is one (not a container of them)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return next((m for a in typing.get_args(annotation) if (m := _model_in(a))), None)
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    return None
+
+
+def _aliases(section: type[BaseModel]) -> list[str]:
+    return [f.alias or name for name, f in section.model_fields.items() if not f.exclude]
+
+
+def _known_keys(section: type[BaseModel] | None, key: str) -> str:
+    if section is None:
+        return "see docs/policy.md for the keys"
+    known = _aliases(section)
+    close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+    if not close:
+        close = [k for k in known if k.lower() == key.lower()]
+    if close:
+        return f"did you mean {close[0]}?"
+    return f"the keys here are {', '.join(known)}"
 
 
 def _one_line(text: str) -> str:

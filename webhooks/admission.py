@@ -41,6 +41,7 @@ from webhooks.slots import SlotsUnavailableError
 
 logger = logging.getLogger(__name__)
 RULE_FAILED = "RuleFailed"
+UNSUPPORTED_KIND = "UnsupportedKind"
 
 POLICY_CONFIGMAP = "toolforge-admission-policy"
 POLICY_KEY = "policy.yaml"
@@ -77,6 +78,11 @@ class Endpoint:
     path: str
     mutating: bool
     rule: Rule
+    kinds: tuple[tuple[str, str], ...] = ()
+    """(API group, kind) of the objects the rule understands; any other is refused unseen."""
+
+    def accepts(self, group: str, kind: str) -> bool:
+        return (group, kind) in self.kinds
 
 
 def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decision:
@@ -165,20 +171,50 @@ def validate_policy(request: AdmissionRequest, context: Context) -> Decision:
     return allow()
 
 
+POD = ("", "Pod")
+WORKLOADS = (("", "PodTemplate"), ("", "ReplicationController"), ("apps", "Deployment"),
+             ("apps", "ReplicaSet"), ("apps", "StatefulSet"), ("apps", "DaemonSet"),
+             ("batch", "Job"), ("batch", "CronJob"))
+"""Kinds that hold a pod template (`policies.registry.POD_SPEC_PATHS`)."""
+
 ENDPOINTS: tuple[Endpoint, ...] = (
-    Endpoint("mutate-build-pods", "/mutate/build-pods", True, mutate_build_pod),
-    Endpoint("validate-pipelineruns", "/validate/pipelineruns", False, validate_pipelinerun),
-    Endpoint("validate-pods", "/validate/pods", False, validate_pod),
-    Endpoint("validate-policy", "/validate/policy", False, validate_policy),
+    Endpoint("mutate-build-pods", "/mutate/build-pods", True, mutate_build_pod, (POD,)),
+    Endpoint("validate-pipelineruns", "/validate/pipelineruns", False, validate_pipelinerun,
+             (("tekton.dev", "PipelineRun"),)),
+    Endpoint("validate-pods", "/validate/pods", False, validate_pod, (POD, *WORKLOADS)),
+    Endpoint("validate-policy", "/validate/policy", False, validate_policy,
+             (("", "ConfigMap"),)),
 )
 ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
+
+
+def wrong_kind(endpoint: Endpoint, request: AdmissionRequest) -> str:
+    """`validate-pipelineruns expected a PipelineRun, got a Pod (v1)`."""
+    def named(group: str, kind: str) -> str:
+        return f"{kind} ({group})" if group else kind
+
+    expected = [named(*kind) for kind in endpoint.kinds]
+    got = request.kind
+    version = f"{got.group}/{got.version}" if got.group else got.version
+    return (f"{endpoint.name} expected {_article(expected[0]) if len(expected) == 1 else 'one of'} "
+            f"{', '.join(expected)}, got {_article(got.kind)} {got.kind} ({version}): the "
+            "webhook configuration sends it to the wrong endpoint; the platform admins must fix it")
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1].lower() in "aeiou" else "a"
 
 
 def answer(endpoint: Endpoint, request: AdmissionRequest, context: Context,
            ) -> tuple[Decision, ReviewPayload]:
     """Run an endpoint's rule and build the AdmissionReview the API server gets back."""
     try:
-        decision = endpoint.rule(request, context)
+        if not endpoint.accepts(request.kind.group, request.kind.kind):
+            # A webhook configuration that sends other objects here: a rule that does not know
+            # them would find nothing wrong, so refuse (fail closed) and say what went where.
+            decision = deny(UNSUPPORTED_KIND, wrong_kind(endpoint, request))
+        else:
+            decision = endpoint.rule(request, context)
     except Exception:
         # A rule that breaks on an unforeseen object must not turn into an HTTP 500 (which the
         # API server reports as its own internal error): refuse, so the failure stays closed and

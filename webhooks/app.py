@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 from flask import Blueprint, Flask, Response, current_app
-from werkzeug.exceptions import ClientDisconnected, RequestEntityTooLarge
+from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntityTooLarge
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_input_stream
 
@@ -33,6 +33,9 @@ logger = logging.getLogger(__name__)
 
 DEFAULTS: Mapping[str, Any] = {
     "POLICY_FILE": POLICY_FILE,
+    # The continuous audit's summary (the ConfigMap toolforge-admission-audit), exported on
+    # /metrics; nothing is exported while it is absent.
+    "AUDIT_SUMMARY_FILE": "/etc/toolforge-admission/audit/audit.json",
     "POLICY_RELOAD_SECONDS": 2.0,
     "MAX_CONTENT_LENGTH": MAX_BODY_BYTES,
     # Mutual TLS: admission reviews only over a connection with a client certificate that the
@@ -68,6 +71,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
     clock = app.config.get("CLOCK") or (lambda: datetime.datetime.now(datetime.UTC))
     app.extensions[EXTENSION] = Service(source, clock, app.config.get("ACTIVE_RUNS"))
     app.register_blueprint(_health_blueprint())
+    app.register_error_handler(HTTPException, _http_error)
     app.wsgi_app = AdmissionDispatcher(app, app.wsgi_app)  # type: ignore[method-assign]
     return app
 
@@ -94,9 +98,10 @@ class AdmissionDispatcher:
         if endpoint is None:
             return self.flask_wsgi(environ, start_response)
         if environ.get("REQUEST_METHOD") != "POST":
-            body = b"only POST is allowed here\n"
+            body = _status_body(405, "MethodNotAllowed",
+                                f"{endpoint.path} answers admission reviews: POST only")
             start_response("405 METHOD NOT ALLOWED", [
-                ("Allow", "POST"), ("Content-Type", "text/plain"),
+                ("Allow", "POST"), ("Content-Type", "application/json"),
                 ("Content-Length", str(len(body)))])
             return [body]
         started = time.perf_counter()
@@ -211,9 +216,34 @@ def _refusal(endpoint: str, error: WebhookError) -> tuple[bytes, int]:
     metrics.reviews(endpoint, "", "invalid", error.reason).inc()
     logger.warning("bad request", extra={"fields": {
         "endpoint": endpoint, "reason": error.reason, "error": str(error)}})
-    body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": error.status,
-            "reason": error.reason, "message": str(error)}
-    return orjson.dumps(body), error.status
+    return _status_body(error.status, error.reason, str(error)), error.status
+
+
+def _status_body(code: int, reason: str, message: str) -> bytes:
+    """A Kubernetes `Status`, what the API server and kubectl understand as an error."""
+    return orjson.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": code,
+                         "reason": reason, "message": message})
+
+
+# Kubernetes' names for the HTTP errors Flask raises itself (`metav1.StatusReason`).
+_STATUS_REASONS = {404: "NotFound", 405: "MethodNotAllowed", 500: "InternalError"}
+
+
+def _http_error(error: HTTPException) -> Response:
+    """Unknown paths, wrong methods, and unforeseen failures: a JSON Status, not an HTML page."""
+    code = error.code or 500
+    if code == 404:
+        paths = ", ".join(endpoint.path for endpoint in ENDPOINTS)
+        message = (f"no such path; the admission endpoints are {paths} (POST), the probes "
+                   "/healthz and /readyz and the metrics /metrics (GET)")
+    else:
+        message = error.description or HTTP_STATUS_CODES.get(code, "error")
+    response = Response(_status_body(code, _STATUS_REASONS.get(code, type(error).__name__),
+                                     message), status=code, content_type="application/json")
+    for name, value in error.get_headers():
+        if name.lower() not in ("content-type", "content-length"):
+            response.headers[name] = value
+    return response
 
 
 def _body_too_large() -> BodyTooLargeError:
@@ -241,7 +271,7 @@ def _health_blueprint() -> Blueprint:
 
     @blueprint.get("/metrics")
     def metrics_view() -> Response:
-        text, content_type = metrics.exposition()
+        text, content_type = metrics.exposition(current_app.config["AUDIT_SUMMARY_FILE"])
         return Response(text, content_type=content_type)
 
     return blueprint

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
+import orjson
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -20,6 +23,8 @@ from prometheus_client import (
     generate_latest,
     multiprocess,
 )
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 PREFIX = "toolforge_admission"
 
@@ -82,10 +87,61 @@ def review_seconds(endpoint: str) -> Histogram:
     return REVIEW_SECONDS.labels(endpoint)
 
 
-def exposition() -> tuple[bytes, str]:
-    """The metrics text for `/metrics`, summed over all workers when running under gunicorn."""
+def exposition(audit_summary: str | os.PathLike[str] | None = None) -> tuple[bytes, str]:
+    """The metrics text for `/metrics`, summed over all workers when running under gunicorn,
+    with the last audit's counts when its summary file is there."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
-    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
+        text = generate_latest(registry)
+    else:
+        text = generate_latest(REGISTRY)
+    if audit_summary is not None:
+        audit = CollectorRegistry()
+        audit.register(AuditSummaryCollector(Path(audit_summary)))
+        text += generate_latest(audit)
+    return text, CONTENT_TYPE_LATEST
+
+
+AUDIT_FINDINGS = f"{PREFIX}_audit_findings"
+AUDIT_JUDGED = f"{PREFIX}_audit_judged_objects"
+AUDIT_TOOLS = f"{PREFIX}_audit_tools_with_findings"
+AUDIT_LAST_RUN = f"{PREFIX}_audit_last_run_timestamp_seconds"
+AUDIT_DURATION = f"{PREFIX}_audit_run_duration_seconds"
+AUDIT_METRICS = (AUDIT_FINDINGS, AUDIT_JUDGED, AUDIT_TOOLS, AUDIT_LAST_RUN, AUDIT_DURATION)
+"""Exported from the summary the audit CronJob writes (`webhooks.policy_reports`)."""
+
+
+class AuditSummaryCollector(Collector):
+    """The last audit's counts, read from its summary file (the ConfigMap the audit CronJob
+    writes, mounted in the webhook pods) at each scrape. A CronJob's pod ends before it could be
+    scraped; this way no Pushgateway is needed. A missing or unreadable file exports nothing."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def describe(self) -> list[Metric]:
+        return []  # unknown until read; registering must not read the file
+
+    def collect(self) -> Iterator[Metric]:
+        try:
+            counts = orjson.loads(self.path.read_bytes())
+            by_rule = {str(rule): float(n) for rule, n in counts["byRule"].items()}
+            values = [float(counts[key]) for key in ("judged", "tools", "time",
+                                                     "durationSeconds")]
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            return
+        findings = GaugeMetricFamily(
+            AUDIT_FINDINGS, "Workloads (with what they own) and lone objects that already run "
+            "and that the policy in force would refuse, by rule, at the last audit.",
+            labels=["rule"])
+        for rule, count in sorted(by_rule.items()):
+            findings.add_metric([rule], count)
+        yield findings
+        for name, text, value in zip(AUDIT_METRICS[1:], (
+                "Objects the last audit judged.",
+                "Tools with at least one finding at the last audit.",
+                "When the last audit ran (Unix time).",
+                "How long the last audit took to list and judge everything."), values,
+                strict=True):
+            yield GaugeMetricFamily(name, text, value=value)

@@ -1,8 +1,10 @@
-"""Offline evaluation: what the API server would get from the suite for one object.
+"""Offline evaluation: what the API server would get from the suite for an object, with no cluster.
 
-`toolforge-admission review` builds the AdmissionReview the API server would send (or takes a
-real one), calls the mutating endpoint first and the validating ones on the mutated object, as
-the API server does, and merges the answers into one AdmissionReview response.
+`toolforge-admission review`, `test` and `audit` build the AdmissionReview the API server would
+send (or take a real one), call the endpoints that accept the object's kind (`Endpoint.kinds`) in
+the API server's order (mutating first, then the validating ones on the mutated object) and merge
+their answers, so offline verdicts are exactly the served ones. Checks that need the cluster (the
+active-run count) are skipped, with a warning saying so.
 """
 
 from __future__ import annotations
@@ -11,23 +13,21 @@ import copy
 import dataclasses
 import datetime
 import uuid
-from collections.abc import Sequence
-from typing import Any
-
-import orjson
-import yaml
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
 
 from policies.decision import Decision, combine
 from policies.model import Policy
-from webhooks.admission import ENDPOINTS_BY_NAME, Context, answer
+from webhooks.admission import ENDPOINTS, ENDPOINTS_BY_NAME, Context, Endpoint, answer
 from webhooks.errors import WebhookError
 from webhooks.patches import make_patch
-from webhooks.review import API_VERSION, ReviewPayload, build_response, read_review
+from webhooks.review import API_VERSION, AdmissionRequest, build_response, read_review
 
-# kind -> (API group, resource), for the kinds the suite's webhooks are registered for.
+# kind -> (API group, resource): how to address a manifest's kind in an AdmissionReview.
 RESOURCES = {
     "Pod": ("", "pods"),
-    "PipelineRun": ("tekton.dev", "pipelineruns"),
+    "PodTemplate": ("", "podtemplates"),
+    "ReplicationController": ("", "replicationcontrollers"),
     "ConfigMap": ("", "configmaps"),
     "Deployment": ("apps", "deployments"),
     "ReplicaSet": ("apps", "replicasets"),
@@ -35,63 +35,123 @@ RESOURCES = {
     "DaemonSet": ("apps", "daemonsets"),
     "Job": ("batch", "jobs"),
     "CronJob": ("batch", "cronjobs"),
+    "PipelineRun": ("tekton.dev", "pipelineruns"),
+    "TaskRun": ("tekton.dev", "taskruns"),
+    "CustomRun": ("tekton.dev", "customruns"),
 }
-# The endpoints the webhook configurations send each resource to, mutating ones first.
-ENDPOINTS_FOR_RESOURCE = {
-    "pods": ("mutate-build-pods", "validate-pods"),
-    "pipelineruns": ("validate-pipelineruns",),
-    "configmaps": ("validate-policy",),
-    **{resource: ("validate-pods",) for _, resource in RESOURCES.values()
-       if resource not in ("pods", "pipelineruns", "configmaps")},
-}
+ADMIN = "kubernetes-admin"
+"""The requester of a manifest outside tool namespaces, as kubeadm names the first admin."""
+
+Verdict = Literal["allowed", "mutated", "warned", "denied"]
 
 
 class OfflineReviewError(ValueError):
     """The input cannot be turned into an admission request."""
 
 
+class NotReviewedError(OfflineReviewError):
+    """No endpoint of the suite accepts this kind: the API server would not ask the suite."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Requester:
+    """Who submits a manifest, and how; None: the defaults of `requester_of`."""
+
+    user: str | None = None
+    groups: tuple[str, ...] | None = None
+    namespace: str | None = None
+    operation: str = "CREATE"
+    old: Mapping[str, Any] | None = None
+    dry_run: bool = False
+
+
 @dataclasses.dataclass(frozen=True)
 class OfflineOutcome:
-    allowed: bool
-    review: ReviewPayload
+    """The suite's answer to one object, as the API server would combine its endpoints'."""
+
+    request: AdmissionRequest
+    decision: Decision
+    review: dict[str, Any]
+    """The AdmissionReview: the request as sent and the merged response."""
+    endpoints: tuple[str, ...]
     notes: tuple[str, ...]
     """One line per endpoint called, for people."""
+    mutated: dict[str, Any] | None
+    """The object as the API server would store it, when a mutation changed it."""
+
+    @property
+    def allowed(self) -> bool:
+        return self.decision.allowed
+
+    @property
+    def verdict(self) -> Verdict:
+        if not self.decision.allowed:
+            return "denied"
+        if self.mutated is not None:
+            return "mutated"
+        return "warned" if self.decision.warnings else "allowed"
+
+    @property
+    def message(self) -> str:
+        """What the user would see: the denial, or the warnings."""
+        if not self.decision.allowed:
+            return self.decision.message
+        return "; ".join(f"warning: {w}" for w in self.decision.warnings)
 
 
-def review_offline(data: bytes, policy: Policy, *, endpoint: str | None = None,
-                   user: str | None = None, groups: Sequence[str] | None = None,
-                   namespace: str | None = None, operation: str = "CREATE",
-                   old: bytes | None = None, dry_run: bool = False,
-                   now: datetime.datetime) -> OfflineOutcome:
-    """Evaluate an AdmissionReview or a manifest against a policy, with no cluster."""
-    document = _load(data)
+def endpoints_for(group: str, kind: str) -> tuple[Endpoint, ...]:
+    """The endpoints that accept a kind, mutating ones first, as the API server calls them."""
+    accepting = [endpoint for endpoint in ENDPOINTS if endpoint.accepts(group, kind)]
+    return tuple(sorted(accepting, key=lambda endpoint: not endpoint.mutating))
+
+
+def review_offline(document: Any, policy: Policy, *, endpoint: str | None = None,
+                   requester: Requester = Requester(), now: datetime.datetime) -> OfflineOutcome:
+    """Evaluate an AdmissionReview or a manifest against a policy."""
     if isinstance(document, dict) and document.get("kind") == "AdmissionReview":
         review = document
     else:
-        review = _review_for(document, policy, user=user, groups=groups, namespace=namespace,
-                             operation=operation, old=_load(old) if old else None,
-                             dry_run=dry_run)
+        review = review_for(document, policy, requester)
     try:
         request = read_review(review)
     except WebhookError as error:
         raise OfflineReviewError(f"not a usable AdmissionReview: {error}") from None
-    names = (endpoint,) if endpoint else ENDPOINTS_FOR_RESOURCE.get(request.resource, ())
-    if not names:
-        raise OfflineReviewError(f"no endpoint of the suite handles {request.resource}")
+    return review_request(request, policy, endpoint=endpoint, now=now)
+
+
+def review_request(request: AdmissionRequest, policy: Policy, *, endpoint: str | None = None,
+                   now: datetime.datetime) -> OfflineOutcome:
+    """Call the endpoints for a request and merge their answers."""
+    if endpoint:
+        endpoints: tuple[Endpoint, ...] = (ENDPOINTS_BY_NAME[endpoint],)
+    else:
+        endpoints = endpoints_for(request.kind.group, request.kind.kind)
+    if not endpoints:
+        raise NotReviewedError(f"no webhook of the suite reviews {_kind_text(request)} objects")
     context = Context(policy=policy, now=now, active_runs=None)
     current, decisions, notes = request, [], []
-    for name in names:
-        decision, _ = answer(ENDPOINTS_BY_NAME[name], current, context)
+    for called in endpoints:
+        decision, _ = answer(called, current, context)
         decisions.append(decision)
-        notes.append(_note(name, decision))
+        notes.append(_note(called.name, decision))
         if isinstance(decision.patched, dict):
             current = dataclasses.replace(current, object=decision.patched)
-    verdict: Decision = combine(*decisions)
-    patch = None
+    verdict = combine(*decisions)
+    mutated, patch = None, None
     if verdict.allowed and current.object != request.object:
+        mutated = current.object
         patch = make_patch(request.object, current.object)
-    return OfflineOutcome(verdict.allowed, build_response(request.uid, verdict, patch),
-                          tuple(notes))
+    response = build_response(request.uid, verdict, patch)
+    review = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": request.raw,
+              "response": response["response"]}
+    return OfflineOutcome(request, verdict, review, tuple(e.name for e in endpoints),
+                          tuple(notes), mutated)
+
+
+def _kind_text(request: AdmissionRequest) -> str:
+    kind = request.kind
+    return f"{kind.kind} ({kind.group}/{kind.version})" if kind.group else \
+        f"{kind.kind} ({kind.version})"
 
 
 def _note(name: str, decision: Decision) -> str:
@@ -102,34 +162,33 @@ def _note(name: str, decision: Decision) -> str:
     return f"{name}: allowed{extra}{warnings}"
 
 
-def _load(data: bytes) -> Any:
-    try:
-        return orjson.loads(data)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return yaml.safe_load(data)
-    except yaml.YAMLError as error:
-        raise OfflineReviewError(f"input is neither JSON nor YAML: {error}") from None
-
-
-def _review_for(manifest: Any, policy: Policy, *, user: str | None,
-                groups: Sequence[str] | None, namespace: str | None, operation: str,
-                old: Any, dry_run: bool) -> dict[str, Any]:
+def review_for(manifest: Any, policy: Policy, requester: Requester = Requester(),
+               ) -> dict[str, Any]:
+    """The AdmissionReview the API server would send for a manifest (not changed itself)."""
     if not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str):
-        raise OfflineReviewError("input must be an AdmissionReview or a Kubernetes manifest "
-                                 "with a kind")
+        raise OfflineReviewError("not an AdmissionReview nor a Kubernetes object with a kind")
     kind = manifest["kind"]
-    if kind not in RESOURCES:
-        raise OfflineReviewError(f"the suite has no webhook for kind {kind}; it handles "
-                                 f"{', '.join(RESOURCES)}")
-    group, resource = RESOURCES[kind]
-    api_version = str(manifest.get("apiVersion", "v1"))
-    version = api_version.rpartition("/")[2]
-    metadata = manifest.setdefault("metadata", {})
-    namespace = namespace or metadata.get("namespace") or "default"
+    api_version = manifest.get("apiVersion", "v1")
+    if not isinstance(api_version, str):
+        raise OfflineReviewError("apiVersion must be a string")
+    group, _, version = api_version.rpartition("/")
+    if kind in RESOURCES and RESOURCES[kind][0] == group:
+        resource = RESOURCES[kind][1]
+    else:
+        resource = kind.lower() + "s"  # no endpoint accepts it: review_request says so
+    manifest = copy.deepcopy(manifest)
+    metadata = manifest.get("metadata")
+    if metadata is None:
+        metadata = manifest["metadata"] = {}
+    if not isinstance(metadata, dict):
+        raise OfflineReviewError("metadata must be a mapping")
+    namespace = requester.namespace or metadata.get("namespace") or "default"
+    if not isinstance(namespace, str):
+        raise OfflineReviewError("metadata.namespace must be a string")
     metadata["namespace"] = namespace
-    username, user_groups = _requester(policy, namespace, user, groups)
+    username, groups = requester_of(policy, namespace, manifest, requester.user, requester.groups)
+    operation = requester.operation
+    old = copy.deepcopy(dict(requester.old)) if requester.old is not None else None
     request: dict[str, Any] = {
         "uid": str(uuid.uuid4()),
         "kind": {"group": group, "version": version, "kind": kind},
@@ -137,24 +196,50 @@ def _review_for(manifest: Any, policy: Policy, *, user: str | None,
         "requestKind": {"group": group, "version": version, "kind": kind},
         "namespace": namespace,
         "operation": operation,
-        "userInfo": {"username": username, "groups": [*user_groups, "system:authenticated"]},
+        "userInfo": {"username": username, "groups": [*groups, "system:authenticated"]},
         "object": None if operation == "DELETE" else manifest,
-        "oldObject": copy.deepcopy(old if old is not None else
-                                   (manifest if operation == "DELETE" else None)),
-        "dryRun": dry_run,
+        "oldObject": old if old is not None else (manifest if operation == "DELETE" else None),
+        "dryRun": requester.dry_run,
     }
-    if metadata.get("name"):
+    if isinstance(metadata.get("name"), str) and metadata["name"]:
         request["name"] = metadata["name"]
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": request}
 
 
-def _requester(policy: Policy, namespace: str, user: str | None,
-               groups: Sequence[str] | None) -> tuple[str, list[str]]:
-    tool = policy.tools.namespace_pattern.tool_of(namespace)
+def requester_of(policy: Policy, namespace: str, manifest: Mapping[str, Any],
+                 user: str | None = None, groups: Sequence[str] | None = None,
+                 ) -> tuple[str, list[str]]:
+    """Who would submit a manifest, unless told: a tool's account for a tool's namespace or a
+    build run labelled with its tool, the first system user for other runs in the build
+    namespace, an admin otherwise. Groups follow the user: a tool's account is in the policy's
+    first tool group, a ServiceAccount in its namespace's ServiceAccount groups."""
+    tools = policy.tools
     if user is None:
-        user = policy.tools.username_pattern.expand(tool) if tool else "kubernetes-admin"
-    if groups is None:
-        is_tool = tool is not None and user == policy.tools.username_pattern.expand(tool)
-        groups = list(policy.tools.groups[:1]) if is_tool else ["system:masters"]
-    return user, list(groups)
+        tool = tools.namespace_pattern.tool_of(namespace)
+        if tool is None and namespace == policy.builds.namespace:
+            tool = tool_of(policy, namespace, manifest)
+            if tool is None and tools.system_users:
+                user = tools.system_users[0]
+        if user is None:
+            user = tools.username_pattern.expand(tool) if tool else ADMIN
+    if groups is not None:
+        return user, list(groups)
+    if user.startswith("system:serviceaccount:"):
+        account_namespace = user.split(":")[2]
+        return user, ["system:serviceaccounts", f"system:serviceaccounts:{account_namespace}"]
+    if user != ADMIN and user not in tools.system_users \
+            and tools.username_pattern.tool_of(user) is not None:
+        return user, list(tools.groups[:1])
+    return user, ["system:masters"]
 
+
+def tool_of(policy: Policy, namespace: str, manifest: Mapping[str, Any]) -> str | None:
+    """The tool an object belongs to: its namespace's, or in the build namespace the one its
+    tool label names."""
+    tool = policy.tools.namespace_pattern.tool_of(namespace)
+    if tool is not None or namespace != policy.builds.namespace:
+        return tool
+    metadata = manifest.get("metadata")
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    value = labels.get(policy.builds.tool_label) if isinstance(labels, dict) else None
+    return value if isinstance(value, str) and value else None

@@ -109,7 +109,7 @@ def _cut_mid_key(text: str) -> bytes:
 POLICY_FAULTS: dict[str, tuple[Callable[[pathlib.Path, str], None], str]] = {
     "deleted": (lambda path, _: path.unlink(), "cannot read"),
     "truncated": (lambda path, text: truncate(path, _cut_mid_key(text)),
-                  "registries: Input should be a valid dictionary"),
+                  "registries: must be a mapping with the keys allowed"),
     "empty": (lambda path, _: truncate(path, b""), "the policy is empty"),
     "binary-garbage": (lambda path, _: replace_atomically(path, os.urandom(4096)),
                        "not valid YAML"),

@@ -283,7 +283,7 @@ def _pod_specs(docs: tuple[Doc, ...]) -> Iterator[tuple[str, Doc]]:
 
 def test_every_pod_is_restricted(docs: tuple[Doc, ...]) -> None:
     specs = list(_pod_specs(docs))
-    assert len(specs) == 3
+    assert len(specs) == 4
     for name, spec in specs:
         assert spec["securityContext"]["runAsNonRoot"] is True, name
         assert spec["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
@@ -348,7 +348,7 @@ def test_rotation_jobs(docs: tuple[Doc, ...]) -> None:
     cronjob = _one(docs, "CronJob", "toolforge-admission-certs")
     assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
     for name, spec in _pod_specs(docs):
-        if name == "toolforge-admission":
+        if name in ("toolforge-admission", "toolforge-admission-audit"):
             continue
         assert spec["serviceAccountName"] == "toolforge-admission-certs", name
         args = spec["containers"][0]["args"]
@@ -371,6 +371,7 @@ def test_rbac_is_least_privilege(docs: tuple[Doc, ...]) -> None:
     # Cluster-wide: the rotation job's ClusterRole, and the server's list of PipelineRuns (runs
     # live in the build namespace and in tools' namespaces), which is read-only and list only.
     assert sorted(doc["metadata"]["name"] for doc in _of_kind(docs, "ClusterRole")) == [
+        "toolforge-admission-audit-reader", "toolforge-admission-audit-reports",
         "toolforge-admission-certs", "toolforge-admission-pipelineruns"]
     secrets = _one(docs, "Role", "toolforge-admission-certs")
     for rule in secrets["rules"]:
@@ -387,6 +388,53 @@ def test_rbac_is_least_privilege(docs: tuple[Doc, ...]) -> None:
         for rule in doc.get("rules", []) if doc["kind"] in ("Role", "ClusterRole") else []:
             assert "*" not in rule["verbs"], doc["metadata"]
             assert "*" not in rule["resources"], doc["metadata"]
+
+
+def test_audit_reads_exactly_what_it_judges(docs: tuple[Doc, ...]) -> None:
+    from webhooks.audit import audited_resources
+
+    reader = _one(docs, "ClusterRole", "toolforge-admission-audit-reader")
+    granted = {(group, resource) for rule in reader["rules"] for group in rule["apiGroups"]
+               for resource in rule["resources"]}
+    assert granted == {(r.group, r.plural) for r in audited_resources()}
+    assert all(rule["verbs"] == ["list"] for rule in reader["rules"])
+    policy = _one(docs, "Role", "toolforge-admission-audit-policy")
+    assert policy["rules"] == [{"apiGroups": [""], "resources": ["configmaps"],
+                                "resourceNames": [POLICY_CONFIGMAP], "verbs": ["get"]}]
+    reports = _one(docs, "ClusterRole", "toolforge-admission-audit-reports")
+    assert reports["rules"] == [{"apiGroups": ["wgpolicyk8s.io"], "resources": ["policyreports"],
+                                 "verbs": ["list", "get", "create", "update", "delete"]}]
+    summary = _one(docs, "Role", "toolforge-admission-audit-summary")
+    for rule in summary["rules"]:
+        assert rule["resources"] == ["configmaps"]
+        if rule["verbs"] != ["create"]:
+            assert rule["resourceNames"] == ["toolforge-admission-audit"]
+    for kind in ("ClusterRoleBinding", "RoleBinding"):
+        for binding in _of_kind(docs, kind):
+            if binding["metadata"]["name"].startswith("toolforge-admission-audit"):
+                assert binding["subjects"] == [{"kind": "ServiceAccount",
+                                                "name": "toolforge-admission-audit",
+                                                "namespace": SUITE_NAMESPACE}]
+
+
+def test_audit_cronjob_publishes_what_the_webhook_exports(docs: tuple[Doc, ...]) -> None:
+    from webhooks.app import DEFAULTS
+    from webhooks.policy_reports import SUMMARY_CONFIGMAP, SUMMARY_KEY
+
+    cronjob = _one(docs, "CronJob", "toolforge-admission-audit")
+    assert cronjob["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert spec["serviceAccountName"] == "toolforge-admission-audit"
+    args = spec["containers"][0]["args"]
+    assert args[0] == "audit"
+    assert {"--all-namespaces", "--publish", "--exit-zero"} <= set(args)
+    deployment = _server(docs)["spec"]["template"]["spec"]
+    (container,) = deployment["containers"]
+    volumes = {volume["name"]: volume for volume in deployment["volumes"]}
+    mount = next(m for m in container["volumeMounts"]
+                 if volumes[m["name"]].get("configMap", {}).get("name") == SUMMARY_CONFIGMAP)
+    assert volumes[mount["name"]]["configMap"]["optional"] is True
+    assert DEFAULTS["AUDIT_SUMMARY_FILE"] == f"{mount['mountPath']}/{SUMMARY_KEY}"
 
 
 # --- who may reach the server -----------------------------------------------------------------------
@@ -525,7 +573,7 @@ def test_the_suite_lives_in_its_namespace(docs: tuple[Doc, ...]) -> None:
 
 
 def _metric_names() -> set[str]:
-    names = set()
+    names = set(metrics.AUDIT_METRICS)
     for value in vars(metrics).values():
         name = getattr(value, "_name", None)
         if isinstance(name, str) and name.startswith(metrics.PREFIX):

@@ -46,8 +46,10 @@ def test_bundled_example_policy_is_valid() -> None:
                  id="bool-active-runs"),
     pytest.param("builds: {maxActiveRunsOverrides: {a: -1}}",
                  "builds.maxActiveRunsOverrides.a: must be an integer >= 0", id="negative-override"),
-    pytest.param("builds: {bogus: 1}", "builds.bogus: unknown key", id="unknown-nested-key"),
-    pytest.param("regsitries: {}", "regsitries: unknown key", id="typo-top-level"),
+    pytest.param("builds: {bogus: 1}", "builds.bogus: unknown key; the keys here are namespace, harborHosts, "
+                 "harborProject, pipelines, builders, params, maxActiveRuns, maxActiveRunsOverrides, "
+                 "maxTimeout, toolLabel, serviceAccount, mode", id="unknown-nested-key"),
+    pytest.param("regsitries: {}", "regsitries: unknown key; did you mean registries?", id="typo-top-level"),
     pytest.param("tools: {namespacePattern: tool-}",
                  "tools.namespacePattern: must contain {tool} exactly once", id="pattern-no-tool"),
     pytest.param("builds: {mode: audit}", "builds.mode: must be one of 'enforce' or 'warn'",
@@ -56,21 +58,21 @@ def test_bundled_example_policy_is_valid() -> None:
                  "builds.maxTimeout: must be a duration string with a unit, e.g. 1h or 90m",
                  id="timeout-without-unit"),
     pytest.param("builds: {harborHosts: [harbor.example/project]}",
-                 "builds.harborHosts.0: must be a registry host (with an optional port), not a "
+                 "builds.harborHosts[0]: must be a registry host (with an optional port), not a "
                  "repository", id="harbor-host-with-path"),
     pytest.param("builds: {builders: [Foo/Bar]}",
-                 "builds.builders.0: repository names must be lower case", id="builder-upper-case"),
+                 "builds.builders[0]: repository names must be lower case", id="builder-upper-case"),
     pytest.param("builds: {params: {required: [A], optional: [A]}}",
                  "builds.params: parameters listed more than once: A", id="param-twice"),
     pytest.param("registries: {allowed: ['bad host/x']}",
-                 "registries.allowed.0: a registry prefix names a registry or repository, without "
+                 "registries.allowed[0]: a registry prefix names a registry or repository, without "
                  "tag or digest", id="prefix-with-space"),
     pytest.param("credentials: {trustedSteps: [{name: export, images: [], entrypoint: /x}]}",
-                 "credentials.trustedSteps.0.images: Tuple should have at least 1 item after "
-                 "validation, not 0", id="trusted-step-without-image"),
+                 "credentials.trustedSteps[0].images: must list at least 1 entry",
+                 id="trusted-step-without-image"),
     pytest.param("builds: {maxActiveRunsOverrides: {off: 2}}",
-                 "builds.maxActiveRunsOverrides.0.[key]: must be a string (quote names such as "
-                 "yes, no, on, off in YAML)", id="yaml-boolean-tool-name"),
+                 "builds.maxActiveRunsOverrides: the key False must be a string (quote names such "
+                 "as yes, no, on, off in YAML)", id="yaml-boolean-tool-name"),
     pytest.param("", "the policy is empty; write {} to use every default", id="empty"),
     pytest.param("# only a comment\n", "the policy is empty; write {} to use every default",
                  id="only-comments"),
@@ -86,17 +88,56 @@ def test_every_problem_is_reported_at_once() -> None:
     assert len(problems) == 3
 
 
-def test_yaml_syntax_error_names_the_position() -> None:
-    (problem,) = problems_of("a: [")
-    assert problem.startswith("not valid YAML:")
-    assert "line 1" in problem
+def test_yaml_syntax_error_names_the_line_and_column() -> None:
+    assert problems_of("tools:\n  groups: [a\nbuilds: {}\n") == (
+        "not valid YAML (line 3, column 7): expected ',' or ']', but got ':' (while parsing a "
+        "flow sequence that starts at line 2, column 11)",)
 
 
-@pytest.mark.parametrize("text", ["a: 2027-00-01", "a: !!int x", "a: !!float x"])
-def test_a_value_yaml_cannot_construct_is_a_problem_not_a_crash(text: str) -> None:
-    # Found by tests/fuzz: PyYAML raised a bare ValueError for these.
+@pytest.mark.parametrize(("text", "expected"), [
+    ("registries:\n  exceptions:\n    tool-a: [{prefix: quay.io/a, expires: 2027-13-45}]\n",
+     "not valid YAML (line 3, column 43): '2027-13-45' is not a date (quote it to make it a "
+     "string): month must be in 1..12"),
+    ("a: 2027-00-01", "not valid YAML (line 1, column 4): '2027-00-01' is not a date"),
+    ("a: !!int x", "not valid YAML (line 1, column 4): 'x' is not an integer"),
+    ("a: !!float x", "not valid YAML (line 1, column 4): 'x' is not a number"),
+])
+def test_a_value_yaml_cannot_construct_is_a_problem_with_its_position(text: str,
+                                                                       expected: str) -> None:
+    # Found by tests/fuzz: PyYAML raised a bare ValueError for these, with no position.
     (problem,) = problems_of(text)
-    assert problem.startswith("not valid YAML:")
+    assert problem.startswith(expected)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("tools: {groups: toolforge}", "tools.groups: must be a list of group names",
+                 id="scalar-for-list"),
+    pytest.param("tools: 3", "tools: must be a mapping with the keys namespacePattern, "
+                 "usernamePattern, groups, systemUsers", id="scalar-for-section"),
+    pytest.param("builds: {maxActiveRun: 2}",
+                 "builds.maxActiveRun: unknown key; did you mean maxActiveRuns?", id="near-key"),
+    pytest.param("registries: {exceptions: {tool-a: [{prefix: quay.io/a, expire: 2027-01-01}]}}",
+                 "registries.exceptions.tool-a[0].expire: unknown key; did you mean expires?",
+                 id="near-key-in-a-list-in-a-mapping"),
+    pytest.param("registries: {exceptions: {tool-a: quay.io/a}}",
+                 "registries.exceptions.tool-a: must be a list of registry prefixes (a prefix, or "
+                 "{prefix, expires})", id="scalar-for-exception-list"),
+    pytest.param("registries: {exceptions: [quay.io/a]}", "registries.exceptions: must be a "
+                 "mapping from a namespace to a list of registry prefixes", id="list-for-mapping"),
+    pytest.param("registries: {exceptions: {tool-a: [{prefix: quay.io/a, expires: soon}]}}",
+                 "registries.exceptions.tool-a[0].expires: must be a date (YYYY-MM-DD)",
+                 id="not-a-date"),
+    pytest.param("builds: {params: {required: [{name: A, type: list}]}}",
+                 "builds.params.required[0].type: must be one of 'string' or 'array'",
+                 id="literal-in-a-list"),
+    pytest.param("builds: {maxActiveRuns: 1.5}", "builds.maxActiveRuns: must be an integer >= 1",
+                 id="float"),
+])
+def test_problems_speak_the_policy_words_not_the_validation_library(text: str,
+                                                                   expected: str) -> None:
+    assert problems_of(text) == (expected,)
+    for word in ("Input should", "tuple", "dict", "[key]"):
+        assert word not in expected
 
 
 @pytest.mark.parametrize("text", ["[" * 5000, "a: " + "{b: " * 3000, "- " * 3000 + "x"])

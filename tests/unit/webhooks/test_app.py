@@ -52,7 +52,59 @@ def test_bad_requests_get_a_4xx_status_with_a_reason(
 
 
 def test_get_on_an_admission_endpoint_is_not_allowed(client: FlaskClient) -> None:
-    assert client.get("/validate/pods").status_code == 405
+    response = client.get("/validate/pods")
+    assert response.status_code == 405
+    assert response.headers["Allow"] == "POST"
+    assert response.json == {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                             "code": 405, "reason": "MethodNotAllowed",
+                             "message": "/validate/pods answers admission reviews: POST only"}
+
+
+@pytest.mark.parametrize(("method", "path", "status", "reason"), [
+    ("post", "/validate/pod", 404, "NotFound"),
+    ("get", "/", 404, "NotFound"),
+    ("post", "/mutate/pods", 404, "NotFound"),
+    ("post", "/healthz", 405, "MethodNotAllowed"),
+])
+def test_unknown_paths_and_methods_get_a_json_status(client: FlaskClient, method: str,
+                                                     path: str, status: int, reason: str) -> None:
+    response = getattr(client, method)(path, json=make_review())
+    assert response.status_code == status
+    assert response.content_type == "application/json"
+    assert response.json["kind"] == "Status"
+    assert (response.json["code"], response.json["reason"]) == (status, reason)
+    if status == 404:
+        assert "/validate/pods" in response.json["message"]
+
+
+@pytest.mark.parametrize(("path", "resource", "kind", "expected"), [
+    pytest.param("/validate/pipelineruns", "pods", ("", "v1", "Pod"),
+                 "validate-pipelineruns expected a PipelineRun (tekton.dev), got a Pod (v1)",
+                 id="pod-to-pipelineruns"),
+    pytest.param("/validate/pods", "services", ("", "v1", "Service"),
+                 "validate-pods expected one of Pod, PodTemplate, ReplicationController, "
+                 "Deployment (apps), ReplicaSet (apps), StatefulSet (apps), DaemonSet (apps), Job "
+                 "(batch), CronJob (batch), got a Service (v1)", id="service-to-pods"),
+    pytest.param("/validate/pods", "deployments", ("example.org", "v1", "Deployment"),
+                 "got a Deployment (example.org/v1)", id="same-kind-other-group"),
+    pytest.param("/mutate/build-pods", "configmaps", ("", "v1", "ConfigMap"),
+                 "mutate-build-pods expected a Pod, got a ConfigMap (v1)", id="configmap-to-mutate"),
+    pytest.param("/validate/policy", "secrets", ("", "v1", "Secret"),
+                 "validate-policy expected a ConfigMap, got a Secret (v1)", id="secret-to-policy"),
+])
+def test_a_kind_the_endpoint_does_not_understand_is_refused_naming_it(
+        client: FlaskClient, path: str, resource: str, kind: tuple[str, str, str],
+        expected: str) -> None:
+    # Fail closed: a rule that does not know the kind would find nothing wrong with it.
+    obj = {"apiVersion": "v1", "kind": kind[2], "metadata": {"name": "x"},
+           "spec": {"containers": [{"name": "a", "image": "quay.io/evil/x:1"}]}}
+    response = client.post(path, json=make_review(obj, resource=resource, kind=kind))
+    assert response.status_code == 200
+    assert response.json is not None
+    answer_ = response.json["response"]
+    assert answer_["allowed"] is False
+    assert expected in answer_["status"]["message"]
+    assert "patch" not in answer_
 
 
 def test_a_failing_rule_denies_instead_of_answering_500(example_policy: Policy) -> None:
@@ -62,7 +114,8 @@ def test_a_failing_rule_denies_instead_of_answering_500(example_policy: Policy) 
     review = make_review()
     request = read_review(review)
     context = Context(policy=example_policy, now=datetime.datetime.now(datetime.UTC))
-    decision, payload = answer(Endpoint("broken", "/broken", False, broken_rule), request, context)
+    endpoint = Endpoint("broken", "/broken", False, broken_rule, (("", "Pod"),))
+    decision, payload = answer(endpoint, request, context)
     assert decision.allowed is False
     assert payload["response"]["uid"] == review["request"]["uid"]
     assert review["request"]["uid"] in payload["response"]["status"]["message"]
@@ -79,7 +132,8 @@ def test_validate_policy_refuses_a_broken_policy_with_every_problem(client: Flas
     assert result["allowed"] is False
     assert result["status"]["message"] == (
         "policy.yaml is not a valid policy: builds.maxActiveRuns: must be an integer >= 1; "
-        "bogus: unknown key")
+        "bogus: unknown key; the keys here are tools, exemptNamespaces, builds, registries, "
+        "credentials")
 
 
 def test_validate_policy_admits_a_valid_policy_and_other_configmaps(client: FlaskClient) -> None:
