@@ -124,12 +124,14 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
 
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
-    """Pods and workload templates: every image from an allowed registry."""
+    """Pods and workload templates: every image from an allowed registry; in the build
+    namespace, no credential where it does not belong, on CREATE and UPDATE (an ephemeral
+    container, a changed image)."""
     registry_decision = check_pod_images(
         kind=request.kind.kind, operation=request.operation, namespace=request.namespace,
         obj=request.object, old_obj=request.old_object, policy=context.policy, now=context.now)
     leaks_decision = (find_credential_leaks(request.object, request.namespace, context.policy)
-                      if request.kind.kind == "Pod" and request.operation == "CREATE"
+                      if request.kind.kind == "Pod" and request.operation in ("CREATE", "UPDATE")
                       else allow())
     return combine(registry_decision, leaks_decision)
 
