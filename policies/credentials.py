@@ -35,9 +35,9 @@ What counts as a credential, since a pod does not say which Secret holds what:
   mounts it exactly at its own HOME or DOCKER_CONFIG and the volume is an emptyDir; in any other
   shape (a PVC, a sub-path, a directory that also holds other data) the pod is refused.
 
-The mutation acts on CREATE; the validator (`find_credential_leaks`) judges the pod as it would
-be stored on CREATE and UPDATE, so an ephemeral container or a changed image meets the same
-rules.
+The mutation acts on CREATE; the validator (`find_credential_leaks`, `check_build_pod`) judges the
+pod as it would be stored on CREATE and UPDATE, so an ephemeral container or a changed image meets
+the same rules.
 
 Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
 untrusted step that needs the credentials itself (the `buildpacks` task's single
@@ -51,7 +51,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from policies.buildruns import check_pod_requester
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
+from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
 from policies.steps import runs_entrypoint, step_command
@@ -482,6 +484,17 @@ def _leak_findings(pod: Mapping[str, Any], namespace: str, policy: Policy) -> li
     leaks = [Finding(CREDENTIAL_LEAK, f"untrusted container {c.describe()} can read registry "
                                       f"credentials; {remedy}") for c in analysis.changes]
     return [*analysis.refusals, *leaks]
+
+
+def check_build_pod(pod: Mapping[str, Any] | None, namespace: str, operation: str, user: User,
+                    *, policy: Policy) -> Decision:
+    """A pod of the build namespace, as it would be stored: who makes it, and what it leaks."""
+    if (not isinstance(pod, dict) or namespace != policy.builds.namespace
+            or operation not in ("CREATE", "UPDATE")):
+        return Decision(allowed=True)
+    findings = [*check_pod_requester(operation, user, policy),
+                *_leak_findings(pod, namespace, policy)]
+    return decide(findings, policy.credentials.mode)
 
 
 def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[str, Any]:

@@ -10,13 +10,25 @@ import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from policies.credentials import find_credential_leaks, strip_build_credentials
+from policies.buildruns import (
+    PIPELINERUN,
+    RUN_KINDS,
+    RUNS_UNAVAILABLE,
+    FoundRun,
+    OwnerRef,
+    check_new_taskrun,
+    check_run_change,
+    controller_owner,
+    run_not_found,
+)
+from policies.credentials import check_build_pod, strip_build_credentials
 from policies.decision import (
     MAX_MESSAGE_CHARS,
     Decision,
     Finding,
+    Mode,
     allow,
     cap,
     combine,
@@ -37,6 +49,7 @@ from policies.registry import check_pod_images
 from policies.slots import Claim, Reservation
 from webhooks.patches import make_patch
 from webhooks.review import AdmissionRequest, ReviewPayload, build_response
+from webhooks.runs import RunsUnavailableError
 from webhooks.slots import SlotsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -58,6 +71,17 @@ class ActiveRuns(Protocol):
         ...
 
 
+class BuildRunReader(Protocol):
+    """Finds the PipelineRun an object belongs to in the cluster (`webhooks.runs.BuildRuns`).
+
+    Both raise `webhooks.runs.RunsUnavailableError` when the cluster cannot answer in time.
+    """
+
+    def pipelinerun(self, namespace: str, owner: OwnerRef) -> FoundRun: ...
+
+    def pipelinerun_of_pod(self, namespace: str, pod: dict[str, Any]) -> FoundRun: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """What a rule may use besides the request: the policy, the time, and the cluster."""
@@ -66,6 +90,9 @@ class Context:
     now: datetime.datetime
     active_runs: ActiveRuns | None = None
     """None when there is no cluster (offline `review`): the active-run check is skipped."""
+    build_runs: BuildRunReader | None = None
+    """None when there is no cluster: the PipelineRun a TaskRun or pod belongs to is not
+    looked up, and the review says so."""
 
 
 Rule = Callable[[AdmissionRequest, Context], Decision]
@@ -125,15 +152,52 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
     """Pods and workload templates: every image from an allowed registry; in the build
-    namespace, no credential where it does not belong, on CREATE and UPDATE (an ephemeral
-    container, a changed image)."""
+    namespace, pods only from the Tekton controller and no credential where it does not belong,
+    on CREATE and UPDATE (an ephemeral container, a changed image)."""
     registry_decision = check_pod_images(
         kind=request.kind.kind, operation=request.operation, namespace=request.namespace,
         obj=request.object, old_obj=request.old_object, policy=context.policy, now=context.now)
-    leaks_decision = (find_credential_leaks(request.object, request.namespace, context.policy)
-                      if request.kind.kind == "Pod" and request.operation in ("CREATE", "UPDATE")
-                      else allow())
-    return combine(registry_decision, leaks_decision)
+    if request.kind.kind != "Pod":
+        return registry_decision
+    build_decision = check_build_pod(request.object, request.namespace, request.operation,
+                                     request.user, policy=context.policy)
+    return combine(registry_decision, build_decision)
+
+
+def validate_taskrun(request: AdmissionRequest, context: Context) -> Decision:
+    """TaskRuns and CustomRuns in the build namespace: made by the Tekton controller for a
+    PipelineRun that exists; never changed or deleted by a tool."""
+    policy = context.policy
+    kind = request.kind.kind
+    if kind not in RUN_KINDS or request.namespace != policy.builds.namespace:
+        return allow()
+    mode = policy.builds.mode
+    if request.operation in ("UPDATE", "DELETE"):
+        return decide(check_run_change(kind, request.operation, request.user, policy), mode)
+    if request.operation != "CREATE":
+        return allow()
+    findings = check_new_taskrun(kind, request.user, request.object, policy)
+    owner = controller_owner(request.object, PIPELINERUN)
+    if findings or owner is None:
+        return decide(findings, mode)
+    if context.build_runs is None:
+        return allow(warnings=(f"the PipelineRun {owner.name} of this {kind} was not looked up "
+                               "(no cluster connection)",))
+    try:
+        found = context.build_runs.pipelinerun(request.namespace, owner)
+    except RunsUnavailableError as error:
+        return _runs_unavailable(request, kind, error, mode)
+    return decide([] if found.run is not None else [run_not_found(kind, found)], mode)
+
+
+def _runs_unavailable(request: AdmissionRequest, what: str, error: Exception,
+                      mode: Mode) -> Decision:
+    logger.warning("build runs unavailable", extra={"fields": {
+        "uid": request.uid, "kind": request.kind.kind, "error": str(error)}})
+    return decide([Finding(RUNS_UNAVAILABLE, (
+        f"could not look up the PipelineRun this {what} belongs to, so it was not created: "
+        f"Tekton tries again; tell the platform admins if it keeps failing (cause: {error})"))],
+        mode)
 
 
 def mutate_build_pod(request: AdmissionRequest, context: Context) -> Decision:
@@ -172,6 +236,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("validate-pipelineruns", "/validate/pipelineruns", False, validate_pipelinerun),
     Endpoint("validate-pods", "/validate/pods", False, validate_pod),
     Endpoint("validate-policy", "/validate/policy", False, validate_policy),
+    Endpoint("validate-taskruns", "/validate/taskruns", False, validate_taskrun),
 )
 ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
 

@@ -28,6 +28,8 @@ from webhooks.review import API_VERSION, ReviewPayload, build_response, read_rev
 RESOURCES = {
     "Pod": ("", "pods"),
     "PipelineRun": ("tekton.dev", "pipelineruns"),
+    "TaskRun": ("tekton.dev", "taskruns"),
+    "CustomRun": ("tekton.dev", "customruns"),
     "ConfigMap": ("", "configmaps"),
     "Deployment": ("apps", "deployments"),
     "ReplicaSet": ("apps", "replicasets"),
@@ -40,9 +42,11 @@ RESOURCES = {
 ENDPOINTS_FOR_RESOURCE = {
     "pods": ("mutate-build-pods", "validate-pods"),
     "pipelineruns": ("validate-pipelineruns",),
+    "taskruns": ("validate-taskruns",),
+    "customruns": ("validate-taskruns",),
     "configmaps": ("validate-policy",),
     **{resource: ("validate-pods",) for _, resource in RESOURCES.values()
-       if resource not in ("pods", "pipelineruns", "configmaps")},
+       if resource not in ("pods", "pipelineruns", "taskruns", "customruns", "configmaps")},
 }
 
 

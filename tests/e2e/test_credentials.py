@@ -104,9 +104,11 @@ def probe_pod(name: str) -> str:
 
 def mutation_in_force(cp: ControlPlane) -> bool | None:
     """True when a server dry-run of the probe is stripped and admitted, False when the
-    validator refuses it as a credential leak, None for anything else."""
+    validator refuses it as a credential leak, None for anything else. As the Tekton
+    controller: nobody else may create pods in the build namespace."""
     result = cp.kubectl("create", "--dry-run=server", "-f", "-",
-                        input=probe_pod(unique("probe")), check=False)
+                        input=probe_pod(unique("probe")), check=False,
+                        user=cp.tekton_kubeconfig)
     if result.returncode == 0:
         return True
     if "BuildCredentialLeak" in result.stderr or "can read registry credentials" in result.stderr:
