@@ -37,7 +37,8 @@ What counts as a credential, since a pod does not say which Secret holds what:
 
 The mutation acts on CREATE; the validator (`find_credential_leaks`, `check_build_pod`) judges the
 pod as it would be stored on CREATE and UPDATE, so an ephemeral container or a changed image meets
-the same rules.
+the same rules. What a trusted step does with the credentials is judged too: a lifecycle phase
+may push only to its PipelineRun's APP_IMAGE (`trusted_step_findings`).
 
 Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
 untrusted step that needs the credentials itself (the `buildpacks` task's single
@@ -48,15 +49,21 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
-from policies.buildruns import check_pod_requester
+from policies.buildruns import FoundRun, check_pod_requester, param
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
-from policies.steps import runs_entrypoint, step_command
+from policies.steps import (
+    RegistryUse,
+    is_lifecycle_phase,
+    registry_use,
+    runs_entrypoint,
+    step_command,
+)
 
 CREDENTIALS_STRIPPED = "BuildCredentialsStripped"
 """Untrusted containers of a build pod carry credentials (stripped in enforce, warned in warn)."""
@@ -66,6 +73,14 @@ SHARED_CREDENTIAL_HOME = "SharedCredentialHome"
 """An untrusted container shares trusted steps' HOME in a shape a private mount cannot fix."""
 SINGLE_PROCESS_BUILD = "SingleProcessBuildRefused"
 """An untrusted step both needs the push credentials and runs the tool's code."""
+TRUSTED_STEP_TARGET = "TrustedStepTarget"
+"""A trusted step would use the credentials on an image its PipelineRun does not name."""
+BUILD_RUN_UNKNOWN = "BuildRunUnknown"
+"""A pod whose trusted steps keep the credentials belongs to no PipelineRun that exists."""
+APP_IMAGE = "APP_IMAGE"
+RUN_IMAGE = "RUN_IMAGE"
+BUILDER_IMAGE = "BUILDER_IMAGE"
+
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TEKTON_MANAGER = "tekton-pipelines"
 TEKTON_GROUP = "tekton.dev"
@@ -486,15 +501,118 @@ def _leak_findings(pod: Mapping[str, Any], namespace: str, policy: Policy) -> li
     return [*analysis.refusals, *leaks]
 
 
+def needs_build_run(pod: Mapping[str, Any] | None, namespace: str, operation: str,
+                    policy: Policy) -> bool:
+    """Whether `check_build_pod` needs the pod's PipelineRun: a new Tekton pod in the build
+    namespace in which a step keeps the credentials."""
+    return (operation == "CREATE" and isinstance(pod, dict)
+            and is_tekton_build_pod(pod, namespace, policy)
+            and any(trusted_step(c, policy) is not None
+                    for c in _list(_mapping(pod.get("spec")).get("containers"))
+                    if isinstance(c, dict)))
+
+
 def check_build_pod(pod: Mapping[str, Any] | None, namespace: str, operation: str, user: User,
-                    *, policy: Policy) -> Decision:
-    """A pod of the build namespace, as it would be stored: who makes it, and what it leaks."""
+                    *, policy: Policy, run: FoundRun | None) -> Decision:
+    """A pod of the build namespace, as stored: who makes it, what it leaks, where it pushes.
+
+    `run` is the PipelineRun the pod belongs to when `needs_build_run` asked for it; None when
+    it was not looked up (no cluster: the offline review), which skips only the comparison with
+    the run and says so.
+    """
     if (not isinstance(pod, dict) or namespace != policy.builds.namespace
             or operation not in ("CREATE", "UPDATE")):
         return Decision(allowed=True)
     findings = [*check_pod_requester(operation, user, policy),
                 *_leak_findings(pod, namespace, policy)]
-    return decide(findings, policy.credentials.mode)
+    warnings: list[str] = []
+    if operation == "CREATE" and is_tekton_build_pod(pod, namespace, policy):
+        if run is None and needs_build_run(pod, namespace, operation, policy):
+            warnings.append("the PipelineRun of this pod was not looked up (no cluster "
+                            "connection), so the images its trusted steps push to were not "
+                            "compared with the run's")
+        findings += trusted_step_findings(pod, policy, run)
+    decision = decide(findings, policy.credentials.mode)
+    if warnings:
+        decision = replace(decision, warnings=(*decision.warnings, *warnings))
+    return decision
+
+
+def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,
+                          run: FoundRun | None) -> list[Finding]:
+    """What each trusted lifecycle step of a Tekton pod does with the credentials it keeps.
+
+    Its own command line must read the same to the lifecycle whatever its flags' types (every
+    flag `-name=value`), name no cache image and no insecure registry; and, with the run known,
+    every image it pushes is the run's APP_IMAGE (also `-tag` and `-previous-image`), its run
+    image the run's RUN_IMAGE and its build image the run's BUILDER_IMAGE.
+    """
+    findings: list[Finding] = []
+    for container in _list(_mapping(pod.get("spec")).get("containers")):
+        if not isinstance(container, dict) or trusted_step(container, policy) is None:
+            continue
+        command = step_command(container["args"])
+        if not is_lifecycle_phase(command.entrypoint):
+            continue
+        name = escape(container["name"], 80)
+        if run is not None and run.run is None:
+            findings.append(Finding(BUILD_RUN_UNKNOWN, (
+                f"trusted step {name} keeps the registry credentials, but the pod belongs to no "
+                f"PipelineRun that exists: {run.problem}")))
+            continue
+        use = registry_use(command.command_args, _literal_env(container))
+        findings += _target_findings(name, use, run.run if run is not None else None)
+    return findings
+
+
+def _target_findings(name: str, use: RegistryUse,
+                     run: Mapping[str, Any] | None) -> list[Finding]:
+    def wrong(what: str, value: str, expected: str) -> Finding:
+        return Finding(TRUSTED_STEP_TARGET, f"trusted step {name} would use the registry "
+                                            f"credentials on {what} {quote(value, 200)}; "
+                                            f"{expected}")
+
+    if use.error is not None:
+        return [Finding(TRUSTED_STEP_TARGET, (
+            f"trusted step {name}: its lifecycle arguments cannot be read unambiguously "
+            f"({escape(use.error, 200)}); give every flag as -name=value"))]
+    findings = [wrong("cache image", v, "a build may not write a cache image")
+                for v in use.cache_images]
+    findings += [wrong("insecure registry", v, "registries are reached over TLS only")
+                 for v in use.insecure_registries]
+    if run is None:
+        return findings
+    expected = {APP_IMAGE: param(run, APP_IMAGE), RUN_IMAGE: param(run, RUN_IMAGE),
+                BUILDER_IMAGE: param(run, BUILDER_IMAGE)}
+    checks = [("image", v, APP_IMAGE) for v in (*use.outputs, *use.previous_images)]
+    checks += [("run image", v, RUN_IMAGE) for v in use.run_images]
+    checks += [("build image", v, BUILDER_IMAGE) for v in use.build_images]
+    for what, value, param_name in checks:
+        wanted = expected[param_name]
+        if not _same_image(value, wanted):
+            shown = quote(wanted, 200) if isinstance(wanted, str) else "unset"
+            findings.append(wrong(what, value, f"its PipelineRun's {param_name} is {shown}"))
+    return findings
+
+
+def _same_image(value: str, wanted: object) -> bool:
+    if not isinstance(wanted, str):
+        return False
+    try:
+        return parse_image(value).canonical == parse_image(wanted).canonical
+    except ImageReferenceError:
+        return False
+
+
+def _literal_env(container: Mapping[str, Any]) -> dict[str, str]:
+    """The container's variables as the lifecycle sees them; one from elsewhere names no image."""
+    env: dict[str, str] = {}
+    for entry in _list(container.get("env")):
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            value = entry.get("value")
+            env[entry["name"]] = (value if isinstance(value, str) and "valueFrom" not in entry
+                                  else "<valueFrom>")
+    return env
 
 
 def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[str, Any]:

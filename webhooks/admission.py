@@ -23,7 +23,7 @@ from policies.buildruns import (
     controller_owner,
     run_not_found,
 )
-from policies.credentials import check_build_pod, strip_build_credentials
+from policies.credentials import check_build_pod, needs_build_run, strip_build_credentials
 from policies.decision import (
     MAX_MESSAGE_CHARS,
     Decision,
@@ -152,15 +152,26 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
     """Pods and workload templates: every image from an allowed registry; in the build
-    namespace, pods only from the Tekton controller and no credential where it does not belong,
-    on CREATE and UPDATE (an ephemeral container, a changed image)."""
+    namespace, pods only from the Tekton controller, no credential where it does not belong,
+    and trusted steps that push only their PipelineRun's image."""
     registry_decision = check_pod_images(
         kind=request.kind.kind, operation=request.operation, namespace=request.namespace,
         obj=request.object, old_obj=request.old_object, policy=context.policy, now=context.now)
     if request.kind.kind != "Pod":
         return registry_decision
-    build_decision = check_build_pod(request.object, request.namespace, request.operation,
-                                     request.user, policy=context.policy)
+    policy = context.policy
+    pod = request.object
+    run: FoundRun | None = None
+    if context.build_runs is not None and needs_build_run(pod, request.namespace,
+                                                          request.operation, policy):
+        assert pod is not None  # needs_build_run is False without a pod
+        try:
+            run = context.build_runs.pipelinerun_of_pod(request.namespace, pod)
+        except RunsUnavailableError as error:
+            return combine(registry_decision, _runs_unavailable(request, "pod", error,
+                                                                policy.credentials.mode))
+    build_decision = check_build_pod(pod, request.namespace, request.operation, request.user,
+                                     policy=policy, run=run)
     return combine(registry_decision, build_decision)
 
 

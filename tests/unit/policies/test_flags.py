@@ -1,4 +1,5 @@
-"""Command lines as Go's `flag` package reads them, and as Tekton's entrypoint then uses them."""
+"""Command lines as Go's `flag` package reads them, and as Tekton's entrypoint and the lifecycle
+then use them."""
 
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from typing import Any
 import pytest
 
 from policies.flags import parse
-from policies.steps import ENTRYPOINT_BOOLEANS, ENTRYPOINT_FLAGS, step_command
+from policies.steps import (
+    ENTRYPOINT_BOOLEANS,
+    ENTRYPOINT_FLAGS,
+    LIFECYCLE_BOOLEANS,
+    registry_use,
+    step_command,
+)
 
 ENTRYPOINT = {"booleans": ENTRYPOINT_BOOLEANS, "known": ENTRYPOINT_FLAGS}
 
@@ -61,6 +68,15 @@ def test_what_go_refuses_is_an_error(args: list[Any], error: str) -> None:
     assert outcome(args)[2] == error
 
 
+def test_without_a_flag_set_a_bare_flag_that_is_not_a_known_boolean_is_ambiguous() -> None:
+    lifecycle = {"booleans": LIFECYCLE_BOOLEANS, "bare_values": False}
+    assert outcome(["-daemon", "-app=/w", "img"], **lifecycle) == (
+        [("daemon", "true"), ("app", "/w")], ["img"], None)
+    error = outcome(["-run-image", "victim/x", "mine/y"], **lifecycle)[2]
+    assert error is not None
+    assert "-run-image has no =value" in error
+
+
 # --- Tekton's entrypoint -----------------------------------------------------------------------
 
 
@@ -86,6 +102,47 @@ def test_the_step_runs_what_the_entrypoint_makes_of_its_args(
     step = step_command(args)
     assert step.entrypoint == entrypoint
     assert list(step.command_args) == command
+
+
+# --- the lifecycle ---------------------------------------------------------------------------
+
+
+EXPORT_02 = ["-app=/workspace/source/", "-layers=/layers", "-group=/layers/group.toml",
+             "-cache-dir=", "-cache-image=", "-report=/layers/report.toml",
+             "-process-type=web", "-uid=1000", "-gid=1000", "-stack=/layers/stack.toml",
+             "-run-image=", "tools-harbor.wmcloud.org/tool-mytool/tool-mytool:latest"]
+
+
+def test_the_captured_export_step_pushes_only_its_image() -> None:
+    use = registry_use(EXPORT_02, {"CNB_PLATFORM_API": "0.4", "HOME": "/tekton/home"})
+    assert use.error is None
+    assert use.outputs == ("tools-harbor.wmcloud.org/tool-mytool/tool-mytool:latest",)
+    assert (use.cache_images, use.run_images, use.previous_images, use.build_images,
+            use.insecure_registries) == ((), (), (), (), ())
+
+
+@pytest.mark.parametrize(("args", "env", "field", "values"), [
+    ([*EXPORT_02, "victim/app:latest"], {}, "outputs",
+     ("tools-harbor.wmcloud.org/tool-mytool/tool-mytool:latest", "victim/app:latest")),
+    (["-tag=victim/app", "mine/app"], {}, "outputs", ("mine/app", "victim/app")),
+    (["--", "-x", "mine/app"], {}, "outputs", ("-x", "mine/app")),
+    (["-cache-image=victim/cache", "mine/app"], {}, "cache_images", ("victim/cache",)),
+    (["mine/app"], {"CNB_CACHE_IMAGE": "victim/cache"}, "cache_images", ("victim/cache",)),
+    (["-cache-image=", "mine/app"], {"CNB_CACHE_IMAGE": "victim/cache"}, "cache_images", ()),
+    (["-image=victim/run", "-run-image=x/run", "mine/app"], {}, "run_images",
+     ("x/run", "victim/run")),
+    (["mine/app"], {"CNB_RUN_IMAGE": "victim/run"}, "run_images", ("victim/run",)),
+    (["-previous-image=victim/app", "mine/app"], {}, "previous_images", ("victim/app",)),
+    (["-insecure-registry=tools-harbor.wmcloud.org", "mine/app"], {}, "insecure_registries",
+     ("tools-harbor.wmcloud.org",)),
+], ids=["additional-tag", "tag-flag", "terminator", "cache-image", "cache-image-from-env",
+        "flag-over-env", "deprecated-run-image", "run-image-from-env", "previous-image",
+        "insecure-registry"])
+def test_every_image_a_phase_names_is_found(args: list[str], env: dict[str, str], field: str,
+                                            values: tuple[str, ...]) -> None:
+    use = registry_use(args, env)
+    assert use.error is None
+    assert getattr(use, field) == values
 
 
 # --- against Go itself ---------------------------------------------------------------------------

@@ -198,6 +198,37 @@ def mutated_review(scenario: str = "c-pipelinerun-phases-0.2-basic-auth",
     return review
 
 
+def test_the_captured_build_pod_of_a_pipelinerun_is_admitted(
+        client: FlaskClient, cluster: MemoryCluster) -> None:
+    response = post(client, "/validate/pods", mutated_review(client=client))
+    assert response["allowed"] is True, response
+    assert cluster.gets == [("taskruns", NAMESPACE, TASKRUN["metadata"]["name"]),
+                            ("pipelineruns", NAMESPACE, RUN["metadata"]["name"])]
+
+
+def test_a_build_pod_whose_export_is_not_its_runs_app_image_is_refused(
+        client: FlaskClient, cluster: MemoryCluster) -> None:
+    victim = "tools-harbor.wmcloud.org/tool-victim/victim:latest"
+    cluster.add(objects_of(captured_pod(), app_image=victim)[0])
+    reason, message = denial(post(client, "/validate/pods", mutated_review(client=client)))
+    assert reason == "TrustedStepTarget"
+    assert f'its PipelineRun\'s APP_IMAGE is "{victim}"' in message
+
+
+def test_the_pod_of_a_taskrun_without_a_pipelinerun_is_refused(
+        client: FlaskClient, cluster: MemoryCluster) -> None:
+    review = mutated_review("a-taskrun-phases-0.2-basic-auth", client)
+    pod = review["request"]["object"]
+    owner = pod["metadata"]["ownerReferences"][0]
+    cluster.add({"apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                 "metadata": {"name": owner["name"], "namespace": NAMESPACE,
+                              "uid": owner["uid"]}})
+    review["request"]["namespace"] = NAMESPACE  # scenario a was captured in image-build
+    reason, message = denial(post(client, "/validate/pods", review))
+    assert reason == "BuildRunUnknown"
+    assert message.endswith(f"its TaskRun {owner['name']} belongs to no PipelineRun")
+
+
 def test_a_build_pod_made_by_a_tool_is_refused(client: FlaskClient) -> None:
     review = mutated_review(client=client)
     review["request"]["userInfo"] = {"username": "mytool",
@@ -205,6 +236,18 @@ def test_a_build_pod_made_by_a_tool_is_refused(client: FlaskClient) -> None:
     reason, message = denial(post(client, "/validate/pods", review))
     assert reason == "PodNotFromTektonController"
     assert message.startswith(f"only the Tekton controller ({CONTROLLER}) creates pods")
+
+
+def test_an_unreachable_cluster_refuses_the_build_pod(tmp_path: Path) -> None:
+    cluster = MemoryCluster(error=RunsUnavailableError("reading taskruns failed: HTTP 500"))
+    app = make_app(tmp_path, BuildRuns(cluster))
+    try:
+        client = app.test_client()
+        reason, message = denial(post(client, "/validate/pods", mutated_review(client=client)))
+    finally:
+        app.extensions[EXTENSION].source.stop()
+    assert reason == "BuildRunsUnavailable"
+    assert message.startswith("could not look up the PipelineRun this pod belongs to")
 
 
 # --- the lookups themselves ---------------------------------------------------------------------
@@ -220,6 +263,14 @@ def test_owner_references_are_read_only_from_controlling_tekton_owners() -> None
         assert controller_owner(other, "PipelineRun") is None, change
     assert controller_owner({"metadata": {"ownerReferences": "x"}}, "PipelineRun") is None
     assert controller_owner(None, "PipelineRun") is None
+
+
+def test_the_deadline_covers_both_lookups() -> None:
+    clock = iter([0.0, 0.5, 2.0])
+    runs = BuildRuns(MemoryCluster(RUN, TASKRUN), budget_seconds=1.5,
+                     monotonic=lambda: next(clock))
+    with pytest.raises(RunsUnavailableError, match=r"did not answer within 1\.5 s"):
+        runs.pipelinerun_of_pod(NAMESPACE, captured_pod())
 
 
 class FailingApi:
