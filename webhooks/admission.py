@@ -205,10 +205,11 @@ def _runs_unavailable(request: AdmissionRequest, what: str, error: Exception,
                       mode: Mode) -> Decision:
     logger.warning("build runs unavailable", extra={"fields": {
         "uid": request.uid, "kind": request.kind.kind, "error": str(error)}})
+    # Tekton retries a TaskRun it could not create; a refused pod fails its TaskRun for good.
+    again = "Tekton tries again" if what in RUN_KINDS else "start the build again"
     return decide([Finding(RUNS_UNAVAILABLE, (
         f"could not look up the PipelineRun this {what} belongs to, so it was not created: "
-        f"Tekton tries again; tell the platform admins if it keeps failing (cause: {error})"))],
-        mode)
+        f"{again}; tell the platform admins if it keeps failing (cause: {error})"))], mode)
 
 
 def mutate_build_pod(request: AdmissionRequest, context: Context) -> Decision:

@@ -169,7 +169,8 @@ def test_an_unreachable_cluster_refuses_the_run(tmp_path: Path) -> None:
     finally:
         app.extensions[EXTENSION].source.stop()
     assert reason == "BuildRunsUnavailable"
-    assert message.startswith("could not look up the PipelineRun this TaskRun belongs to")
+    assert message.startswith("could not look up the PipelineRun this TaskRun belongs to, so it "
+                              "was not created: Tekton tries again")
     assert message.endswith("(cause: reading pipelineruns failed: HTTP 503)")
 
 
@@ -247,7 +248,8 @@ def test_an_unreachable_cluster_refuses_the_build_pod(tmp_path: Path) -> None:
     finally:
         app.extensions[EXTENSION].source.stop()
     assert reason == "BuildRunsUnavailable"
-    assert message.startswith("could not look up the PipelineRun this pod belongs to")
+    assert message.startswith("could not look up the PipelineRun this pod belongs to, so it "
+                              "was not created: start the build again")
 
 
 # --- the lookups themselves ---------------------------------------------------------------------
