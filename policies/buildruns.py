@@ -9,7 +9,8 @@ make them. So in `builds.namespace`:
   its uid (the edge looks the run up in the cluster);
 - tool accounts may not change or delete TaskRuns and CustomRuns: they follow their PipelineRun,
   which a tool cancels or deletes instead;
-- pods may be created, and their spec changed, only by the Tekton controller.
+- pods may be created, and their spec changed, only by the Tekton controller, and nobody gets a
+  shell or a port into them (`exec`, `attach`, `portforward`).
 
 RBAC should already keep tools away from all of this (docs/security.md); these rules hold when
 it does not.
@@ -21,7 +22,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import Finding, quote
+from policies.decision import Finding, escape, quote
 from policies.identity import User
 from policies.model import Policy
 
@@ -29,6 +30,7 @@ RUN_NOT_FROM_CONTROLLER = "RunNotFromTektonController"
 RUN_WITHOUT_PIPELINERUN = "RunWithoutPipelineRun"
 RUN_CHANGE_NOT_ALLOWED = "RunChangeNotAllowed"
 POD_NOT_FROM_CONTROLLER = "PodNotFromTektonController"
+POD_ACCESS_REFUSED = "BuildPodAccessRefused"
 RUNS_UNAVAILABLE = "BuildRunsUnavailable"
 
 TEKTON_GROUP = "tekton.dev"
@@ -130,6 +132,21 @@ def check_pod_requester(operation: str, user: User, policy: Policy) -> tuple[Fin
         f"only the Tekton controller ({policy.builds.tekton_controller}) {verb} pods in the "
         f"build namespace {policy.builds.namespace}; user {quote(user.username)} may not: "
         "builds run through PipelineRuns")),)
+
+
+def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Finding, ...]:
+    """`exec`, `attach` and `portforward` into a build pod: nobody's business but Tekton's.
+
+    A running trusted step holds the robot account's credentials, and every step shares the
+    build's workspace and layers: a shell in another tool's build pod could read the one or
+    change what the other pushes.
+    """
+    if is_controller(user, policy):
+        return ()
+    return (Finding(POD_ACCESS_REFUSED, (
+        f"pods in the build namespace {policy.builds.namespace} hold other tools' builds and the "
+        f"registry credentials; {escape(sub_resource or 'connect', 40)} into them is refused for "
+        f"user {quote(user.username)}: read a build's logs instead")),)
 
 
 def param(run: Mapping[str, Any] | None, name: str) -> object:

@@ -19,6 +19,7 @@ from policies.buildruns import (
     FoundRun,
     OwnerRef,
     check_new_taskrun,
+    check_pod_access,
     check_run_change,
     controller_owner,
     run_not_found,
@@ -201,6 +202,15 @@ def validate_taskrun(request: AdmissionRequest, context: Context) -> Decision:
     return decide([] if found.run is not None else [run_not_found(kind, found)], mode)
 
 
+def validate_build_pod_access(request: AdmissionRequest, context: Context) -> Decision:
+    """`exec`, `attach` and `portforward` into pods of the build namespace: refused."""
+    policy = context.policy
+    if request.operation != "CONNECT" or request.namespace != policy.builds.namespace:
+        return allow()
+    return decide(check_pod_access(request.sub_resource, request.user, policy),
+                  policy.credentials.mode)
+
+
 def _runs_unavailable(request: AdmissionRequest, what: str, error: Exception,
                       mode: Mode) -> Decision:
     logger.warning("build runs unavailable", extra={"fields": {
@@ -249,6 +259,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("validate-pods", "/validate/pods", False, validate_pod),
     Endpoint("validate-policy", "/validate/policy", False, validate_policy),
     Endpoint("validate-taskruns", "/validate/taskruns", False, validate_taskrun),
+    Endpoint("validate-build-pod-access", "/validate/build-pod-access", False,
+             validate_build_pod_access),
 )
 ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
 

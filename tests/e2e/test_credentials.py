@@ -491,6 +491,13 @@ def test_updates_that_would_hand_a_container_the_credentials_are_refused(
         nop = {"spec": {"containers": [{"name": "step-results", "image": SHELL_IMAGE}]}}
         control_plane.kubectl("-n", BUILD_NAMESPACE, "patch", "pod", name, "-p", json.dumps(nop),
                               user=controller)
+        # A shell into the pod: not even for a cluster admin, whom RBAC lets through.
+        refused = control_plane.kubectl("-n", BUILD_NAMESPACE, "exec", name, "-c", "step-export",
+                                        "--", "cat", f"{CREDS_SECRETS}/{SECRET}/password",
+                                        check=False)
+        assert refused.returncode != 0
+        assert ('admission webhook "build-pod-access.toolforge-admission.toolforge.org" '
+                "denied the request") in refused.stderr, refused.stderr
         stored = control_plane.get_json("-n", BUILD_NAMESPACE, "pod", name)
         images = {c["name"]: c["image"] for c in stored["spec"]["containers"]}
         assert images["step-export"] == next(c["image"] for c in pod["spec"]["containers"]

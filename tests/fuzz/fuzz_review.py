@@ -105,12 +105,16 @@ def seeds() -> Iterator[bytes]:
         (4, make_review(new_taskrun(RUN), resource="taskruns", namespace="image-build",
                         operation="UPDATE", old=new_taskrun(RUN))),
     ]
+    exec_options = {"kind": "PodExecOptions", "apiVersion": "v1", "command": ["sh"]}
+    reviews += [(5, make_review(exec_options, resource="pods", namespace="image-build",
+                                operation="CONNECT", sub_resource="exec",
+                                kind=("", "v1", "PodExecOptions")))]
     # Inputs that once broke an invariant, so that the seeds alone catch a regression.
     nameless = copy.deepcopy(reviews[0][1])
     nameless["request"]["object"]["spec"]["containers"][0]["name"] = []
     reviews += [(0, nameless), (2, nameless)]
     names = [endpoint.name for endpoint in ENDPOINTS]
-    assert names[:5] == ["mutate-build-pods", "validate-pipelineruns", "validate-pods",
-                         "validate-policy", "validate-taskruns"], names
+    assert names[:6] == ["mutate-build-pods", "validate-pipelineruns", "validate-pods",
+                         "validate-policy", "validate-taskruns", "validate-build-pod-access"], names
     for index, review in reviews:
         yield bytes([index]) + orjson.dumps(review)

@@ -32,7 +32,7 @@ BUILD_NAMESPACE = "image-build"
 PART_OF = "app.kubernetes.io/part-of"
 CONFIGURATION_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
 GRACEFUL_SECONDS = 25
-BUILD_NAMESPACE_ONLY = ("/mutate/build-pods", "/validate/taskruns")
+BUILD_NAMESPACE_ONLY = ("/mutate/build-pods", "/validate/taskruns", "/validate/build-pod-access")
 
 # path -> (sideEffects, longest timeoutSeconds)
 EXPECTED = {
@@ -40,6 +40,7 @@ EXPECTED = {
     "/validate/pods": ("None", 5),
     "/mutate/build-pods": ("None", 3),
     "/validate/taskruns": ("None", 3),
+    "/validate/build-pod-access": ("None", 3),
     "/validate/policy": ("None", 5),
 }
 
@@ -239,6 +240,8 @@ def test_rules(docs: tuple[Doc, ...]) -> None:
     assert _rules(docs, "/validate/taskruns") == {
         ("tekton.dev", version, resource, operation) for version in ("v1", "v1beta1")
         for resource in ("taskruns", "customruns") for operation in ("CREATE", "UPDATE", "DELETE")}
+    assert _rules(docs, "/validate/build-pod-access") == {
+        ("", "v1", f"pods/{sub}", "CONNECT") for sub in ("exec", "attach", "portforward")}
     assert _rules(docs, "/validate/policy") == {("", "v1", "configmaps", operation)
                                                 for operation in ("CREATE", "UPDATE")}
 

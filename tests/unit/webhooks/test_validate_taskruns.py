@@ -292,3 +292,39 @@ def test_the_kubernetes_reader_maps_404_to_none_and_other_errors_to_unavailable(
         KubernetesTektonObjects(FailingApi(503)).get("taskruns", "ns", "x", 1.0)
     with pytest.raises(RunsUnavailableError, match="OSError: reset"):
         KubernetesTektonObjects(FailingApi(None)).get("taskruns", "ns", "x", 1.0)
+
+
+# --- exec, attach and port-forward into build pods ------------------------------------------------
+
+
+def connect_review(sub_resource: str, *, namespace: str = NAMESPACE, username: str = "mytool",
+                   groups: tuple[str, ...] = ("toolforge", "system:authenticated"),
+                   ) -> dict[str, Any]:
+    kind = {"exec": "PodExecOptions", "attach": "PodAttachOptions",
+            "portforward": "PodPortForwardOptions"}[sub_resource]
+    options = {"kind": kind, "apiVersion": "v1", "container": "step-export",
+               "command": ["cat", "/tekton/creds-secrets/basic-user-pass/password"]}
+    return make_review(options, resource="pods", namespace=namespace, username=username,
+                       groups=groups, operation="CONNECT", sub_resource=sub_resource,
+                       kind=("", "v1", kind))
+
+
+@pytest.mark.parametrize("sub_resource", ["exec", "attach", "portforward"])
+@pytest.mark.parametrize(("username", "groups"), [
+    ("mytool", ("toolforge", "system:authenticated")),
+    ("kubernetes-admin", ("system:masters", "system:authenticated")),
+], ids=["tool", "admin"])
+def test_nobody_gets_a_shell_or_a_port_into_a_build_pod(
+        client: FlaskClient, sub_resource: str, username: str, groups: tuple[str, ...]) -> None:
+    review = connect_review(sub_resource, username=username, groups=groups)
+    reason, message = denial(post(client, "/validate/build-pod-access", review))
+    assert reason == "BuildPodAccessRefused"
+    assert message == (
+        "pods in the build namespace image-build hold other tools' builds and the registry "
+        f"credentials; {sub_resource} into them is refused for user \"{username}\": read a "
+        "build's logs instead")
+
+
+def test_exec_elsewhere_is_not_this_rules(client: FlaskClient) -> None:
+    review = connect_review("exec", namespace="tool-mytool")
+    assert post(client, "/validate/build-pod-access", review)["allowed"] is True
