@@ -43,8 +43,10 @@ def objects_of(pod: Mapping[str, Any], *, app_image: str = APP_IMAGE,
               "SOURCE_URL": "https://gitlab.example.org/mytool/app.git", **(params or {})}
     run = {
         "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": labels["tekton.dev/pipelineRun"], "namespace": "image-build",
-                     "uid": labels["tekton.dev/pipelineRunUID"],
+        # A TaskRun's pod (scenarios a, b, d) names no run: give it one.
+        "metadata": {"name": labels.get("tekton.dev/pipelineRun", "mytool-buildpacks-pipelinerun"),
+                     "namespace": "image-build",
+                     "uid": labels.get("tekton.dev/pipelineRunUID", "0c8a7d3e-run"),
                      "labels": {"toolforge.org/tool": "mytool"}},
         "spec": {"pipelineRef": {"name": "buildpacks"},
                  "params": [{"name": k, "value": v} for k, v in values.items()

@@ -19,6 +19,7 @@ from policies.credentials import (
     check_build_pod,
     needs_build_run,
     strip_build_credentials,
+    trusted_step_findings,
 )
 from policies.identity import User
 from policies.model import Policy, parse_policy
@@ -28,6 +29,7 @@ from tests.buildruns import (
     PIPELINERUN_POD,
     TASKRUN_POD,
     captured_pod,
+    captured_review,
     objects_of,
 )
 from tests.conftest import EXAMPLE_POLICY
@@ -42,7 +44,7 @@ VICTIM_IMAGE = "tools-harbor.wmcloud.org/tool-victim/victim:latest"
 def stored(scenario: str = PIPELINERUN_POD, policy: Policy = POLICY) -> dict[str, Any]:
     """The captured pod, with the build-pod mutation applied (as the validator sees it)."""
     pod = captured_pod(scenario)
-    decision = strip_build_credentials(pod, NAMESPACE, "CREATE", policy)
+    decision = strip_build_credentials(pod, policy.builds.namespace, "CREATE", policy)
     assert decision.allowed
     assert decision.patched is not None
     patched: dict[str, Any] = jsonpatch.make_patch(pod, decision.patched).apply(pod)
@@ -73,6 +75,23 @@ def test_a_build_pod_pushing_to_its_runs_app_image_is_admitted() -> None:
     decision = check(pod, found(pod))
     assert decision.allowed, decision.message
     assert decision.warnings == ()
+
+
+@pytest.mark.parametrize("scenario", [
+    "a-taskrun-phases-0.2-basic-auth", "b-taskrun-phases-0.3-basic-auth",
+    "c-pipelinerun-phases-0.2-basic-auth", "d-taskrun-phases-0.2-dockerconfigjson"])
+def test_every_captured_trusted_step_reads_unambiguously_and_pushes_only_app_image(
+        scenario: str) -> None:
+    """The real shapes, 0.3's analyze (`-tag=`, `-run-image=`, step-result `-uid=$(...)`)
+    included: nothing to refuse against a run whose APP_IMAGE is the one they push."""
+    policy = POLICY.model_copy(update={"builds": POLICY.builds.model_copy(
+        update={"namespace": captured_review(scenario)["request"]["namespace"]})})
+    pod = stored(scenario, policy)
+    assert trusted_step_findings(pod, policy, found(pod)) == []
+    other = FoundRun(objects_of(pod, app_image=VICTIM_IMAGE)[0])
+    pushing = {f.message.split(" would use")[0] for f in
+               trusted_step_findings(pod, policy, other)}
+    assert pushing == {"trusted step step-analyze", "trusted step step-export"}
 
 
 def test_the_export_target_must_be_the_runs_app_image() -> None:
