@@ -8,28 +8,38 @@ docker config to before copying it into `$HOME`. In buildpacks-phases the detect
 extender steps run the tool's code, so `strip_build_credentials` takes all of that away from every
 container that is not a trusted step.
 
-A container is trusted only when it is a step (`step-<name>`) and its name, image and recorded
-`-entrypoint` all match one `credentials.trustedSteps` entry. Everything else is untrusted:
-other steps, init containers and sidecars.
+A container is trusted only in a pod Tekton made (its label and its TaskRun owner), when it is a
+step (`step-<name>`) whose name, image and program all match one `credentials.trustedSteps`
+entry, and when nothing else in it can run code or move the credentials: its command is Tekton's
+entrypoint, its args are read exactly as that entrypoint reads them (`policies.steps`: Go's flag
+parsing, so `-entrypoint /a x -entrypoint /b` runs `/a`, and leftovers such as a `cp` subcommand
+mean no program of ours runs), it has no lifecycle hooks or probes, and its HOME (and
+DOCKER_CONFIG) is a literal path in `env`, not from envFrom, valueFrom or `$(VAR)`. Everything else
+is untrusted: other steps, init containers, sidecars, ephemeral containers, and every container
+of a pod Tekton did not make.
 
 What counts as a credential, since a pod does not say which Secret holds what:
 
-- credential Secrets: every Secret named by a credential flag in any container, and every Secret
-  behind a volume mounted under `/tekton/creds-secrets/` by any container;
-- credential volumes: every pod volume backed by a credential Secret (a `secret` volume, or a
-  `projected` volume with such a `secret` source), and every Secret-backed volume mounted under
-  `/tekton/creds-secrets/`. Matching is by path and source, never by volume name: Tekton named these
-  volumes `tekton-internal-secret-volume-<secret>-<random>` before v1.11 and `tekton-creds-<hash>`
-  since;
-- an untrusted container loses: mounts under `/tekton/creds-secrets/`, mounts of credential
-  volumes, its `/tekton/creds` mount, credential flags before the first `--` (`-flag=value`,
-  `--flag=value`, `-flag value`), and `env`/`envFrom` entries that read a credential Secret;
-- shared home: trusted steps find their credentials in `$HOME/.docker/config.json` (HOME defaults
-  to `/tekton/home`; `DOCKER_CONFIG` is treated the same). The volume a trusted step has mounted
+- credential volumes: every pod volume backed by a Secret (a `secret` volume, or a `projected`
+  volume with a `secret` source), and every volume any container mounts at or under
+  `/tekton/creds` (where the entrypoint writes a step's credentials, wherever else another
+  container mounts it). Matching is by source and path, never by volume name: Tekton named the
+  secret volumes `tekton-internal-secret-volume-<secret>-<random>` before v1.11 and
+  `tekton-creds-<hash>` since;
+- an untrusted container loses: mounts under `/tekton/creds-secrets/` and `/tekton/creds`, mounts
+  of credential volumes anywhere, credential flags before the first `--` (`-flag=value`,
+  `--flag=value`, `-flag value`), and `env`/`envFrom` entries that read any Secret;
+- shared home: trusted steps find their credentials in `$HOME/.docker/config.json`
+  (`DOCKER_CONFIG` is treated the same). The volume a trusted step has mounted
   there is a *credential home*. An untrusted container that mounts a credential home gets a private
   emptyDir (`toolforge-untrusted-home-<index>`, medium Memory) at the same path instead, when it
   mounts it exactly at its own HOME or DOCKER_CONFIG and the volume is an emptyDir; in any other
   shape (a PVC, a sub-path, a directory that also holds other data) the pod is refused.
+
+The mutation acts on CREATE; the validator (`find_credential_leaks`, `check_build_pod`) judges the
+pod as it would be stored on CREATE and UPDATE, so an ephemeral container or a changed image meets
+the same rules. What a trusted step does with the credentials is judged too: a lifecycle phase
+may push only to its PipelineRun's APP_IMAGE (`trusted_step_findings`).
 
 Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
 untrusted step that needs the credentials itself (the `buildpacks` task's single
@@ -40,13 +50,22 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from typing import Any
 
+from policies.buildruns import FoundRun, check_pod_requester, param
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
+from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
 from policies.objects import mapping
+from policies.steps import (
+    RegistryUse,
+    is_lifecycle_phase,
+    registry_use,
+    runs_entrypoint,
+    step_command,
+)
 
 CREDENTIALS_STRIPPED = "BuildCredentialsStripped"
 """Untrusted containers of a build pod carry credentials (stripped in enforce, warned in warn)."""
@@ -56,6 +75,13 @@ SHARED_CREDENTIAL_HOME = "SharedCredentialHome"
 """An untrusted container shares trusted steps' HOME in a shape a private mount cannot fix."""
 SINGLE_PROCESS_BUILD = "SingleProcessBuildRefused"
 """An untrusted step both needs the push credentials and runs the tool's code."""
+TRUSTED_STEP_TARGET = "TrustedStepTarget"
+"""A trusted step would use the credentials on an image its PipelineRun does not name."""
+BUILD_RUN_UNKNOWN = "BuildRunUnknown"
+"""A pod whose trusted steps keep the credentials belongs to no PipelineRun that exists."""
+APP_IMAGE = "APP_IMAGE"
+RUN_IMAGE = "RUN_IMAGE"
+BUILDER_IMAGE = "BUILDER_IMAGE"
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TEKTON_MANAGER = "tekton-pipelines"
@@ -64,6 +90,10 @@ STEP_PREFIX = "step-"
 CREDS_SECRETS_DIR = "/tekton/creds-secrets"
 CREDS_DIR = "/tekton/creds"
 DEFAULT_HOME = "/tekton/home"
+HOME = "HOME"
+DOCKER_CONFIG = "DOCKER_CONFIG"
+RUNS_COMMANDS = ("lifecycle", "livenessProbe", "readinessProbe", "startupProbe")
+"""Container fields that make the kubelet run commands inside a container."""
 SEPARATOR = "--"
 CREATOR = "/cnb/lifecycle/creator"
 SAFE_TASK = "buildpacks-phases"
@@ -71,8 +101,7 @@ UNTRUSTED_HOME_VOLUME = "toolforge-untrusted-home-{index}"
 CREDENTIAL_FLAGS = frozenset({"basic-docker", "docker-config", "docker-cfg", "basic-git",
                               "ssh-git"})
 """Entrypoint flags that make a step read a Secret (`pkg/credentials/{dockercreds,gitcreds}`)."""
-_SECRET_THEN_URL = frozenset({"basic-docker", "basic-git", "ssh-git"})
-"""Flags whose value is `<secret>=<url>`; the others' value is just `<secret>`."""
+
 
 
 # --- reading the pod ---------------------------------------------------------------------------
@@ -103,24 +132,22 @@ def split_args(args: Sequence[object]) -> tuple[list[object], list[object]]:
 
 
 def entrypoint_of(args: Sequence[object]) -> str | None:
-    """The command Tekton records in `-entrypoint <cmd>`; the last one wins, as in Go's flag."""
-    flags, _ = split_args(args)
-    found: str | None = None
-    for i, token in enumerate(flags):
-        if not isinstance(token, str):
-            continue
-        name, has_value, value = _flag(token)
-        if name != "entrypoint":
-            continue
-        if has_value:
-            found = value
-        elif i + 1 < len(flags) and isinstance(flags[i + 1], str):
-            found = str(flags[i + 1])
-    return found
+    """The program Tekton's entrypoint runs for these args, parsed as it parses them.
+
+    Go's `flag` stops at the first argument that is not a flag, so in `-entrypoint /a x
+    -entrypoint /b --` the program is `/a`; leftovers (`x`) or a parse error mean the step runs
+    no program of ours (a leftover may be a subcommand such as `cp`), and give None.
+    """
+    return step_command(args).entrypoint
 
 
 def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[str]]:
-    """Args without credential flags before `--`, and the flags removed (each as one string)."""
+    """Args without credential flags before `--`, and the flags removed (each as one string).
+
+    Wider than Go's parse on purpose: every credential flag before the first `--` goes, even
+    one that Go would take as another flag's value or never reach, so that an entrypoint with
+    a flag this suite does not know still finds no credential flag.
+    """
     flags, rest = split_args(args)
     kept: list[object] = []
     removed: list[str] = []
@@ -139,19 +166,6 @@ def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[s
         kept.append(token)
         i += 1
     return kept + rest, removed
-
-
-def flag_secrets(args: Sequence[object]) -> set[str]:
-    """The Secrets that credential flags before `--` name."""
-    _, removed = strip_credential_flags(args)
-    secrets = set()
-    for text in removed:
-        flag, _, value = text.replace(" ", "=", 1).partition("=")
-        if flag.lstrip("-") in _SECRET_THEN_URL:
-            value = value.partition("=")[0]
-        if value:
-            secrets.add(value)
-    return secrets
 
 
 def _flag(token: str) -> tuple[str, bool, str]:
@@ -186,12 +200,22 @@ def image_matches(allowed: ImageReference, image: ImageReference) -> bool:
 
 
 def trusted_step(container: Mapping[str, Any], policy: Policy) -> TrustedStep | None:
-    """The policy entry a step container matches by name, image and entrypoint, if any."""
+    """The policy entry a step container matches, if any.
+
+    Its name, image and the program the entrypoint runs must match one entry; and nothing else
+    in the container may run code or move the credentials: its command is Tekton's entrypoint
+    (which reads the args as judged here), it has no lifecycle hooks or probes (which run
+    commands in the container), and where the entrypoint copies the credentials (HOME, or
+    DOCKER_CONFIG) is written in the pod, not taken from envFrom, valueFrom or `$(VAR)`.
+    """
     name = container.get("name")
     image_text = container.get("image")
     args = container.get("args")
     if not (isinstance(name, str) and name.startswith(STEP_PREFIX) and isinstance(image_text, str)
-            and isinstance(args, list)):
+            and isinstance(args, list) and runs_entrypoint(container)):
+        return None
+    if any(container.get(key) is not None for key in RUNS_COMMANDS) \
+            or not _home_is_literal(container):
         return None
     step_name = name[len(STEP_PREFIX):]
     try:
@@ -204,6 +228,22 @@ def trusted_step(container: Mapping[str, Any], policy: Policy) -> TrustedStep | 
                 and any(image_matches(allowed, image) for allowed in entry.images)):
             return entry
     return None
+
+
+def _home_is_literal(container: Mapping[str, Any]) -> bool:
+    """HOME is set, and it and DOCKER_CONFIG (if set) are plain absolute paths in `env`."""
+    if _list(container.get("envFrom")):
+        return False  # it may set HOME or DOCKER_CONFIG, and the pod does not say to what
+    env = {e.get("name"): e for e in _list(container.get("env")) if isinstance(e, dict)}
+    for variable in (HOME, DOCKER_CONFIG):
+        entry = env.get(variable)
+        if entry is None and variable == DOCKER_CONFIG:
+            continue
+        value = entry.get("value") if entry is not None else None
+        if (entry is None or "valueFrom" in entry or not isinstance(value, str)
+                or not value.startswith("/") or "$(" in value):
+            return False
+    return True
 
 
 # --- the analysis ------------------------------------------------------------------------------
@@ -247,23 +287,27 @@ class Analysis:
     changes: tuple[ContainerChanges, ...] = ()
     refusals: tuple[Finding, ...] = ()
     trusted: tuple[str, ...] = ()
-    secrets: frozenset[str] = field(default_factory=frozenset)
 
 
-def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
-    """Find every credential an untrusted container of a Tekton pod can read; change nothing."""
+def analyse(pod: Mapping[str, Any], policy: Policy, *, trust: bool = True) -> Analysis:
+    """Find every credential an untrusted container of a build pod can read; change nothing.
+
+    With `trust` False (a pod Tekton did not make) no container is trusted, so every Secret the
+    pod mounts or reads is a leak.
+    """
     spec = mapping(pod.get("spec"))
     volumes = {v["name"]: v for v in _list(spec.get("volumes"))
                if isinstance(v, dict) and isinstance(v.get("name"), str)}
     all_containers = list(_containers(spec))
     trusted = [c for kind, _, c in all_containers
-               if kind == "containers" and trusted_step(c, policy) is not None]
+               if trust and kind == "containers" and trusted_step(c, policy) is not None]
     trusted_names = {c.get("name") for c in trusted}
     trusted_ids = {id(c) for c in trusted}
 
-    secrets = _credential_secrets(all_containers, volumes)
-    credential_volumes = {name for name, volume in volumes.items()
-                          if _volume_secrets(volume) & secrets}
+    # Any Secret a build pod shows may be a credential (nothing says which one the robot
+    # account's is), and so is a step's /tekton/creds, wherever another container mounts it.
+    credential_volumes = {name for name, volume in volumes.items() if _volume_secrets(volume)}
+    credential_volumes |= _creds_dir_volumes(all_containers)
     homes = _credential_homes(trusted, volumes)
 
     changes: list[ContainerChanges] = []
@@ -271,7 +315,7 @@ def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
     for kind, index, container in all_containers:
         if id(container) in trusted_ids:  # the container itself: its name may be any JSON
             continue
-        change = _untrusted_changes(kind, index, container, volumes=volumes, secrets=secrets,
+        change = _untrusted_changes(kind, index, container, volumes=volumes,
                                     credential_volumes=credential_volumes, homes=homes,
                                     refusals=refusals)
         if change.empty:
@@ -285,22 +329,14 @@ def analyse(pod: Mapping[str, Any], policy: Policy) -> Analysis:
                 f"safely; use the {SAFE_TASK} task, which runs the push in a separate trusted "
                 "step")))
     return Analysis(changes=tuple(changes), refusals=tuple(refusals),
-                    trusted=tuple(str(n) for n in trusted_names), secrets=frozenset(secrets))
+                    trusted=tuple(str(n) for n in trusted_names))
 
 
-def _credential_secrets(containers: Iterable[tuple[str, int, Mapping[str, Any]]],
-                        volumes: Mapping[str, Mapping[str, Any]]) -> set[str]:
-    secrets: set[str] = set()
-    for _, _, container in containers:
-        args = container.get("args")
-        if isinstance(args, list):
-            secrets |= flag_secrets(args)
-        for mount in _list(container.get("volumeMounts")):
-            if isinstance(mount, dict) and _under(mount.get("mountPath"), CREDS_SECRETS_DIR):
-                volume = volumes.get(str(mount.get("name")))
-                if volume is not None:
-                    secrets |= _volume_secrets(volume)
-    return secrets
+def _creds_dir_volumes(containers: Iterable[tuple[str, int, Mapping[str, Any]]]) -> set[str]:
+    """Volumes any container mounts at or under /tekton/creds, where the entrypoint writes."""
+    return {str(mount.get("name")) for _, _, container in containers
+            for mount in _list(container.get("volumeMounts"))
+            if isinstance(mount, dict) and _under(mount.get("mountPath"), CREDS_DIR)}
 
 
 def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:
@@ -361,7 +397,7 @@ def _covering_mount(container: Mapping[str, Any], path: str) -> Mapping[str, Any
 
 
 def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
-                       volumes: Mapping[str, Mapping[str, Any]], secrets: set[str],
+                       volumes: Mapping[str, Mapping[str, Any]],
                        credential_volumes: set[str], homes: set[str],
                        refusals: list[Finding]) -> ContainerChanges:
     name = str(container.get("name", f"{kind}[{index}]"))
@@ -396,9 +432,9 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
     if isinstance(args, list):
         _, flags = strip_credential_flags(args)
     env = [str(e.get("name")) for e in _list(container.get("env"))
-           if isinstance(e, dict) and _secret_ref(e.get("valueFrom"), "secretKeyRef") in secrets]
+           if isinstance(e, dict) and _secret_ref(e.get("valueFrom"), "secretKeyRef") is not None]
     env_from = [ref for e in _list(container.get("envFrom"))
-                if (ref := _secret_ref(e, "secretRef")) in secrets]
+                if (ref := _secret_ref(e, "secretRef")) is not None]
     return ContainerChanges(kind=kind, index=index, name=name, mounts=tuple(mounts),
                             flags=tuple(flags), env=tuple(env), env_from=tuple(env_from),
                             home_mounts=tuple(home_mounts))
@@ -448,15 +484,137 @@ def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
     """Refuse a build-namespace pod in which an untrusted container can still read a credential.
 
     Every pod of the build namespace is looked at, not only those with Tekton's label and owner:
-    the mutating webhook is scoped to those, so a pod that escapes its scope must be stopped here.
+    the mutating webhook is scoped to those, so a pod that escapes its scope must be stopped here,
+    and in such a pod no container is trusted. Run on CREATE and UPDATE: an UPDATE may add an
+    ephemeral container or change a trusted step's image, which the mutation never sees.
     """
     if not isinstance(pod, dict) or namespace != policy.builds.namespace:
         return Decision(allowed=True)
-    analysis = analyse(pod, policy)
+    return decide(_leak_findings(pod, namespace, policy), policy.credentials.mode)
+
+
+def _leak_findings(pod: Mapping[str, Any], namespace: str, policy: Policy) -> list[Finding]:
+    tekton = is_tekton_build_pod(pod, namespace, policy)
+    analysis = analyse(pod, policy, trust=tekton)
+    remedy = ("the build-pod mutating webhook must remove them before the pod is stored" if tekton
+              else "only Tekton's build pods may carry Secrets in the build namespace")
     leaks = [Finding(CREDENTIAL_LEAK, f"untrusted container {c.describe()} can read registry "
-                                      f"credentials; the build-pod mutating webhook must remove "
-                                      f"them before the pod is stored") for c in analysis.changes]
-    return decide([*analysis.refusals, *leaks], policy.credentials.mode)
+                                      f"credentials; {remedy}") for c in analysis.changes]
+    return [*analysis.refusals, *leaks]
+
+
+def needs_build_run(pod: Mapping[str, Any] | None, namespace: str, operation: str,
+                    policy: Policy) -> bool:
+    """Whether `check_build_pod` needs the pod's PipelineRun: a new Tekton pod in the build
+    namespace in which a step keeps the credentials."""
+    return (operation == "CREATE" and isinstance(pod, dict)
+            and is_tekton_build_pod(pod, namespace, policy)
+            and any(trusted_step(c, policy) is not None
+                    for c in _list(mapping(pod.get("spec")).get("containers"))
+                    if isinstance(c, dict)))
+
+
+def check_build_pod(pod: Mapping[str, Any] | None, namespace: str, operation: str, user: User,
+                    *, policy: Policy, run: FoundRun | None) -> Decision:
+    """A pod of the build namespace, as stored: who makes it, what it leaks, where it pushes.
+
+    `run` is the PipelineRun the pod belongs to when `needs_build_run` asked for it; None when
+    it was not looked up (no cluster: the offline review), which skips only the comparison with
+    the run and says so.
+    """
+    if (not isinstance(pod, dict) or namespace != policy.builds.namespace
+            or operation not in ("CREATE", "UPDATE")):
+        return Decision(allowed=True)
+    findings = [*check_pod_requester(operation, user, policy),
+                *_leak_findings(pod, namespace, policy)]
+    warnings: list[str] = []
+    if operation == "CREATE" and is_tekton_build_pod(pod, namespace, policy):
+        if run is None and needs_build_run(pod, namespace, operation, policy):
+            warnings.append("the PipelineRun of this pod was not looked up (no cluster "
+                            "connection), so the images its trusted steps push to were not "
+                            "compared with the run's")
+        findings += trusted_step_findings(pod, policy, run)
+    decision = decide(findings, policy.credentials.mode)
+    if warnings:
+        decision = replace(decision, warnings=(*decision.warnings, *warnings))
+    return decision
+
+
+def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,
+                          run: FoundRun | None) -> list[Finding]:
+    """What each trusted lifecycle step of a Tekton pod does with the credentials it keeps.
+
+    Its own command line must read the same to the lifecycle whatever its flags' types (every
+    flag `-name=value`), name no cache image and no insecure registry; and, with the run known,
+    every image it pushes is the run's APP_IMAGE (also `-tag` and `-previous-image`), its run
+    image the run's RUN_IMAGE and its build image the run's BUILDER_IMAGE.
+    """
+    findings: list[Finding] = []
+    for container in _list(mapping(pod.get("spec")).get("containers")):
+        if not isinstance(container, dict) or trusted_step(container, policy) is None:
+            continue
+        command = step_command(container["args"])
+        if not is_lifecycle_phase(command.entrypoint):
+            continue
+        name = escape(container["name"], 80)
+        if run is not None and run.run is None:
+            findings.append(Finding(BUILD_RUN_UNKNOWN, (
+                f"trusted step {name} keeps the registry credentials, but the pod belongs to no "
+                f"PipelineRun that exists: {run.problem}")))
+            continue
+        use = registry_use(command.command_args, _literal_env(container))
+        findings += _target_findings(name, use, run.run if run is not None else None)
+    return findings
+
+
+def _target_findings(name: str, use: RegistryUse,
+                     run: Mapping[str, Any] | None) -> list[Finding]:
+    def wrong(what: str, value: str, expected: str) -> Finding:
+        return Finding(TRUSTED_STEP_TARGET, f"trusted step {name} would use the registry "
+                                            f"credentials on {what} {quote(value, 200)}; "
+                                            f"{expected}")
+
+    if use.error is not None:
+        return [Finding(TRUSTED_STEP_TARGET, (
+            f"trusted step {name}: its lifecycle arguments cannot be read unambiguously "
+            f"({escape(use.error, 200)}); give every flag as -name=value"))]
+    findings = [wrong("cache image", v, "a build may not write a cache image")
+                for v in use.cache_images]
+    findings += [wrong("insecure registry", v, "registries are reached over TLS only")
+                 for v in use.insecure_registries]
+    if run is None:
+        return findings
+    expected = {APP_IMAGE: param(run, APP_IMAGE), RUN_IMAGE: param(run, RUN_IMAGE),
+                BUILDER_IMAGE: param(run, BUILDER_IMAGE)}
+    checks = [("image", v, APP_IMAGE) for v in (*use.outputs, *use.previous_images)]
+    checks += [("run image", v, RUN_IMAGE) for v in use.run_images]
+    checks += [("build image", v, BUILDER_IMAGE) for v in use.build_images]
+    for what, value, param_name in checks:
+        wanted = expected[param_name]
+        if not _same_image(value, wanted):
+            shown = quote(wanted, 200) if isinstance(wanted, str) else "unset"
+            findings.append(wrong(what, value, f"its PipelineRun's {param_name} is {shown}"))
+    return findings
+
+
+def _same_image(value: str, wanted: object) -> bool:
+    if not isinstance(wanted, str):
+        return False
+    try:
+        return parse_image(value).canonical == parse_image(wanted).canonical
+    except ImageReferenceError:
+        return False
+
+
+def _literal_env(container: Mapping[str, Any]) -> dict[str, str]:
+    """The container's variables as the lifecycle sees them; one from elsewhere names no image."""
+    env: dict[str, str] = {}
+    for entry in _list(container.get("env")):
+        if isinstance(entry, dict) and isinstance(entry.get("name"), str):
+            value = entry.get("value")
+            env[entry["name"]] = (value if isinstance(value, str) and "valueFrom" not in entry
+                                  else "<valueFrom>")
+    return env
 
 
 def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[str, Any]:

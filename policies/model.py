@@ -237,6 +237,9 @@ class BuildsPolicy(_Section):
     """The label every run must carry with its tool's name; checked, never trusted."""
     service_account: Name = "default"
     """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
+    tekton_controller: Name = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
+    """The Tekton controller's username: the only requester that may create TaskRuns, CustomRuns
+    and pods in the build namespace, or change those pods."""
     mode: Mode = "enforce"
     """`enforce` refuses a run with findings; `warn` admits it and returns them as warnings."""
 

@@ -12,6 +12,8 @@ EXAMPLE_POLICY = Path(__file__).parent.parent / "policies" / "example-policy.yam
 KINDS = {
     "pods": ("", "v1", "Pod"),
     "pipelineruns": ("tekton.dev", "v1", "PipelineRun"),
+    "taskruns": ("tekton.dev", "v1", "TaskRun"),
+    "customruns": ("tekton.dev", "v1beta1", "CustomRun"),
     "configmaps": ("", "v1", "ConfigMap"),
     "deployments": ("apps", "v1", "Deployment"),
 }

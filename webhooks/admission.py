@@ -10,13 +10,26 @@ import datetime
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
-from policies.credentials import find_credential_leaks, strip_build_credentials
+from policies.buildruns import (
+    PIPELINERUN,
+    RUN_KINDS,
+    RUNS_UNAVAILABLE,
+    FoundRun,
+    OwnerRef,
+    check_new_taskrun,
+    check_pod_access,
+    check_run_change,
+    controller_owner,
+    run_not_found,
+)
+from policies.credentials import check_build_pod, needs_build_run, strip_build_credentials
 from policies.decision import (
     MAX_MESSAGE_CHARS,
     Decision,
     Finding,
+    Mode,
     allow,
     cap,
     combine,
@@ -37,6 +50,7 @@ from policies.registry import check_pod_images
 from policies.slots import Claim, Reservation
 from webhooks.patches import make_patch
 from webhooks.review import AdmissionRequest, ReviewPayload, build_response
+from webhooks.runs import RunsUnavailableError
 from webhooks.slots import SlotsUnavailableError
 
 logger = logging.getLogger(__name__)
@@ -59,6 +73,17 @@ class ActiveRuns(Protocol):
         ...
 
 
+class BuildRunReader(Protocol):
+    """Finds the PipelineRun an object belongs to in the cluster (`webhooks.runs.BuildRuns`).
+
+    Both raise `webhooks.runs.RunsUnavailableError` when the cluster cannot answer in time.
+    """
+
+    def pipelinerun(self, namespace: str, owner: OwnerRef) -> FoundRun: ...
+
+    def pipelinerun_of_pod(self, namespace: str, pod: dict[str, Any]) -> FoundRun: ...
+
+
 @dataclass(frozen=True)
 class Context:
     """What a rule may use besides the request: the policy, the time, and the cluster."""
@@ -67,6 +92,9 @@ class Context:
     now: datetime.datetime
     active_runs: ActiveRuns | None = None
     """None when there is no cluster (offline `review`): the active-run check is skipped."""
+    build_runs: BuildRunReader | None = None
+    """None when there is no cluster: the PipelineRun a TaskRun or pod belongs to is not
+    looked up, and the review says so."""
 
 
 Rule = Callable[[AdmissionRequest, Context], Decision]
@@ -130,14 +158,74 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
 
 
 def validate_pod(request: AdmissionRequest, context: Context) -> Decision:
-    """Pods and workload templates: every image from an allowed registry."""
+    """Pods and workload templates: every image from an allowed registry; in the build
+    namespace, pods only from the Tekton controller, no credential where it does not belong,
+    and trusted steps that push only their PipelineRun's image."""
     registry_decision = check_pod_images(
         kind=request.kind.kind, operation=request.operation, namespace=request.namespace,
         obj=request.object, old_obj=request.old_object, policy=context.policy, now=context.now)
-    leaks_decision = (find_credential_leaks(request.object, request.namespace, context.policy)
-                      if request.kind.kind == "Pod" and request.operation == "CREATE"
-                      else allow())
-    return combine(registry_decision, leaks_decision)
+    if request.kind.kind != "Pod":
+        return registry_decision
+    policy = context.policy
+    pod = request.object
+    run: FoundRun | None = None
+    if context.build_runs is not None and needs_build_run(pod, request.namespace,
+                                                          request.operation, policy):
+        assert pod is not None  # needs_build_run is False without a pod
+        try:
+            run = context.build_runs.pipelinerun_of_pod(request.namespace, pod)
+        except RunsUnavailableError as error:
+            return combine(registry_decision, _runs_unavailable(request, "pod", error,
+                                                                policy.credentials.mode))
+    build_decision = check_build_pod(pod, request.namespace, request.operation, request.user,
+                                     policy=policy, run=run)
+    return combine(registry_decision, build_decision)
+
+
+def validate_taskrun(request: AdmissionRequest, context: Context) -> Decision:
+    """TaskRuns and CustomRuns in the build namespace: made by the Tekton controller for a
+    PipelineRun that exists; never changed or deleted by a tool."""
+    policy = context.policy
+    kind = request.kind.kind
+    if kind not in RUN_KINDS or request.namespace != policy.builds.namespace:
+        return allow()
+    mode = policy.builds.mode
+    if request.operation in ("UPDATE", "DELETE"):
+        return decide(check_run_change(kind, request.operation, request.user, policy), mode)
+    if request.operation != "CREATE":
+        return allow()
+    findings = check_new_taskrun(kind, request.user, request.object, policy)
+    owner = controller_owner(request.object, PIPELINERUN)
+    if findings or owner is None:
+        return decide(findings, mode)
+    if context.build_runs is None:
+        return allow(warnings=(f"the PipelineRun {owner.name} of this {kind} was not looked up "
+                               "(no cluster connection)",))
+    try:
+        found = context.build_runs.pipelinerun(request.namespace, owner)
+    except RunsUnavailableError as error:
+        return _runs_unavailable(request, kind, error, mode)
+    return decide([] if found.run is not None else [run_not_found(kind, found)], mode)
+
+
+def validate_build_pod_access(request: AdmissionRequest, context: Context) -> Decision:
+    """`exec`, `attach` and `portforward` into pods of the build namespace: refused."""
+    policy = context.policy
+    if request.operation != "CONNECT" or request.namespace != policy.builds.namespace:
+        return allow()
+    return decide(check_pod_access(request.sub_resource, request.user, policy),
+                  policy.credentials.mode)
+
+
+def _runs_unavailable(request: AdmissionRequest, what: str, error: Exception,
+                      mode: Mode) -> Decision:
+    logger.warning("build runs unavailable", extra={"fields": {
+        "uid": request.uid, "kind": request.kind.kind, "error": str(error)}})
+    # Tekton retries a TaskRun it could not create; a refused pod fails its TaskRun for good.
+    again = "Tekton tries again" if what in RUN_KINDS else "start the build again"
+    return decide([Finding(RUNS_UNAVAILABLE, (
+        f"could not look up the PipelineRun this {what} belongs to, so it was not created: "
+        f"{again}; tell the platform admins if it keeps failing (cause: {error})"))], mode)
 
 
 def mutate_build_pod(request: AdmissionRequest, context: Context) -> Decision:
@@ -184,6 +272,12 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("validate-pods", "/validate/pods", False, validate_pod, (POD, *WORKLOADS)),
     Endpoint("validate-policy", "/validate/policy", False, validate_policy,
              (("", "ConfigMap"),)),
+    Endpoint("validate-taskruns", "/validate/taskruns", False, validate_taskrun,
+             (("tekton.dev", "TaskRun"), ("tekton.dev", "CustomRun"))),
+    # CONNECT reviews carry the options kind of the subresource (pods/exec, attach, portforward).
+    Endpoint("validate-build-pod-access", "/validate/build-pod-access", False,
+             validate_build_pod_access, (("", "PodExecOptions"), ("", "PodAttachOptions"),
+                                         ("", "PodPortForwardOptions"))),
 )
 ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
 

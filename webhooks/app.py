@@ -16,7 +16,7 @@ from werkzeug.wsgi import get_input_stream
 
 from policies.decision import Decision, deny
 from webhooks import metrics
-from webhooks.admission import ENDPOINTS, ActiveRuns, Context, Endpoint, answer
+from webhooks.admission import ENDPOINTS, ActiveRuns, BuildRunReader, Context, Endpoint, answer
 from webhooks.errors import (
     BadReviewError,
     BodyTooLargeError,
@@ -52,10 +52,12 @@ class Service:
     """What the endpoints share inside one worker process."""
 
     def __init__(self, source: PolicySource, clock: Callable[[], datetime.datetime],
-                 active_runs: ActiveRuns | None) -> None:
+                 active_runs: ActiveRuns | None, build_runs: BuildRunReader | None = None,
+                 ) -> None:
         self.source = source
         self.clock = clock
         self.active_runs = active_runs
+        self.build_runs = build_runs
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -69,7 +71,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> Flask:
                           last_good=app.config.get("POLICY_LAST_GOOD_FILE"))
     source.start()
     clock = app.config.get("CLOCK") or (lambda: datetime.datetime.now(datetime.UTC))
-    app.extensions[EXTENSION] = Service(source, clock, app.config.get("ACTIVE_RUNS"))
+    app.extensions[EXTENSION] = Service(source, clock, app.config.get("ACTIVE_RUNS"),
+                                        app.config.get("BUILD_RUNS"))
     app.register_blueprint(_health_blueprint())
     app.register_error_handler(HTTPException, _http_error)
     app.wsgi_app = AdmissionDispatcher(app, app.wsgi_app)  # type: ignore[method-assign]
@@ -177,7 +180,8 @@ def _review(endpoint: Endpoint, body: bytes, service: Service, started: float) -
                                    "refuses everything; a platform admin must fix the policy")
         payload = build_response(review.uid, decision)
     else:
-        context = Context(policy=policy, now=service.clock(), active_runs=service.active_runs)
+        context = Context(policy=policy, now=service.clock(), active_runs=service.active_runs,
+                          build_runs=service.build_runs)
         decision, payload = answer(endpoint, review, context)
     _record(endpoint.name, review, decision, time.perf_counter() - started)
     return orjson.dumps(payload)

@@ -72,14 +72,15 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
     def load(self) -> Callable[..., Any]:
         # Runs in each worker after the fork: the Kubernetes client's connection pool must not
         # be shared between processes.
+        from webhooks import runs, slots
         from webhooks.app import create_app
-        from webhooks.slots import from_environment
 
-        active_runs = from_environment() if self.options.cluster else None
+        cluster = self.options.cluster
         return create_app({
             "POLICY_FILE": str(self.options.policy_file),
             "POLICY_LAST_GOOD_FILE": self.options.state_dir / "last-good-policy.yaml",
-            "ACTIVE_RUNS": active_runs,
+            "ACTIVE_RUNS": slots.from_environment() if cluster else None,
+            "BUILD_RUNS": runs.from_environment() if cluster else None,
             "CLIENT_CERTIFICATES": self.options.client_ca_file is not None,
             "CLIENT_NAMES": self.options.client_names,
         })

@@ -38,6 +38,7 @@ from concurrent import futures
 from typing import Any, Protocol
 
 from policies.slots import Claim, Reservation, claim_slot, listed_run
+from webhooks.cluster import api_client, unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -311,19 +312,12 @@ def from_environment() -> LeaseSlots:
     Call it in each worker process, after gunicorn forks: the client's connection pool must not
     be shared between processes.
     """
-    from kubernetes import client, config  # noqa: PLC0415 - only the service needs the client
+    from kubernetes import client  # noqa: PLC0415 - only the service needs the client
 
-    configuration = client.Configuration()
-    try:
-        config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    except config.ConfigException:
-        config.load_kube_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
-    # One attempt per call: retries are ours, within the deadline.
-    configuration.retries = 0
-    api_client = client.ApiClient(configuration)
+    api = api_client()
     namespace = os.environ.get("POD_NAMESPACE") or DEFAULT_NAMESPACE
-    return LeaseSlots(KubernetesLeases(client.CoordinationV1Api(api_client), namespace),
-                      KubernetesRuns(client.CustomObjectsApi(api_client)))
+    return LeaseSlots(KubernetesLeases(client.CoordinationV1Api(api), namespace),
+                      KubernetesRuns(client.CustomObjectsApi(api)))
 
 
 def _json(response: Any) -> dict[str, Any]:
@@ -334,12 +328,4 @@ def _json(response: Any) -> dict[str, Any]:
 def _unavailable(action: str, error: Exception,
                  kind: type[SlotsUnavailableError] = SlotsUnavailableError,
                  ) -> SlotsUnavailableError:
-    status = getattr(error, "status", None)
-    reason = getattr(error, "reason", None)
-    if status is not None:
-        detail = f"HTTP {status} {reason or ''}".strip()
-    else:
-        # urllib3 wraps the cause (refused, reset, timed out) in MaxRetryError.reason.
-        cause = reason if isinstance(reason, Exception) else error
-        detail = f"{type(cause).__name__}: {str(cause)[:200]}"
-    return kind(f"{action} failed: {detail}")
+    return unavailable(action, error, kind)

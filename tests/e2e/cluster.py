@@ -273,6 +273,9 @@ class ControlPlane:
         self.processes: list[Process] = []
         self.server = ""
         self.kubeconfig = workdir / "admin.kubeconfig"
+        self.tekton_kubeconfig = workdir / "tekton-controller.kubeconfig"
+        """The Tekton controller's own credentials (its ServiceAccount token), for a test that
+        must act as the controller."""
         self.timings: dict[str, float] = {}
         self._api_client: Any = None
 
@@ -549,8 +552,7 @@ class ControlPlane:
         token = self.kubectl("-n", TEKTON_NAMESPACE, "create", "token",
                              "tekton-pipelines-controller", "--duration=12h").stdout.strip()
         controller_kubeconfig = self._write_kubeconfig(
-            self.workdir / "tekton-controller.kubeconfig", TEKTON_CONTROLLER_USER, None, None,
-            token=token)
+            self.tekton_kubeconfig, TEKTON_CONTROLLER_USER, None, None, token=token)
         image = f"{TEKTON_IMAGE_PREFIX}/{{}}:{TEKTON_VERSION}"
         self.tekton = self._start("tekton-controller", [
             str(self.bins["tekton-controller"]),

@@ -26,7 +26,9 @@ import yaml
 
 from tests.e2e.cluster import (
     BUILD_NAMESPACE,
+    SHELL_IMAGE,
     TEKTON_CONTROLLER_USER,
+    TEST_MANIFESTS,
     ControlPlane,
     Suite,
     wait_for,
@@ -104,9 +106,11 @@ def probe_pod(name: str) -> str:
 
 def mutation_in_force(cp: ControlPlane) -> bool | None:
     """True when a server dry-run of the probe is stripped and admitted, False when the
-    validator refuses it as a credential leak, None for anything else."""
+    validator refuses it as a credential leak, None for anything else. As the Tekton
+    controller: nobody else may create pods in the build namespace."""
     result = cp.kubectl("create", "--dry-run=server", "-f", "-",
-                        input=probe_pod(unique("probe")), check=False)
+                        input=probe_pod(unique("probe")), check=False,
+                        user=cp.tekton_kubeconfig)
     if result.returncode == 0:
         return True
     if "BuildCredentialLeak" in result.stderr or "can read registry credentials" in result.stderr:
@@ -253,5 +257,252 @@ def test_without_the_mutating_webhook_the_validator_refuses_the_build_pod(
             message
         assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
                                       f"tekton.dev/pipelineRun={run}")["items"] == []
+    finally:
+        delete_runs(control_plane, tool)
+
+
+# --- TaskRuns and pods made by hand (tools have RBAC for both in this harness) ------------------
+
+TASKRUNS_WEBHOOK = 'admission webhook "taskruns.toolforge-admission.toolforge.org" denied'
+PODS_WEBHOOK = 'admission webhook "pods.toolforge-admission.toolforge.org" denied'
+LIFECYCLE = "docker.io/buildpacksio/lifecycle:0.10.2"
+VICTIM_IMAGE = "tools-harbor.wmcloud.org/tool-victim/victim:latest"
+
+
+def handmade_taskrun(name: str, owner: dict[str, Any] | None = None) -> str:
+    """A TaskRun whose one step looks exactly like the trusted `export`, pushing where its
+    author likes, with the build ServiceAccount (and so the robot account's credentials)."""
+    metadata: dict[str, Any] = {"name": name, "namespace": BUILD_NAMESPACE}
+    if owner is not None:
+        metadata["ownerReferences"] = [owner]
+    return json.dumps({
+        "apiVersion": "tekton.dev/v1", "kind": "TaskRun", "metadata": metadata,
+        "spec": {"serviceAccountName": "buildpacks-service-account", "taskSpec": {"steps": [{
+            "name": "export", "image": LIFECYCLE, "command": ["/cnb/lifecycle/exporter"],
+            "args": ["-app=/workspace", VICTIM_IMAGE]}]}},
+    })
+
+
+def secret_pod(name: str) -> str:
+    """A plain pod of the build namespace that mounts the registry Secret."""
+    return json.dumps({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": BUILD_NAMESPACE},
+        "spec": {"restartPolicy": "Never",
+                 "volumes": [{"name": "creds", "secret": {"secretName": SECRET}}],
+                 "containers": [{"name": "step-export", "image": LIFECYCLE,
+                                 "volumeMounts": [{"name": "creds", "mountPath": "/creds"}]}]},
+    })
+
+
+def can_i(cp: ControlPlane, verb: str, resource: str, user: str) -> bool:
+    return cp.kubectl("auth", "can-i", verb, resource, "-n", BUILD_NAMESPACE, f"--as={user}",
+                      "--as-group=toolforge", check=False).stdout.strip() == "yes"
+
+
+def test_a_tool_with_rbac_for_taskruns_and_pods_still_cannot_make_them(
+        control_plane: ControlPlane, live_suite: Suite) -> None:
+    tool = "handmade"
+    account = tool_account(control_plane, tool)
+    # The harness's RBAC, which a real install should not give (docs/security.md).
+    for resource in ("taskruns.tekton.dev", "pods", "pods/ephemeralcontainers"):
+        assert can_i(control_plane, "create" if "/" not in resource else "update", resource,
+                     tool), resource
+
+    name = unique("handmade-export")
+    refused = control_plane.kubectl("create", "-f", "-", input=handmade_taskrun(name),
+                                    user=account, check=False)
+    assert refused.returncode != 0
+    assert TASKRUNS_WEBHOOK in refused.stderr, refused.stderr
+    assert "only the Tekton controller creates TaskRuns" in refused.stderr
+    review = live_suite.wait_review(endpoint="validate-taskruns", name=name)
+    assert (review["user"], review["decision"], review["reason"]) == (
+        tool, "denied", "RunNotFromTektonController")
+    assert control_plane.kubectl("-n", BUILD_NAMESPACE, "get", "taskrun", name,
+                                 check=False).returncode != 0
+
+    for pod_name, manifest in ((unique("plain"), pod_manifest_in_build_namespace),
+                               (unique("secret"), secret_pod)):
+        refused = control_plane.kubectl("create", "-f", "-", input=manifest(pod_name),
+                                        user=account, check=False)
+        assert refused.returncode != 0
+        assert PODS_WEBHOOK in refused.stderr, refused.stderr
+        review = live_suite.wait_review(endpoint="validate-pods", name=pod_name)
+        assert (review["decision"], review["reason"]) == ("denied", "PodNotFromTektonController")
+        if manifest is secret_pod:
+            assert "untrusted container step-export: mount /creds can read registry " \
+                "credentials" in review["detail"], review
+
+
+def pod_manifest_in_build_namespace(name: str) -> str:
+    return json.dumps({"apiVersion": "v1", "kind": "Pod",
+                       "metadata": {"name": name, "namespace": BUILD_NAMESPACE},
+                       "spec": {"restartPolicy": "Never",
+                                "containers": [{"name": "app", "image": BUILDER}]}})
+
+
+def test_even_the_controller_makes_taskruns_only_for_pipelineruns_that_exist(
+        control_plane: ControlPlane, live_suite: Suite) -> None:
+    controller = control_plane.tekton_kubeconfig
+    orphan, ghost = unique("orphan"), unique("ghost")
+    ghost_owner = {"apiVersion": "tekton.dev/v1", "kind": "PipelineRun", "name": "no-such-run",
+                   "uid": str(uuid.uuid4()), "controller": True, "blockOwnerDeletion": True}
+    for name, owner, why in ((orphan, None, "this one belongs to none"),
+                             (ghost, ghost_owner, "PipelineRun no-such-run (uid ")):
+        refused = control_plane.kubectl("create", "-f", "-", input=handmade_taskrun(name, owner),
+                                        user=controller, check=False)
+        assert refused.returncode != 0
+        assert TASKRUNS_WEBHOOK in refused.stderr, refused.stderr
+        assert why in refused.stderr, refused.stderr
+        review = live_suite.wait_review(endpoint="validate-taskruns", name=name)
+        assert (review["user"], review["reason"]) == (TEKTON_CONTROLLER_USER,
+                                                      "RunWithoutPipelineRun")
+
+    # Nobody else makes CustomRuns either, a cluster admin included.
+    custom = unique("custom")
+    refused = control_plane.kubectl("create", "-f", "-", check=False, input=json.dumps({
+        "apiVersion": "tekton.dev/v1beta1", "kind": "CustomRun",
+        "metadata": {"name": custom, "namespace": BUILD_NAMESPACE},
+        "spec": {"customRef": {"apiVersion": "example.dev/v1", "kind": "Wait"}}}))
+    assert refused.returncode != 0
+    assert "only the Tekton controller creates CustomRuns" in refused.stderr, refused.stderr
+
+
+def test_a_tool_cannot_change_or_delete_another_tools_taskrun(
+        control_plane: ControlPlane, live_suite: Suite) -> None:
+    owner, intruder = "trowner", "trintruder"
+    owner_account = tool_account(control_plane, owner)
+    intruder_account = tool_account(control_plane, intruder)
+    run = unique(f"{owner}-buildpacks-pipelinerun")
+    try:
+        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(run, owner)),
+                              user=owner_account)
+
+        def taskrun() -> str | None:
+            control_plane.tekton.check_alive()
+            items = control_plane.get_json("-n", BUILD_NAMESPACE, "taskruns", "-l",
+                                           f"tekton.dev/pipelineRun={run}")["items"]
+            return str(items[0]["metadata"]["name"]) if items else None
+
+        name = wait_for(f"Tekton to make the TaskRun of {run}", taskrun, 60)
+        for verb in (("label", "taskrun", name, "stolen=yes"), ("delete", "taskrun", name)):
+            refused = control_plane.kubectl("-n", BUILD_NAMESPACE, *verb, user=intruder_account,
+                                            check=False)
+            assert refused.returncode != 0, verb
+            assert TASKRUNS_WEBHOOK in refused.stderr, refused.stderr
+            assert f"tools may not {'delete' if verb[0] == 'delete' else 'change'} TaskRuns" \
+                in refused.stderr, refused.stderr
+        stored = control_plane.get_json("-n", BUILD_NAMESPACE, "taskrun", name)
+        assert "stolen" not in stored["metadata"].get("labels", {})
+    finally:
+        delete_runs(control_plane, owner)
+
+
+# --- what a trusted step does -------------------------------------------------------------------
+
+ELSEWHERE = "buildpacks-elsewhere"
+
+
+@pytest.fixture
+def pipeline_pushing_elsewhere(control_plane: ControlPlane,
+                               default_policy: Suite) -> Iterator[Suite]:
+    """An approved pipeline that hands its task a fixed APP_IMAGE: another tool's. An admin's
+    mistake, or a compromised pipeline; a run admitted for its own APP_IMAGE then has an export
+    step that would push to the other tool's project with the robot account."""
+    pipeline = yaml.safe_load((TEST_MANIFESTS / "image-build.yaml").read_text().split("---")[-1])
+    pipeline["metadata"]["name"] = ELSEWHERE
+    for param in pipeline["spec"]["tasks"][0]["params"]:
+        if param["name"] == "APP_IMAGE":
+            param["value"] = VICTIM_IMAGE
+    control_plane.apply([pipeline])
+    default_policy.set_policy(default_policy.default_policy.replace(
+        "  pipelines: [buildpacks]\n", f"  pipelines: [buildpacks, {ELSEWHERE}]\n"))
+    try:
+        yield default_policy
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipeline", ELSEWHERE,
+                              "--ignore-not-found")
+
+
+def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
+        control_plane: ControlPlane, pipeline_pushing_elsewhere: Suite) -> None:
+    suite = pipeline_pushing_elsewhere
+    tool = "credtarget"
+    account = tool_account(control_plane, tool)
+    run = unique(f"{tool}-buildpacks-pipelinerun")
+    manifest = pipelinerun(run, tool)
+    manifest["spec"]["pipelineRef"]["name"] = ELSEWHERE
+    try:
+        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
+        pod_name = f"{run}-build-pod"
+        denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
+                                   operation="CREATE")
+        assert denied["user"] == TEKTON_CONTROLLER_USER
+        assert (denied["decision"], denied["reason"]) == ("denied", "TrustedStepTarget"), denied
+        own = f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"
+        assert (f'trusted step step-export would use the registry credentials on image '
+                f'"{VICTIM_IMAGE}"; its PipelineRun\'s APP_IMAGE is "{own}"') in denied["detail"]
+        assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
+                                      f"tekton.dev/pipelineRun={run}")["items"] == []
+    finally:
+        delete_runs(control_plane, tool)
+
+
+# --- updates of a stored build pod ----------------------------------------------------------------
+
+
+def test_updates_that_would_hand_a_container_the_credentials_are_refused(
+        control_plane: ControlPlane, live_suite: Suite) -> None:
+    tool = "credupdate"
+    account = tool_account(control_plane, tool)
+    run = unique(f"{tool}-buildpacks-pipelinerun")
+    try:
+        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(run, tool)),
+                              user=account)
+        pod = wait_pod(control_plane, run)
+        name = pod["metadata"]["name"]
+        secret_volume = next(v["name"] for v in pod["spec"]["volumes"]
+                             if v.get("secret", {}).get("secretName") == SECRET)
+
+        # `kubectl debug`'s subresource, by a tool that has RBAC for it here.
+        debugger = {"spec": {"ephemeralContainers": [{
+            "name": "debugger", "image": BUILDER, "command": ["sh"],
+            "volumeMounts": [{"name": secret_volume, "mountPath": "/s"}]}]}}
+        refused = control_plane.kubectl(
+            "-n", BUILD_NAMESPACE, "patch", "pod", name, "--subresource=ephemeralcontainers",
+            "--type=strategic", "-p", json.dumps(debugger), user=account, check=False)
+        assert refused.returncode != 0
+        assert PODS_WEBHOOK in refused.stderr, refused.stderr
+        review = live_suite.wait_review(endpoint="validate-pods", name=name,
+                                        sub_resource="ephemeralcontainers")
+        assert review["reason"] == "PodNotFromTektonController", review
+        assert "untrusted container debugger: mount /s can read registry credentials" in \
+            review["detail"], review
+
+        # The controller itself may change images (it stops sidecars so), but a trusted step
+        # in another image is no longer trusted, and still holds the credentials.
+        controller = control_plane.tekton_kubeconfig
+        attacker = {"spec": {"containers": [{"name": "step-export",
+                                             "image": "docker.io/buildpacksio/lifecycle:0.9"}]}}
+        refused = control_plane.kubectl("-n", BUILD_NAMESPACE, "patch", "pod", name, "-p",
+                                        json.dumps(attacker), user=controller, check=False)
+        assert refused.returncode != 0
+        assert "untrusted container step-export:" in refused.stderr, refused.stderr
+        nop = {"spec": {"containers": [{"name": "step-results", "image": SHELL_IMAGE}]}}
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "patch", "pod", name, "-p", json.dumps(nop),
+                              user=controller)
+        # A shell into the pod: not even for a cluster admin, whom RBAC lets through.
+        refused = control_plane.kubectl("-n", BUILD_NAMESPACE, "exec", name, "-c", "step-export",
+                                        "--", "cat", f"{CREDS_SECRETS}/{SECRET}/password",
+                                        check=False)
+        assert refused.returncode != 0
+        assert ('admission webhook "build-pod-access.toolforge-admission.toolforge.org" '
+                "denied the request") in refused.stderr, refused.stderr
+        stored = control_plane.get_json("-n", BUILD_NAMESPACE, "pod", name)
+        images = {c["name"]: c["image"] for c in stored["spec"]["containers"]}
+        assert images["step-export"] == next(c["image"] for c in pod["spec"]["containers"]
+                                             if c["name"] == "step-export")
+        assert images["step-results"] == SHELL_IMAGE
+        assert "ephemeralContainers" not in stored["spec"]
     finally:
         delete_runs(control_plane, tool)

@@ -21,8 +21,8 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import REPO, SUITE_NAMESPACE, ControlPlane, Suite
-from tests.e2e.objects import unique
+from tests.e2e.cluster import BUILD_NAMESPACE, REPO, SUITE_NAMESPACE, ControlPlane, Suite, wait_for
+from tests.e2e.objects import delete_runs, pipelinerun, unique
 
 MANIFESTS = REPO / "manifests"
 RENDERED = {
@@ -310,3 +310,41 @@ def test_the_servers_rbac_allows_the_active_run_check_and_nothing_less_would(
     finally:
         control_plane.kubectl("-n", SUITE_NAMESPACE, "delete", "lease", slots.lease_name(tool),
                               "--ignore-not-found", check=False)
+
+
+def test_the_servers_rbac_lets_it_find_a_build_pods_pipelinerun_and_nothing_less_would(
+        control_plane: ControlPlane, live_suite: Suite, tmp_path: pathlib.Path) -> None:
+    """The lookup behind the build-pod and TaskRun rules, made with the base's ServiceAccount and
+    RBAC (really applied): pod -> TaskRun -> PipelineRun; an account without them cannot."""
+    from kubernetes import client, config
+
+    from webhooks.runs import BuildRuns, KubernetesTektonObjects, RunsUnavailableError
+
+    rbac = [d for d in render(control_plane, RENDERED["base"]) if d["kind"] in RBAC_KINDS]
+    control_plane.apply(rbac)
+    tool = "rbacruns"
+    control_plane.grant(tool, [BUILD_NAMESPACE])
+    account = control_plane.user_kubeconfig(tool, ["toolforge"])
+    run = unique(f"{tool}-buildpacks-pipelinerun")
+
+    def runs(name: str) -> BuildRuns:
+        kubeconfig = service_account_kubeconfig(control_plane, SUITE_NAMESPACE, name,
+                                                tmp_path / f"{name}.kubeconfig")
+        api = client.ApiClient(config.new_client_from_config(str(kubeconfig)).configuration)
+        return BuildRuns(KubernetesTektonObjects(client.CustomObjectsApi(api)))
+
+    try:
+        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(run, tool)),
+                              user=account)
+        pods = wait_for(f"the pod of {run}", lambda: control_plane.get_json(
+            "-n", BUILD_NAMESPACE, "pods", "-l", f"tekton.dev/pipelineRun={run}")["items"], 120)
+        found = runs("toolforge-admission").pipelinerun_of_pod(BUILD_NAMESPACE, pods[0])
+        assert found.run is not None, found.problem
+        assert found.run["metadata"]["name"] == run
+
+        stranger = unique("stranger")
+        control_plane.kubectl("-n", SUITE_NAMESPACE, "create", "serviceaccount", stranger)
+        with pytest.raises(RunsUnavailableError, match="HTTP 403"):
+            runs(stranger).pipelinerun_of_pod(BUILD_NAMESPACE, pods[0])
+    finally:
+        delete_runs(control_plane, tool)

@@ -22,11 +22,13 @@ from policies.decision import MAX_MESSAGE_CHARS, MAX_WARNING_CHARS
 from policies.model import parse_policy
 from policies.slots import Claim, Reservation
 from tests.builders import EXAMPLE_POLICY, make_review
+from tests.buildruns import CONTROLLER, MemoryCluster, captured_pod, new_taskrun, objects_of
 from tests.pipelineruns import make_run
 from webhooks.admission import ENDPOINTS, Context
 from webhooks.errors import BadReviewError
 from webhooks.patches import make_patch
 from webhooks.review import build_response, parse_review
+from webhooks.runs import BuildRuns
 
 FIXTURES = Path(__file__).parent.parent / "fixtures" / "tekton"
 CPU_SECONDS = 1.0
@@ -41,9 +43,10 @@ class Fits:
         return Claim(fits=limit > 0, limit=limit, occupants=(), reservations=(), changed=False)
 
 
+RUN, TASKRUN = objects_of(captured_pod())
 CONTEXT = Context(policy=parse_policy(EXAMPLE_POLICY.read_bytes()),
                   now=datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC),
-                  active_runs=Fits())
+                  active_runs=Fits(), build_runs=BuildRuns(MemoryCluster(RUN, TASKRUN)))
 
 
 def check(data: bytes) -> None:
@@ -95,12 +98,24 @@ def seeds() -> Iterator[bytes]:
                          "data": {"policy.yaml": EXAMPLE_POLICY.read_text()}},
                         resource="configmaps", namespace="toolforge-admission")),
     ]
+    controller: dict[str, Any] = {"namespace": "image-build", "username": CONTROLLER,
+                  "groups": ("system:serviceaccounts", "system:authenticated")}
+    reviews += [
+        (4, make_review(new_taskrun(RUN), resource="taskruns", **controller)),
+        (4, make_review(new_taskrun(RUN), resource="customruns", **controller)),
+        (4, make_review(new_taskrun(RUN), resource="taskruns", namespace="image-build",
+                        operation="UPDATE", old=new_taskrun(RUN))),
+    ]
+    exec_options = {"kind": "PodExecOptions", "apiVersion": "v1", "command": ["sh"]}
+    reviews += [(5, make_review(exec_options, resource="pods", namespace="image-build",
+                                operation="CONNECT", sub_resource="exec",
+                                kind=("", "v1", "PodExecOptions")))]
     # Inputs that once broke an invariant, so that the seeds alone catch a regression.
     nameless = copy.deepcopy(reviews[0][1])
     nameless["request"]["object"]["spec"]["containers"][0]["name"] = []
     reviews += [(0, nameless), (2, nameless)]
     names = [endpoint.name for endpoint in ENDPOINTS]
-    assert names[:4] == ["mutate-build-pods", "validate-pipelineruns", "validate-pods",
-                         "validate-policy"], names
+    assert names[:6] == ["mutate-build-pods", "validate-pipelineruns", "validate-pods",
+                         "validate-policy", "validate-taskruns", "validate-build-pod-access"], names
     for index, review in reviews:
         yield bytes([index]) + orjson.dumps(review)

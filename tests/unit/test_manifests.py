@@ -33,12 +33,15 @@ BUILD_NAMESPACE = "image-build"
 PART_OF = "app.kubernetes.io/part-of"
 CONFIGURATION_KINDS = ("ValidatingWebhookConfiguration", "MutatingWebhookConfiguration")
 GRACEFUL_SECONDS = 25
+BUILD_NAMESPACE_ONLY = ("/mutate/build-pods", "/validate/taskruns", "/validate/build-pod-access")
 
 # path -> (sideEffects, longest timeoutSeconds)
 EXPECTED = {
     "/validate/pipelineruns": ("NoneOnDryRun", 5),
     "/validate/pods": ("None", 5),
     "/mutate/build-pods": ("None", 3),
+    "/validate/taskruns": ("None", 3),
+    "/validate/build-pod-access": ("None", 3),
     "/validate/policy": ("None", 5),
 }
 
@@ -202,7 +205,7 @@ def test_namespace_scope(docs: tuple[Doc, ...]) -> None:
             continue
         assert not _selects(selector, SUITE_NAMESPACE), path
         assert _selects(selector, BUILD_NAMESPACE), path
-        if path == "/mutate/build-pods":
+        if path in BUILD_NAMESPACE_ONLY:
             assert not _selects(selector, "tool-example")
         else:
             assert _selects(selector, "tool-example"), path
@@ -235,6 +238,11 @@ def test_rules(docs: tuple[Doc, ...]) -> None:
             expected |= {(group, "v1", resource, op) for op in ("CREATE", "UPDATE")}
     assert pods == expected
     assert _rules(docs, "/mutate/build-pods") == {("", "v1", "pods", "CREATE")}
+    assert _rules(docs, "/validate/taskruns") == {
+        ("tekton.dev", version, resource, operation) for version in ("v1", "v1beta1")
+        for resource in ("taskruns", "customruns") for operation in ("CREATE", "UPDATE", "DELETE")}
+    assert _rules(docs, "/validate/build-pod-access") == {
+        ("", "v1", f"pods/{sub}", "CONNECT") for sub in ("exec", "attach", "portforward")}
     assert _rules(docs, "/validate/policy") == {("", "v1", "configmaps", operation)
                                                 for operation in ("CREATE", "UPDATE")}
 
@@ -368,8 +376,8 @@ def test_rbac_is_least_privilege(docs: tuple[Doc, ...]) -> None:
                 kind = {"validatingwebhookconfigurations": CONFIGURATION_KINDS[0],
                         "mutatingwebhookconfigurations": CONFIGURATION_KINDS[1]}[resource]
                 assert set(rule["resourceNames"]) == names[kind]
-    # Cluster-wide: the rotation job's ClusterRole, and the server's list of PipelineRuns (runs
-    # live in the build namespace and in tools' namespaces), which is read-only and list only.
+    # Cluster-wide: the rotation job's ClusterRole, and the server's reads of PipelineRuns (runs
+    # live in the build namespace and in tools' namespaces) and TaskRuns, which are read-only.
     assert sorted(doc["metadata"]["name"] for doc in _of_kind(docs, "ClusterRole")) == [
         "toolforge-admission-audit-reader", "toolforge-admission-audit-reports",
         "toolforge-admission-certs", "toolforge-admission-pipelineruns"]
@@ -379,8 +387,9 @@ def test_rbac_is_least_privilege(docs: tuple[Doc, ...]) -> None:
         if set(rule["verbs"]) != {"create"}:
             assert set(rule["resourceNames"]) == {"webhook-certs", "webhook-ca"}
     reader = _one(docs, "ClusterRole", "toolforge-admission-pipelineruns")
-    assert reader["rules"] == [{"apiGroups": ["tekton.dev"], "resources": ["pipelineruns"],
-                                "verbs": ["list"]}]
+    assert reader["rules"] == [
+        {"apiGroups": ["tekton.dev"], "resources": ["pipelineruns"], "verbs": ["get", "list"]},
+        {"apiGroups": ["tekton.dev"], "resources": ["taskruns"], "verbs": ["get"]}]
     binding = _one(docs, "ClusterRoleBinding", "toolforge-admission-pipelineruns")
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "toolforge-admission",
                                     "namespace": "toolforge-admission"}]

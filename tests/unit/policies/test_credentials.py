@@ -17,7 +17,6 @@ from policies.credentials import (
     SINGLE_PROCESS_BUILD,
     entrypoint_of,
     find_credential_leaks,
-    flag_secrets,
     image_matches,
     strip_build_credentials,
     strip_credential_flags,
@@ -261,18 +260,20 @@ def test_a_secret_volume_mounted_elsewhere_is_stripped_when_a_flag_names_its_sec
     assert "/opt/x" not in [m["mountPath"] for m in patched["step-detect"]["volumeMounts"]]
 
 
-def test_secret_env_of_a_credential_secret_is_stripped_but_other_env_stays() -> None:
+def test_secret_env_of_any_secret_is_stripped_but_other_env_stays() -> None:
     pod, namespace = load(PHASES_02)
     build = by_name(pod)["step-build"]
     build["env"] += [
         {"name": "REG_PASSWORD", "valueFrom": {"secretKeyRef": {"name": "basic-user-pass",
                                                                 "key": "password"}}},
         {"name": "OTHER", "valueFrom": {"secretKeyRef": {"name": "unrelated", "key": "x"}}},
+        {"name": "LIMIT", "valueFrom": {"resourceFieldRef": {"resource": "limits.cpu"}}},
     ]
     build["envFrom"] = [{"secretRef": {"name": "basic-user-pass"}},
+                        {"secretRef": {"name": "unrelated"}},
                         {"configMapRef": {"name": "settings"}}]
     patched = by_name(mutate(pod, namespace))["step-build"]
-    assert [e["name"] for e in patched["env"]] == ["CNB_PLATFORM_API", "HOME", "OTHER"]
+    assert [e["name"] for e in patched["env"]] == ["CNB_PLATFORM_API", "HOME", "LIMIT"]
     assert patched["envFrom"] == [{"configMapRef": {"name": "settings"}}]
 
 
@@ -483,16 +484,6 @@ def test_credential_flags_are_removed_only_before_the_separator(
     assert strip_credential_flags(args) == (kept, removed)
 
 
-@pytest.mark.parametrize(("args", "secrets"), [
-    (["-basic-docker=basic-user-pass=https://tools-harbor.wmcloud.org", "--"], {"basic-user-pass"}),
-    (["-docker-config=registry-dockerconfigjson", "--"], {"registry-dockerconfigjson"}),
-    (["-docker-cfg", "legacy", "--"], {"legacy"}),
-    (["-ssh-git", "key=github.com", "--"], {"key"}),
-], ids=["basic-docker", "docker-config", "two-token-docker-cfg", "two-token-ssh-git"])
-def test_credential_flags_name_their_secrets(args: list[str], secrets: set[str]) -> None:
-    assert flag_secrets(args) == secrets
-
-
 @pytest.mark.parametrize(("allowed", "image", "matches"), [
     ("lifecycle:0.10.2", "buildpacksio/lifecycle:0.10.2", False),
     ("buildpacksio/lifecycle:0.10.2", "docker.io/buildpacksio/lifecycle:0.10.2@sha256:" + "a" * 64,
@@ -536,3 +527,187 @@ def test_init_containers_and_sidecars_lose_credential_mounts_too() -> None:
     patched = mutate(pod, namespace)
     assert mount not in patched["spec"]["initContainers"][0]["volumeMounts"]
     assert by_name(patched)["sidecar-proxy"]["volumeMounts"] == []
+
+
+# --- what a trusted step is --------------------------------------------------------------------
+
+
+def _swap_entrypoint_args(container: dict[str, Any], flags: list[str]) -> None:
+    """Replace the entrypoint's `-entrypoint <x>` with `flags`, keeping everything else."""
+    args = container["args"]
+    at = args.index("-entrypoint")
+    container["args"] = [*args[:at], *flags, *args[at + 2:]]
+
+
+@pytest.mark.parametrize("flags", [
+    ["-entrypoint", "/bin/sh", "x", "-entrypoint", "/cnb/lifecycle/exporter"],
+    ["-entrypoint", "/cnb/lifecycle/exporter", "x", "-entrypoint", "/bin/sh"],
+    ["-entrypoint", "/bin/sh", "-results", "-entrypoint", "/cnb/lifecycle/exporter"],
+    ["-entrypoint", "/cnb/lifecycle/exporter", "cp", "/tekton/creds-secrets/basic-user-pass/"
+     "password", "/workspace/source/leak"],
+], ids=["twice-around-a-non-flag", "twice-around-a-non-flag-reversed",
+        "second-swallowed-as-a-value", "leftover-subcommand"])
+def test_a_step_is_judged_by_what_go_makes_of_its_entrypoint_flags(flags: list[str]) -> None:
+    pod, namespace = load(PHASES_02)
+    _swap_entrypoint_args(by_name(pod)["step-export"], flags)
+    patched = mutate(pod, namespace)
+    assert credential_channels(patched, by_name(patched)["step-export"], set()) == []
+
+
+def _with_command(container: dict[str, Any]) -> None:
+    container["command"] = ["/bin/bash", "-c", "cat $HOME/.docker/config.json"]
+
+
+def _with_hook(container: dict[str, Any]) -> None:
+    container["lifecycle"] = {"postStart": {"exec": {"command": ["cat", "/tekton/creds"]}}}
+
+
+def _with_probe(container: dict[str, Any]) -> None:
+    container["readinessProbe"] = {"exec": {"command": ["cat", "/tekton/home/.docker"]}}
+
+
+def _home_from_env_from(container: dict[str, Any]) -> None:
+    container["env"] = [e for e in container["env"] if e["name"] != "HOME"]
+    container["envFrom"] = [{"configMapRef": {"name": "homes"}}]
+
+
+def _env_from_beside_home(container: dict[str, Any]) -> None:
+    container["envFrom"] = [{"configMapRef": {"name": "homes"}}]
+
+
+def _home_from_value_from(container: dict[str, Any]) -> None:
+    for env in container["env"]:
+        if env["name"] == "HOME":
+            env.pop("value")
+            env["valueFrom"] = {"configMapKeyRef": {"name": "homes", "key": "home"}}
+
+
+def _home_expanded(container: dict[str, Any]) -> None:
+    container["env"].insert(0, {"name": "SHARED", "value": "/workspace/source"})
+    for env in container["env"]:
+        if env["name"] == "HOME":
+            env["value"] = "$(SHARED)"
+
+
+def _no_home(container: dict[str, Any]) -> None:
+    container["env"] = [e for e in container["env"] if e["name"] != "HOME"]
+
+
+@pytest.mark.parametrize("tweak", [_with_command, _with_hook, _with_probe, _home_from_env_from,
+                                   _env_from_beside_home, _home_from_value_from, _no_home],
+                         ids=["own-command", "lifecycle-hook", "exec-probe",
+                              "home-from-envfrom", "envfrom-beside-home", "home-from-valuefrom",
+                              "no-home"])
+def test_a_step_that_could_run_other_code_or_move_the_credentials_is_not_trusted(
+        tweak: Any) -> None:
+    pod, namespace = load(PHASES_02)
+    tweak(by_name(pod)["step-export"])
+    patched = mutate(pod, namespace)
+    assert credential_channels(patched, by_name(patched)["step-export"], set()) == []
+    assert credential_channels(patched, by_name(patched)["step-analyze"], {"step-analyze"})
+
+
+def test_a_step_whose_home_is_expanded_from_another_variable_is_not_trusted() -> None:
+    """The kubelet expands `$(SHARED)`: the entrypoint would copy the credentials there. Not
+    trusted, the step keeps the trusted steps' home volume mounted beside its own HOME, which
+    no private mount can fix: refused."""
+    pod, namespace = load(PHASES_02)
+    _home_expanded(by_name(pod)["step-export"])
+    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    assert not decision.allowed
+    assert decision.reason == SHARED_CREDENTIAL_HOME
+    assert decision.message.startswith("container step-export mounts volume tekton-internal-home")
+
+
+# --- the backstop's channels -------------------------------------------------------------------
+
+
+def test_another_steps_creds_volume_mounted_at_another_path_is_stripped() -> None:
+    pod, namespace = load(PHASES_02)
+    export = by_name(pod)["step-export"]
+    creds = next(m["name"] for m in export["volumeMounts"] if m["mountPath"] == "/tekton/creds")
+    by_name(pod)["step-build"]["volumeMounts"].append({"name": creds, "mountPath": "/peek"})
+    patched = by_name(mutate(pod, namespace))
+    assert "/peek" not in [m["mountPath"] for m in patched["step-build"]["volumeMounts"]]
+    assert by_name(pod)["step-export"] == patched["step-export"]
+    # The validator's view of a pod the mutation did not reach:
+    stored = mutate(load(PHASES_02)[0], namespace)
+    by_name(stored)["step-build"]["volumeMounts"].append({"name": creds, "mountPath": "/peek"})
+    refused = find_credential_leaks(stored, namespace, policy_for(namespace))
+    assert refused.message.startswith("untrusted container step-build: mount /peek can read")
+
+
+@pytest.mark.parametrize("volume", [
+    {"secret": {"secretName": "unrelated"}},
+    {"projected": {"sources": [{"configMap": {"name": "c"}}, {"secret": {"name": "unrelated"}}]}},
+], ids=["secret", "projected-secret"])
+def test_any_secret_volume_in_an_untrusted_container_is_a_credential(
+        volume: dict[str, Any]) -> None:
+    pod, namespace = load(PHASES_02)
+    pod["spec"]["volumes"].append({"name": "extra", **volume})
+    patched = mutate(pod, namespace)
+    by_name(patched)["step-detect"]["volumeMounts"].append({"name": "extra", "mountPath": "/opt/x"})
+    refused = find_credential_leaks(patched, namespace, policy_for(namespace))
+    assert not refused.allowed
+    assert refused.message.startswith("untrusted container step-detect: mount /opt/x can read")
+    again = by_name(mutate(patched, namespace))
+    assert "/opt/x" not in [m["mountPath"] for m in again["step-detect"]["volumeMounts"]]
+
+
+def test_a_service_account_token_volume_is_not_a_credential() -> None:
+    pod, namespace = load(PHASES_02)
+    patched = mutate(pod, namespace)
+    token = {"name": "kube-api-access-x", "projected": {"sources": [
+        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
+        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt",
+                                                               "path": "ca.crt"}]}},
+        {"downwardAPI": {"items": [{"path": "namespace",
+                                    "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
+    patched["spec"]["volumes"].append(token)
+    by_name(patched)["step-build"]["volumeMounts"].append(
+        {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
+         "readOnly": True})
+    assert find_credential_leaks(patched, namespace, policy_for(namespace)).allowed
+
+
+def test_a_pod_tekton_did_not_make_trusts_no_step() -> None:
+    """A plain pod shaped like a build pod, whose export step would be trusted in Tekton's."""
+    pod, namespace = load(PHASES_02)
+    patched = mutate(pod, namespace)
+    _no_owner(patched)
+    decision = find_credential_leaks(patched, namespace, policy_for(namespace))
+    assert not decision.allowed
+    assert decision.reason == CREDENTIAL_LEAK
+    for name in TRUSTED[PHASES_02]:
+        assert f"untrusted container {name}:" in decision.message
+    assert "only Tekton's build pods may carry Secrets" in decision.message
+
+
+# --- UPDATE: the validator judges the pod as it would be stored -------------------------------
+
+
+@pytest.mark.parametrize("mount", [
+    {"name": "tekton-creds-57c13d6b", "mountPath": "/s"},
+    {"name": "tekton-creds-init-home-6", "mountPath": "/c"},
+], ids=["registry-secret", "export-creds-volume"])
+def test_an_ephemeral_container_mounting_a_secret_or_a_creds_volume_is_refused(
+        mount: dict[str, str]) -> None:
+    pod, namespace = load(PHASES_02)
+    updated = mutate(pod, namespace)
+    updated["spec"]["ephemeralContainers"] = [{
+        "name": "debugger", "image": "docker.io/library/busybox:1",
+        "targetContainerName": "step-export", "volumeMounts": [mount]}]
+    decision = find_credential_leaks(updated, namespace, policy_for(namespace))
+    assert not decision.allowed
+    assert decision.reason == CREDENTIAL_LEAK
+    assert decision.message.startswith(
+        f"untrusted container debugger: mount {mount['mountPath']} can read")
+
+
+def test_a_trusted_steps_image_changed_afterwards_leaves_it_untrusted_and_refused() -> None:
+    pod, namespace = load(PHASES_02)
+    updated = mutate(pod, namespace)
+    by_name(updated)["step-export"]["image"] = "docker.io/attacker/lifecycle:0.10.2"
+    decision = find_credential_leaks(updated, namespace, policy_for(namespace))
+    assert not decision.allowed
+    assert decision.message.startswith("untrusted container step-export: mount /tekton/creds")

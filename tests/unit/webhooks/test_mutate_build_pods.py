@@ -176,3 +176,26 @@ def test_validate_pods_admits_the_build_pod_once_mutated(make_client: Any) -> No
     response = client.post("/validate/pods", json=review).json
     assert response is not None
     assert response["response"]["allowed"] is True
+
+
+@pytest.mark.parametrize("sub_resource", ["", "ephemeralcontainers"])
+def test_validate_pods_refuses_an_update_that_gives_a_container_the_credentials(
+        make_client: Any, sub_resource: str) -> None:
+    """`kubectl debug` (the pods/ephemeralcontainers subresource) or a plain UPDATE: the pod as
+    it would be stored is judged, not only a new one."""
+    review = json.loads(body_of("a-taskrun-phases-0.2-basic-auth"))
+    client = make_client(review["request"]["namespace"], registries_mode="warn")
+    patch = json.loads(base64.b64decode(post(client, body_of(
+        "a-taskrun-phases-0.2-basic-auth"))["patch"]))
+    stored = jsonpatch.apply_patch(review["request"]["object"], patch)
+    updated = json.loads(json.dumps(stored))
+    updated["spec"]["ephemeralContainers"] = [{
+        "name": "debugger", "image": "docker.io/library/busybox:1",
+        "volumeMounts": [{"name": "tekton-creds-57c13d6b", "mountPath": "/s"}]}]
+    review["request"].update({"operation": "UPDATE", "object": updated, "oldObject": stored,
+                              "subResource": sub_resource})
+    response = client.post("/validate/pods", json=review).json
+    assert response is not None
+    assert response["response"]["allowed"] is False
+    assert response["response"]["status"]["message"].startswith(
+        "untrusted container debugger: mount /s can read registry credentials")

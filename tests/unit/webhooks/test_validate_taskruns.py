@@ -1,0 +1,330 @@
+"""`POST /validate/taskruns` and the build-namespace side of `/validate/pods`, with the runs they
+belong to looked up in a cluster held in memory (tests/buildruns.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from policies.buildruns import OwnerRef, controller_owner
+from tests.builders import EXAMPLE_POLICY, make_review
+from tests.buildruns import (
+    CONTROLLER,
+    MemoryCluster,
+    captured_pod,
+    captured_review,
+    new_taskrun,
+    objects_of,
+    owner_reference,
+)
+from webhooks.app import EXTENSION, create_app
+from webhooks.runs import BuildRuns, KubernetesTektonObjects, RunsUnavailableError
+
+NAMESPACE = "image-build"
+CONTROLLER_GROUPS = ("system:serviceaccounts", "system:serviceaccounts:tekton-pipelines",
+                     "system:authenticated")
+GC = "system:serviceaccount:kube-system:generic-garbage-collector"
+RUN, TASKRUN = objects_of(captured_pod())
+
+
+@pytest.fixture
+def cluster() -> MemoryCluster:
+    return MemoryCluster(RUN, TASKRUN)
+
+
+def make_app(tmp_path: Path, build_runs: object | None) -> Flask:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(EXAMPLE_POLICY.read_bytes())
+    return create_app({"POLICY_FILE": str(path), "POLICY_RELOAD_SECONDS": 0, "TESTING": True,
+                       "BUILD_RUNS": build_runs})
+
+
+@pytest.fixture
+def client(tmp_path: Path, cluster: MemoryCluster) -> Iterator[FlaskClient]:
+    app = make_app(tmp_path, BuildRuns(cluster))
+    yield app.test_client()
+    app.extensions[EXTENSION].source.stop()
+
+
+def post(client: FlaskClient, path: str, review: dict[str, Any]) -> dict[str, Any]:
+    response = client.post(path, json=review)
+    assert response.status_code == 200
+    assert response.json is not None
+    assert response.json["response"]["uid"] == review["request"]["uid"]
+    result: dict[str, Any] = response.json["response"]
+    return result
+
+
+def taskrun_review(obj: dict[str, Any] | None = None, *, resource: str = "taskruns",
+                   username: str = CONTROLLER, groups: tuple[str, ...] = CONTROLLER_GROUPS,
+                   operation: str = "CREATE", namespace: str = NAMESPACE,
+                   old: dict[str, Any] | None = None) -> dict[str, Any]:
+    review = make_review(obj if obj is not None else new_taskrun(RUN), resource=resource,
+                         namespace=namespace, username=username, groups=groups,
+                         operation=operation, old=old)
+    if operation == "DELETE":
+        review["request"]["object"] = None
+    return review
+
+
+def denial(response: dict[str, Any]) -> tuple[str, str]:
+    assert response["allowed"] is False
+    return response["auditAnnotations"]["reason"], response["status"]["message"]
+
+
+# --- TaskRuns and CustomRuns --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("resource", ["taskruns", "customruns"])
+def test_the_controller_creates_a_run_for_a_pipelinerun_that_exists(
+        client: FlaskClient, cluster: MemoryCluster, resource: str) -> None:
+    response = post(client, "/validate/taskruns", taskrun_review(resource=resource))
+    assert response["allowed"] is True, response
+    assert cluster.gets == [("pipelineruns", NAMESPACE, RUN["metadata"]["name"])]
+
+
+@pytest.mark.parametrize("resource", ["taskruns", "customruns"])
+def test_a_tool_may_not_create_a_run_even_for_its_own_pipelinerun(
+        client: FlaskClient, cluster: MemoryCluster, resource: str) -> None:
+    """The e2e harness's RBAC lets tools create TaskRuns in the build namespace; this is what
+    stops a hand-made `export` step with the tool's own arguments."""
+    review = taskrun_review(resource=resource, username="mytool",
+                            groups=("toolforge", "system:authenticated"))
+    reason, message = denial(post(client, "/validate/taskruns", review))
+    kind = "TaskRun" if resource == "taskruns" else "CustomRun"
+    assert reason == "RunNotFromTektonController"
+    assert message == (f"only the Tekton controller creates {kind}s in the build namespace "
+                       f'image-build; user "mytool" is not it ({CONTROLLER}): create a '
+                       "PipelineRun and Tekton makes its TaskRuns")
+    assert cluster.gets == []
+
+
+def test_a_run_that_belongs_to_no_pipelinerun_is_refused(client: FlaskClient) -> None:
+    taskrun = new_taskrun(RUN)
+    taskrun["metadata"]["ownerReferences"][0]["controller"] = False
+    reason, message = denial(post(client, "/validate/taskruns", taskrun_review(taskrun)))
+    assert reason == "RunWithoutPipelineRun"
+    assert "this one belongs to none" in message
+
+
+@pytest.mark.parametrize("change", ["missing", "other-uid"])
+def test_the_pipelinerun_must_exist_with_the_uid_the_run_names(
+        client: FlaskClient, cluster: MemoryCluster, change: str) -> None:
+    if change == "missing":
+        cluster.objects.clear()
+    else:
+        cluster.objects = {key: {**obj, "metadata": {**obj["metadata"], "uid": "another"}}
+                           for key, obj in cluster.objects.items()}
+    reason, message = denial(post(client, "/validate/taskruns", taskrun_review()))
+    assert reason == "RunWithoutPipelineRun"
+    name, uid = RUN["metadata"]["name"], RUN["metadata"]["uid"]
+    assert message == (f"a TaskRun in the build namespace must belong to a PipelineRun that "
+                       f"exists: PipelineRun {name} (uid {uid}) does not exist")
+
+
+@pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
+def test_a_tool_may_not_change_or_delete_a_run(client: FlaskClient, operation: str) -> None:
+    review = taskrun_review(operation=operation, old=TASKRUN, username="other",
+                            groups=("toolforge", "system:authenticated"))
+    reason, message = denial(post(client, "/validate/taskruns", review))
+    assert reason == "RunChangeNotAllowed"
+    verb = "delete" if operation == "DELETE" else "change"
+    assert message.startswith(f"tools may not {verb} TaskRuns in the build namespace "
+                              'image-build (user "other")')
+
+
+@pytest.mark.parametrize(("username", "groups"), [
+    (CONTROLLER, CONTROLLER_GROUPS),
+    (GC, ("system:serviceaccounts", "system:authenticated")),
+    ("kubernetes-admin", ("system:masters", "system:authenticated")),
+    ("system:serviceaccount:image-build:builds-api", ("toolforge", "system:authenticated")),
+], ids=["controller", "garbage-collector", "admin", "system-user"])
+@pytest.mark.parametrize("operation", ["UPDATE", "DELETE"])
+def test_everyone_else_may_change_and_delete_runs(
+        client: FlaskClient, username: str, groups: tuple[str, ...], operation: str) -> None:
+    review = taskrun_review(operation=operation, old=TASKRUN, username=username, groups=groups)
+    assert post(client, "/validate/taskruns", review)["allowed"] is True
+
+
+def test_runs_outside_the_build_namespace_are_not_this_rules(client: FlaskClient) -> None:
+    review = taskrun_review(namespace="tool-mytool", username="mytool",
+                            groups=("toolforge", "system:authenticated"))
+    assert post(client, "/validate/taskruns", review)["allowed"] is True
+
+
+def test_an_unreachable_cluster_refuses_the_run(tmp_path: Path) -> None:
+    cluster = MemoryCluster(error=RunsUnavailableError("reading pipelineruns failed: HTTP 503"))
+    app = make_app(tmp_path, BuildRuns(cluster))
+    try:
+        reason, message = denial(post(app.test_client(), "/validate/taskruns",
+                                      taskrun_review()))
+    finally:
+        app.extensions[EXTENSION].source.stop()
+    assert reason == "BuildRunsUnavailable"
+    assert message.startswith("could not look up the PipelineRun this TaskRun belongs to, so it "
+                              "was not created: Tekton tries again")
+    assert message.endswith("(cause: reading pipelineruns failed: HTTP 503)")
+
+
+def test_without_a_cluster_the_run_is_admitted_with_a_warning(tmp_path: Path) -> None:
+    app = make_app(tmp_path, None)
+    try:
+        response = post(app.test_client(), "/validate/taskruns", taskrun_review())
+    finally:
+        app.extensions[EXTENSION].source.stop()
+    assert response["allowed"] is True
+    assert response["warnings"] == [f"the PipelineRun {RUN['metadata']['name']} of this TaskRun "
+                                    "was not looked up (no cluster connection)"]
+
+
+# --- build pods: the captured review, mutated, then validated -----------------------------------
+
+
+def mutated_review(scenario: str = "c-pipelinerun-phases-0.2-basic-auth",
+                   client: FlaskClient | None = None) -> dict[str, Any]:
+    """The captured review, its object patched by /mutate/build-pods as the API server would."""
+    review = captured_review(scenario)
+    assert client is not None
+    response = post(client, "/mutate/build-pods", review)
+    patch = json.loads(base64.b64decode(response["patch"]))
+    review["request"]["object"] = jsonpatch.apply_patch(review["request"]["object"], patch)
+    return review
+
+
+def test_the_captured_build_pod_of_a_pipelinerun_is_admitted(
+        client: FlaskClient, cluster: MemoryCluster) -> None:
+    response = post(client, "/validate/pods", mutated_review(client=client))
+    assert response["allowed"] is True, response
+    assert cluster.gets == [("taskruns", NAMESPACE, TASKRUN["metadata"]["name"]),
+                            ("pipelineruns", NAMESPACE, RUN["metadata"]["name"])]
+
+
+def test_a_build_pod_whose_export_is_not_its_runs_app_image_is_refused(
+        client: FlaskClient, cluster: MemoryCluster) -> None:
+    victim = "tools-harbor.wmcloud.org/tool-victim/victim:latest"
+    cluster.add(objects_of(captured_pod(), app_image=victim)[0])
+    reason, message = denial(post(client, "/validate/pods", mutated_review(client=client)))
+    assert reason == "TrustedStepTarget"
+    assert f'its PipelineRun\'s APP_IMAGE is "{victim}"' in message
+
+
+def test_the_pod_of_a_taskrun_without_a_pipelinerun_is_refused(
+        client: FlaskClient, cluster: MemoryCluster) -> None:
+    review = mutated_review("a-taskrun-phases-0.2-basic-auth", client)
+    pod = review["request"]["object"]
+    owner = pod["metadata"]["ownerReferences"][0]
+    cluster.add({"apiVersion": "tekton.dev/v1", "kind": "TaskRun",
+                 "metadata": {"name": owner["name"], "namespace": NAMESPACE,
+                              "uid": owner["uid"]}})
+    review["request"]["namespace"] = NAMESPACE  # scenario a was captured in image-build
+    reason, message = denial(post(client, "/validate/pods", review))
+    assert reason == "BuildRunUnknown"
+    assert message.endswith(f"its TaskRun {owner['name']} belongs to no PipelineRun")
+
+
+def test_a_build_pod_made_by_a_tool_is_refused(client: FlaskClient) -> None:
+    review = mutated_review(client=client)
+    review["request"]["userInfo"] = {"username": "mytool",
+                                     "groups": ["toolforge", "system:authenticated"]}
+    reason, message = denial(post(client, "/validate/pods", review))
+    assert reason == "PodNotFromTektonController"
+    assert message.startswith(f"only the Tekton controller ({CONTROLLER}) creates pods")
+
+
+def test_an_unreachable_cluster_refuses_the_build_pod(tmp_path: Path) -> None:
+    cluster = MemoryCluster(error=RunsUnavailableError("reading taskruns failed: HTTP 500"))
+    app = make_app(tmp_path, BuildRuns(cluster))
+    try:
+        client = app.test_client()
+        reason, message = denial(post(client, "/validate/pods", mutated_review(client=client)))
+    finally:
+        app.extensions[EXTENSION].source.stop()
+    assert reason == "BuildRunsUnavailable"
+    assert message.startswith("could not look up the PipelineRun this pod belongs to, so it "
+                              "was not created: start the build again")
+
+
+# --- the lookups themselves ---------------------------------------------------------------------
+
+
+def test_owner_references_are_read_only_from_controlling_tekton_owners() -> None:
+    reference = owner_reference(RUN)
+    assert controller_owner({"metadata": {"ownerReferences": [reference]}}, "PipelineRun") == \
+        OwnerRef("PipelineRun", RUN["metadata"]["name"], RUN["metadata"]["uid"])
+    for change in ({"controller": False}, {"apiVersion": "evil.dev/v1"}, {"uid": ""},
+                   {"kind": "TaskRun"}, {"name": 3}):
+        other = {"metadata": {"ownerReferences": ["x", {**reference, **change}]}}
+        assert controller_owner(other, "PipelineRun") is None, change
+    assert controller_owner({"metadata": {"ownerReferences": "x"}}, "PipelineRun") is None
+    assert controller_owner(None, "PipelineRun") is None
+
+
+def test_the_deadline_covers_both_lookups() -> None:
+    clock = iter([0.0, 0.5, 2.0])
+    runs = BuildRuns(MemoryCluster(RUN, TASKRUN), budget_seconds=1.5,
+                     monotonic=lambda: next(clock))
+    with pytest.raises(RunsUnavailableError, match=r"did not answer within 1\.5 s"):
+        runs.pipelinerun_of_pod(NAMESPACE, captured_pod())
+
+
+class FailingApi:
+    def __init__(self, status: int | None) -> None:
+        self.status = status
+
+    def get_namespaced_custom_object(self, *args: Any, **kwargs: Any) -> Any:
+        error = Exception("failed")
+        error.status = self.status  # type: ignore[attr-defined]
+        error.reason = "Service Unavailable" if self.status else OSError("reset")  # type: ignore[attr-defined]
+        raise error
+
+
+def test_the_kubernetes_reader_maps_404_to_none_and_other_errors_to_unavailable() -> None:
+    assert KubernetesTektonObjects(FailingApi(404)).get("taskruns", "ns", "x", 1.0) is None
+    with pytest.raises(RunsUnavailableError, match="reading taskruns ns/x failed: HTTP 503"):
+        KubernetesTektonObjects(FailingApi(503)).get("taskruns", "ns", "x", 1.0)
+    with pytest.raises(RunsUnavailableError, match="OSError: reset"):
+        KubernetesTektonObjects(FailingApi(None)).get("taskruns", "ns", "x", 1.0)
+
+
+# --- exec, attach and port-forward into build pods ------------------------------------------------
+
+
+def connect_review(sub_resource: str, *, namespace: str = NAMESPACE, username: str = "mytool",
+                   groups: tuple[str, ...] = ("toolforge", "system:authenticated"),
+                   ) -> dict[str, Any]:
+    kind = {"exec": "PodExecOptions", "attach": "PodAttachOptions",
+            "portforward": "PodPortForwardOptions"}[sub_resource]
+    options = {"kind": kind, "apiVersion": "v1", "container": "step-export",
+               "command": ["cat", "/tekton/creds-secrets/basic-user-pass/password"]}
+    return make_review(options, resource="pods", namespace=namespace, username=username,
+                       groups=groups, operation="CONNECT", sub_resource=sub_resource,
+                       kind=("", "v1", kind))
+
+
+@pytest.mark.parametrize("sub_resource", ["exec", "attach", "portforward"])
+@pytest.mark.parametrize(("username", "groups"), [
+    ("mytool", ("toolforge", "system:authenticated")),
+    ("kubernetes-admin", ("system:masters", "system:authenticated")),
+], ids=["tool", "admin"])
+def test_nobody_gets_a_shell_or_a_port_into_a_build_pod(
+        client: FlaskClient, sub_resource: str, username: str, groups: tuple[str, ...]) -> None:
+    review = connect_review(sub_resource, username=username, groups=groups)
+    reason, message = denial(post(client, "/validate/build-pod-access", review))
+    assert reason == "BuildPodAccessRefused"
+    assert message == (
+        "pods in the build namespace image-build hold other tools' builds and the registry "
+        f"credentials; {sub_resource} into them is refused for user \"{username}\": read a "
+        "build's logs instead")
+
+
+def test_exec_elsewhere_is_not_this_rules(client: FlaskClient) -> None:
+    review = connect_review("exec", namespace="tool-mytool")
+    assert post(client, "/validate/build-pod-access", review)["allowed"] is True
