@@ -28,7 +28,7 @@ from pydantic import (
 from pydantic.alias_generators import to_camel
 
 from policies.decision import Mode, cap
-from policies.durations import format_duration, parse_duration
+from policies.durations import format_duration, parse_seconds
 from policies.identity import ToolPattern
 from policies.images import (
     ImageReference,
@@ -97,7 +97,7 @@ def _duration(value: object) -> object:
         raise ValueError("must be a duration string with a unit, e.g. 1h or 90m")
     if not isinstance(value, str):
         raise ValueError("must be a duration string such as 1h or 90m")
-    seconds = parse_duration(value)
+    seconds = parse_seconds(value)
     if seconds <= 0:
         raise ValueError("must be longer than 0")
     return seconds

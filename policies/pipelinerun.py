@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, quote
-from policies.durations import format_duration, parse_duration
+from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
 from policies.identity import User
 from policies.images import ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, Policy
@@ -292,23 +292,29 @@ def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
             yield Finding(FIELD_NOT_ALLOWED, f"spec.timeouts.{cut(key)} is not a Tekton timeout")
             continue
         places.append((f"spec.timeouts.{key}", value))
+    limit = round(run.builds.max_timeout * NANOSECONDS_PER_SECOND)
     for path, value in places:
         if value is None:
             continue
         if not isinstance(value, str):
             yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} must be a duration string such as 1h")
             continue
+        # Tekton reads the string with Go's time.ParseDuration; so does parse_duration.
         try:
-            seconds = parse_duration(value)
-        except ValueError as error:
+            nanoseconds = parse_duration(value)
+        except DurationError as error:
             yield Finding(TIMEOUT_NOT_ALLOWED, f"{path}: {error}")
             continue
-        if seconds == 0:
-            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} is 0, which means no timeout at all; "
-                                               f"use at most {run.builds.max_timeout_text}")
-        elif seconds > run.builds.max_timeout:
-            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {format_duration(seconds)} is longer "
-                                               f"than the limit {run.builds.max_timeout_text}")
+        if nanoseconds == 0:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {quote(value, 60)} is 0 as Tekton reads "
+                                               "it, which means no timeout at all; use at most "
+                                               f"{run.builds.max_timeout_text}")
+        elif nanoseconds < 0:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {quote(value, 60)} is negative; use at "
+                                               f"most {run.builds.max_timeout_text}")
+        elif nanoseconds > limit:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {quote(value, 60)} is longer than the "
+                                               f"limit {run.builds.max_timeout_text}")
 
 
 def params_are_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -464,7 +470,7 @@ def _comparable(key: str, value: object) -> object:
     def length(duration: object) -> object:
         try:
             return parse_duration(duration) if isinstance(duration, str) else duration
-        except ValueError:
+        except DurationError:
             return duration
 
     if key == "timeout":

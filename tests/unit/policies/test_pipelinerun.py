@@ -362,6 +362,11 @@ def test_workspaces_are_only_scratch_or_claims(shape: str, workspace: dict[str, 
     pytest.param({"timeout": "1h"}, True, id="v1beta1-at-limit"),
     pytest.param({"timeout": "90m"}, False, id="v1beta1-too-long"),
     pytest.param({"timeout": "0"}, False, id="v1beta1-zero"),
+    pytest.param({"timeouts": {"pipeline": "-1h"}}, False, id="v1-negative"),
+    pytest.param({"timeouts": {"pipeline": "1h0m0.000000001s"}}, False,
+                 id="v1-a-nanosecond-over"),
+    pytest.param({"timeouts": {"pipeline": "59m59.999999999s"}}, True, id="v1-just-under"),
+    pytest.param({"timeouts": {"pipeline": "30m", "tasks": ""}}, False, id="v1-empty"),
 ])
 def test_timeouts_are_bounded_and_never_zero(spec: dict[str, Any], allowed: bool) -> None:
     run = make_run("v1", timeouts=None)
@@ -369,6 +374,35 @@ def test_timeouts_are_bounded_and_never_zero(spec: dict[str, Any], allowed: bool
     found = reasons(run)
     assert found == [] if allowed else found and set(found) <= {TIMEOUT_NOT_ALLOWED,
                                                                 FIELD_NOT_ALLOWED}
+
+
+@pytest.mark.parametrize("place", [
+    pytest.param(("timeouts", "pipeline"), id="v1-pipeline"),
+    pytest.param(("timeouts", "tasks"), id="v1-tasks"),
+    pytest.param(("timeouts", "finally"), id="v1-finally"),
+    pytest.param(("timeout",), id="v1beta1-timeout"),
+])
+@pytest.mark.parametrize("value", [
+    "0", "-0", "+0", "0s", "0.5ns", ".5ns", "0.0000001us", "0.9ns", "0.0000000000001h",
+    "0.0000001\u00b5s", "0.0000001\u03bcs", "0h0m0s", "9223372036854775808ns9223372036854775808ns",
+])
+def test_a_timeout_go_reads_as_zero_is_refused_as_no_timeout(place: tuple[str, ...],
+                                                             value: str) -> None:
+    run = make_run("v1", timeouts=None)
+    if place == ("timeout",):
+        run["spec"]["timeout"] = value
+    else:
+        run["spec"]["timeouts"] = {place[1]: value}
+    found = check_new_run("mytool", run, BUILDS)
+    assert [f.reason for f in found] == [TIMEOUT_NOT_ALLOWED]
+    assert f"spec.{'.'.join(place)}" in found[0].message
+    assert "is 0 as Tekton reads it, which means no timeout at all" in found[0].message
+
+
+@pytest.mark.parametrize("value", ["1ns", "0.000000001s", "1\u03bcs", "1\u00b5s", "+1m"])
+def test_the_shortest_timeouts_go_reads_as_nonzero_are_allowed(value: str) -> None:
+    run = make_run("v1", timeouts={"pipeline": value})
+    assert reasons(run) == []
 
 
 def test_every_finding_is_reported_at_once() -> None:
