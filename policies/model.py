@@ -29,6 +29,7 @@ from pydantic.alias_generators import to_camel
 
 from policies.decision import Mode, cap
 from policies.durations import format_duration, parse_seconds
+from policies.harbor import PROJECT_PLACEHOLDER
 from policies.identity import ToolPattern
 from policies.images import (
     ImageReference,
@@ -84,9 +85,10 @@ def _prefix(value: object) -> object:
         return value
     if not isinstance(value, str):
         raise ValueError("must be a registry host or repository prefix string")
-    # `{tool}` is expanded per namespace at check time; validate the entry with a sample tool name.
+    # `{tool}` and `{harborProject}` are expanded per namespace at check time; validate the entry
+    # with a sample tool name.
     try:
-        parse_prefix(value.replace("{tool}", "x"))
+        parse_prefix(value.replace("{tool}", "x").replace(PROJECT_PLACEHOLDER, "tool-x"))
     except ImageReferenceError as error:
         raise ValueError(str(error)) from None
     return value

@@ -23,6 +23,7 @@ from typing import Any
 
 from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, quote
 from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
+from policies.harbor import harbor_project, tool_of_project
 from policies.identity import User
 from policies.images import ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, Policy
@@ -72,37 +73,7 @@ _WORKSPACE_SOURCES = frozenset({"emptyDir", "persistentVolumeClaim", "volumeClai
 _WORKSPACE_FIELDS = frozenset({"name", "subPath"}) | _WORKSPACE_SOURCES
 _TIMEOUT_KEYS = ("pipeline", "tasks", "finally")
 
-# Harbor allows no two separators in a row; builds-api inserts this filler between them
-# (toolforge.md §1, `ToolNameToHarborProjectName`).
-_HARBOR_SEPARATORS = "._-"
-_HARBOR_FILLER = "char.sep"
-_HARBOR_NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def harbor_project(builds: BuildsPolicy, tool: str) -> str:
-    """The tool's Harbor project: the pattern expanded, with Harbor's separator rule applied."""
-    name = builds.harbor_project.expand(tool)
-    out: list[str] = []
-    previous = ""
-    for char in name:
-        if char in _HARBOR_SEPARATORS and previous and previous in _HARBOR_SEPARATORS:
-            out.append(_HARBOR_FILLER)
-        out.append(char)
-        previous = char
-    return "".join(out)
-
-
-def tool_of_project(builds: BuildsPolicy, project: str) -> str | None:
-    """The tool whose Harbor project this is, or None."""
-    if not _HARBOR_NAME.fullmatch(project):
-        return None
-    sep = re.escape(_HARBOR_SEPARATORS)
-    unfilled = re.sub(rf"(?<=[{sep}]){re.escape(_HARBOR_FILLER)}(?=[{sep}])", "", project)
-    tool = builds.harbor_project.tool_of(unfilled)
-    if tool is None or harbor_project(builds, tool) != project:
-        return None
-    return tool
 
 
 # --- Who the run is for --------------------------------------------------------------------
@@ -167,7 +138,7 @@ def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: Use
         return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {APP_IMAGE} {quote(value)} "
                                                   f"is not an image reference: {error}"))
     project = image.path.split("/", 1)[0]
-    tool = tool_of_project(builds, project)
+    tool = tool_of_project(builds.harbor_project, project)
     if tool is None:
         return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {quote(project)} in "
                                                   f"{APP_IMAGE} is not a tool's project "
@@ -356,7 +327,7 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
     value = _params(run.spec).get(APP_IMAGE)
     if not isinstance(value, str):
         return  # reported by params_are_not_allowed
-    project = harbor_project(run.builds, run.tool)
+    project = harbor_project(run.builds.harbor_project, run.tool)
     hosts = ", ".join(run.builds.harbor_hosts) or "(none configured)"
     expected = f"<harbor host>/{project}/<repository>[:tag], harbor host one of {hosts}"
     try:

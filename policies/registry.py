@@ -11,8 +11,9 @@ leaves every image alone (a label, a finalizer, `kubectl scale`) therefore alway
 shrinking the allow-list never locks existing workloads out of ordinary edits.
 
 Which namespaces are checked is the webhook configuration's `namespaceSelector`; this rule checks
-every namespace it is sent except `exemptNamespaces`. Entries with `{tool}` are expanded in tool
-namespaces and dropped elsewhere. Objects of other kinds carry no pod spec this rule knows and
+every namespace it is sent except `exemptNamespaces`. Entries with `{tool}` (the tool's name) or
+`{harborProject}` (its Harbor project, `policies.harbor`) are expanded in tool namespaces and
+dropped elsewhere. Objects of other kinds carry no pod spec this rule knows and
 are admitted (`pods/eviction` or `deployments/scale` must never be blocked by an image rule).
 """
 
@@ -35,7 +36,8 @@ from policies.decision import (
     decide,
     quote,
 )
-from policies.identity import PLACEHOLDER
+from policies.harbor import PROJECT_PLACEHOLDER, harbor_project
+from policies.identity import PLACEHOLDER, ToolPattern
 from policies.images import (
     ImageReference,
     ImageReferenceError,
@@ -253,17 +255,20 @@ class _Entry:
 
     @classmethod
     def of(cls, text: str) -> _Entry:
-        if PLACEHOLDER in text:
+        if PLACEHOLDER in text or PROJECT_PLACEHOLDER in text:
             return cls(prefix=None, template=text)
         return cls(prefix=_try_prefix(text))
 
-    def expand(self, tool: str | None) -> RepositoryPrefix | None:
+    def expand(self, tool: str | None, projects: ToolPattern) -> RepositoryPrefix | None:
         if self.prefix is not None or not self.template:
             return self.prefix
         # Outside a tool namespace there is no tool to put in, so the entry does not apply. A
         # tool name that makes an invalid prefix (e.g. `a-_b` in a repository path) cannot name
         # a real repository either, so that entry is dropped too.
-        return _try_prefix(self.template.replace(PLACEHOLDER, tool)) if tool else None
+        if not tool:
+            return None
+        text = self.template.replace(PROJECT_PLACEHOLDER, harbor_project(projects, tool))
+        return _try_prefix(text.replace(PLACEHOLDER, tool))
 
 
 @dataclass(frozen=True)
@@ -280,6 +285,7 @@ class _Rules:
     def __init__(self, policy: Policy) -> None:
         self.policy = policy  # kept so that its id() cannot be reused while this is cached
         self._pattern = policy.tools.namespace_pattern
+        self._projects = policy.builds.harbor_project
         self._allowed = tuple(_Entry.of(text) for text in policy.registries.allowed)
         self._exceptions = {
             namespace: tuple(_Exception(_Entry.of(e.prefix), e.expires) for e in entries)
@@ -301,9 +307,10 @@ class _Rules:
         tool = self._pattern.tool_of(namespace)
         exceptions = self._exceptions.get(namespace, ())
         live = [e.entry for e in exceptions if e.expires is None or day < e.expires]
-        ended = [(e.entry.expand(tool), e.expires) for e in exceptions
+        ended = [(e.entry.expand(tool, self._projects), e.expires) for e in exceptions
                  if e.expires is not None and day >= e.expires]
-        prefixes = _unique(entry.expand(tool) for entry in (*self._allowed, *live))
+        prefixes = _unique(entry.expand(tool, self._projects)
+                           for entry in (*self._allowed, *live))
         return AllowList(prefixes=prefixes,
                          expired=tuple((p, d) for p, d in ended if p is not None and d is not None))
 

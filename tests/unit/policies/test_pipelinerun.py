@@ -29,9 +29,7 @@ from policies.pipelinerun import (
     WRONG_NAMESPACE,
     check_changed_run,
     check_new_run,
-    harbor_project,
     too_many_runs,
-    tool_of_project,
     tool_of_requester,
 )
 
@@ -157,17 +155,6 @@ def test_a_human_named_like_a_tool_is_told_which_group_is_missing() -> None:
     identity = tool_of_requester(POLICY, "image-build", User("mytool", ()), make_run())
     assert identity.finding is not None
     assert "not in any of the groups toolforge" in identity.finding.message
-
-
-@pytest.mark.parametrize(("tool", "project"), [
-    pytest.param("mytool", "tool-mytool", id="plain"),
-    pytest.param("my-user--name", "tool-my-user-char.sep-name", id="double-dash"),
-    pytest.param("hello---world", "tool-hello-char.sep-char.sep-world", id="triple-dash"),
-    pytest.param("a_-b", "tool-a_char.sep-b", id="underscore-dash"),
-])
-def test_harbor_project_names_follow_harbors_separator_rule(tool: str, project: str) -> None:
-    assert harbor_project(BUILDS, tool) == project
-    assert tool_of_project(BUILDS, project) == tool
 
 
 # --- Content, in both shapes -----------------------------------------------------------------

@@ -92,7 +92,7 @@ def test_a_v1beta1_body_labelled_v1_is_checked_by_its_v1beta1_fields(
     answer = post(client, run, kind=V1BETA1)
     assert not answer["allowed"]
     assert "spec.serviceAccountName" in answer["status"]["message"]
-    assert "spec.timeout is 0" in answer["status"]["message"]
+    assert "spec.timeout \"0\" is 0 as Tekton reads it" in answer["status"]["message"]
 
 
 def test_another_tool_is_never_blocked(client: FlaskClient) -> None:
