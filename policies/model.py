@@ -38,6 +38,7 @@ from policies.images import (
     parse_image,
     parse_prefix,
 )
+from policies.patterns import AnchoredPattern
 
 # The kubelet and the API server limit a ConfigMap to 1 MiB; a policy file larger than that did not
 # come from one, and parsing megabytes of YAML in every worker is not worth allowing.
@@ -105,6 +106,14 @@ def _duration(value: object) -> object:
     return seconds
 
 
+def _value_pattern(value: object) -> object:
+    if isinstance(value, AnchoredPattern):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a regular expression string (RE2 syntax)")
+    return AnchoredPattern.parse(value)
+
+
 def _at_least(minimum: int) -> AfterValidator:
     def check(value: object) -> object:
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
@@ -136,6 +145,7 @@ Image = Annotated[ImageReference, BeforeValidator(_image)]
 Prefix = Annotated[str, BeforeValidator(_prefix)]
 Host = Annotated[StrictStr, AfterValidator(_host)]
 Seconds = Annotated[float, BeforeValidator(_duration)]
+ValuePattern = Annotated[AnchoredPattern, BeforeValidator(_value_pattern)]
 PositiveInt = Annotated[object, _at_least(1)]
 Count = Annotated[object, _at_least(0)]
 
@@ -168,11 +178,29 @@ class ParamSpec(_Section):
 
     name: Name
     type: Literal["string", "array"] = "string"
+    pattern: ValuePattern | None = None
+    """An RE2 expression the whole value (each item of an array) must match."""
+    values: tuple[StrictStr, ...] | None = None
+    """The only values allowed (for each item of an array)."""
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_rule_for_values(self) -> ParamSpec:
+        if self.pattern is not None and self.values is not None:
+            raise ValueError("give a pattern or a list of values, not both")
+        if self.values is not None and not self.values:
+            raise ValueError("values must list at least one value")
+        return self
+
+    def refuses(self, value: str) -> bool:
+        """True when `value` (a string, or one item of an array) breaks the entry's rule."""
+        if self.pattern is not None:
+            return not self.pattern.matches(value)
+        return self.values is not None and value not in self.values
 
 
 class ParamsPolicy(_Section):

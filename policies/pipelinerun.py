@@ -26,7 +26,7 @@ from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_dura
 from policies.harbor import harbor_project, tool_of_project
 from policies.identity import User
 from policies.images import ImageReferenceError, parse_image
-from policies.model import BuildsPolicy, Policy
+from policies.model import BuildsPolicy, ParamSpec, Policy
 
 # Reasons, one per condition a check detects.
 NOT_A_TOOL = "NotATool"
@@ -308,19 +308,35 @@ def params_are_not_allowed(run: RunInput) -> Iterator[Finding]:
         if spec is None:
             yield Finding(PARAM_NOT_ALLOWED, f"Pipeline parameter {quote(name)} cannot be used")
             continue
-        value = param.get("value")
-        if spec.type == "string" and not isinstance(value, str):
-            yield Finding(PARAM_INVALID, f"parameter {name} must be a string")
-        elif spec.type == "array":
-            if not isinstance(value, list):
-                yield Finding(PARAM_INVALID, f"parameter {name} must be an array of strings")
-                continue
-            for position, item in enumerate(value):
-                if not isinstance(item, str):
-                    yield Finding(PARAM_INVALID, f"parameter {name}[{position}] must be a string")
+        yield from _param_value_is_invalid(spec, param.get("value"))
     for required in run.builds.params.required:
         if required.name not in seen:
             yield Finding(PARAM_MISSING, f"parameter {required.name} is required")
+
+
+def _param_value_is_invalid(spec: ParamSpec, value: object) -> Iterator[Finding]:
+    name = spec.name
+    if spec.type == "string":
+        if not isinstance(value, str):
+            yield Finding(PARAM_INVALID, f"parameter {name} must be a string")
+        elif spec.refuses(value):
+            yield Finding(PARAM_INVALID, f"parameter {name} {quote(value, 80)} {_rule(spec)}")
+        return
+    if not isinstance(value, list):
+        yield Finding(PARAM_INVALID, f"parameter {name} must be an array of strings")
+        return
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            yield Finding(PARAM_INVALID, f"parameter {name}[{position}] must be a string")
+        elif spec.refuses(item):
+            yield Finding(PARAM_INVALID, f"parameter {name}[{position}] {quote(item, 80)} "
+                                         f"{_rule(spec)}")
+
+
+def _rule(spec: ParamSpec) -> str:
+    if spec.pattern is not None:
+        return f"does not match the pattern {quote(spec.pattern.text, 200)}"
+    return f"is not one of {', '.join(quote(v, 80) for v in spec.values or ())}"
 
 
 def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:

@@ -35,6 +35,11 @@ def test_bundled_example_policy_is_valid() -> None:
     assert policy.builds.harbor_hosts == ("tools-harbor.wmcloud.org",)
     assert policy.builds.params.by_name["ENV_VARS"].type == "array"
     assert policy.registries.exceptions["tool-example-byoc"][0].expires == datetime.date(2027, 6, 30)
+    for name in ("USER_ID", "GROUP_ID"):  # never root
+        spec = policy.builds.params.by_name[name]
+        assert spec.refuses("0")
+        assert spec.refuses("00")
+        assert not spec.refuses("1000")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -71,6 +76,26 @@ def test_bundled_example_policy_is_valid() -> None:
     pytest.param("builds: {maxActiveRunsOverrides: {off: 2}}",
                  "builds.maxActiveRunsOverrides.0.[key]: must be a string (quote names such as "
                  "yes, no, on, off in YAML)", id="yaml-boolean-tool-name"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: '(a)\\1'}]}}",
+                 "builds.params.optional.0.pattern: not a valid RE2 regular expression: invalid "
+                 "escape sequence: \\1", id="pattern-backreference"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: '(?=a)'}]}}",
+                 "builds.params.optional.0.pattern: not a valid RE2 regular expression: invalid "
+                 "perl operator: (?=",
+                 id="pattern-lookahead"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: 5}]}}",
+                 "builds.params.optional.0.pattern: must be a regular expression string (RE2 "
+                 "syntax)",
+                 id="pattern-not-a-string"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: a, values: [a]}]}}",
+                 "builds.params.optional.0: give a pattern or a list of values, not both",
+                 id="pattern-and-values"),
+    pytest.param("builds: {params: {optional: [{name: A, values: []}]}}",
+                 "builds.params.optional.0: values must list at least one value",
+                 id="empty-values"),
+    pytest.param("builds: {params: {optional: [{name: A, values: [1]}]}}",
+                 "builds.params.optional.0.values.0: must be a string (quote names such as yes, no, "
+                 "on, off in YAML)", id="values-not-strings"),
     pytest.param("", "the policy is empty; write {} to use every default", id="empty"),
     pytest.param("# only a comment\n", "the policy is empty; write {} to use every default",
                  id="only-comments"),

@@ -49,7 +49,14 @@ builds:
   builders: [{BUILDER}]
   params:
     required: [APP_IMAGE, BUILDER_IMAGE, SOURCE_URL]
-    optional: [SOURCE_REFERENCE, SOURCE_SUBPATH, {{name: ENV_VARS, type: array}}]
+    optional:
+      - SOURCE_REFERENCE
+      - SOURCE_SUBPATH
+      - {{name: ENV_VARS, type: array}}
+      - {{name: USER_ID, pattern: "[1-9][0-9]{{0,9}}"}}
+      - {{name: LANGUAGE, values: [python, node]}}
+      - {{name: FLAGS, type: array, pattern: "--[a-z]+"}}
+      - {{name: SLOW, pattern: "(a+)+b"}}
   maxActiveRuns: 1
   maxTimeout: 1h
   serviceAccount: buildpacks-sa
@@ -233,8 +240,8 @@ def test_builder_image_must_be_an_approved_builder(shape: str, builder: str,
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("params", "reason", "text"), [
-    pytest.param({"USER_ID": "0"}, PARAM_NOT_ALLOWED, 'Pipeline parameter "USER_ID" cannot be used',
-                 id="unknown-name"),
+    pytest.param({"GROUP_ID": "0"}, PARAM_NOT_ALLOWED,
+                 'Pipeline parameter "GROUP_ID" cannot be used', id="unknown-name"),
     pytest.param({"SOURCE_URL": None}, PARAM_MISSING, "SOURCE_URL is required",
                  id="required-missing"),
     pytest.param({"BUILDER_IMAGE": None}, PARAM_MISSING, "BUILDER_IMAGE is required",
@@ -262,6 +269,38 @@ def test_params_are_exactly_the_policys_with_their_types(
     run = make_run(shape, params=params)
     assert reasons(run) == [reason]
     assert text in messages(run)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("params", "allowed", "text"), [
+    pytest.param({"USER_ID": "1000"}, True, "", id="pattern-matches"),
+    pytest.param({"USER_ID": "0"}, False,
+                 'parameter USER_ID "0" does not match the pattern "[1-9][0-9]{0,9}"', id="root"),
+    pytest.param({"USER_ID": "00"}, False, "does not match", id="root-spelled-twice"),
+    pytest.param({"USER_ID": "1000\n"}, False, "does not match", id="anchored-at-the-end"),
+    pytest.param({"USER_ID": "x1000"}, False, "does not match", id="anchored-at-the-start"),
+    pytest.param({"USER_ID": "10000000000"}, False, "does not match", id="too-many-digits"),
+    pytest.param({"LANGUAGE": "node"}, True, "", id="one-of-the-values"),
+    pytest.param({"LANGUAGE": "Node"}, False,
+                 'parameter LANGUAGE "Node" is not one of "python", "node"', id="not-a-value"),
+    pytest.param({"FLAGS": ["--quiet", "--fast"]}, True, "", id="array-items-match"),
+    pytest.param({"FLAGS": ["--quiet", "-x"]}, False,
+                 'parameter FLAGS[1] "-x" does not match the pattern "--[a-z]+"',
+                 id="array-item-does-not-match"),
+])
+def test_a_param_value_must_match_its_pattern_or_values(
+        shape: str, params: dict[str, Any], allowed: bool, text: str) -> None:
+    run = make_run(shape, params=params)
+    assert reasons(run) == ([] if allowed else [PARAM_INVALID])
+    assert text in messages(run)
+
+
+@pytest.mark.timeout(60)
+def test_a_pattern_that_would_backtrack_forever_is_matched_in_linear_time() -> None:
+    # `(a+)+b` against many a's and no b: exponential for a backtracking engine, linear in RE2.
+    run = make_run(params={"SLOW": "a" * 200_000})
+    assert reasons(run) == [PARAM_INVALID]
+    assert reasons(make_run(params={"SLOW": "a" * 200_000 + "b"})) == []
 
 
 def test_a_relative_subpath_is_allowed() -> None:
@@ -393,7 +432,7 @@ def test_the_shortest_timeouts_go_reads_as_nonzero_are_allowed(value: str) -> No
 
 
 def test_every_finding_is_reported_at_once() -> None:
-    run = make_run("v1beta1", params={"APP_IMAGE": f"{HARBOR}/tool-other/x", "USER_ID": "0"},
+    run = make_run("v1beta1", params={"APP_IMAGE": f"{HARBOR}/tool-other/x", "GROUP_ID": "0"},
                    pipelineSpec={"tasks": []}, timeout="0", serviceAccountName="admin")
     del run["metadata"]["labels"]
     found = set(reasons(run))
