@@ -228,6 +228,9 @@ class BuildsPolicy(_Section):
     harbor_project: Pattern = ToolPattern.parse("tool-{tool}")
     pipelines: tuple[Name, ...] = ("buildpacks",)
     builders: tuple[Image, ...] = ()
+    run_images: tuple[Image, ...] = ()
+    """RUN_IMAGE references a run may use besides the tool's own images (the trusted exporter
+    pulls the run image with the registry credentials)."""
     params: ParamsPolicy = ParamsPolicy()
     max_active_runs: PositiveInt = 1
     max_active_runs_overrides: Mapping[Name, Count] = {}

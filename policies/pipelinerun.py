@@ -25,7 +25,7 @@ from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, quote
 from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
 from policies.harbor import harbor_project, tool_of_project
 from policies.identity import User
-from policies.images import ImageReferenceError, parse_image
+from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, ParamSpec, Policy
 
 # Reasons, one per condition a check detects.
@@ -44,6 +44,7 @@ PARAM_MISSING = "ParamMissing"
 PARAM_INVALID = "ParamInvalid"
 APP_IMAGE_NOT_ALLOWED = "AppImageNotAllowed"
 BUILDER_NOT_ALLOWED = "BuilderNotAllowed"
+RUN_IMAGE_NOT_ALLOWED = "RunImageNotAllowed"
 SPEC_CHANGED = "SpecChanged"
 TOO_MANY_RUNS = "TooManyActiveRuns"
 SLOTS_UNAVAILABLE = "ActiveRunsUnavailable"
@@ -51,6 +52,7 @@ SLOTS_NOT_CHECKED = "ActiveRunsNotChecked"
 
 APP_IMAGE = "APP_IMAGE"
 BUILDER_IMAGE = "BUILDER_IMAGE"
+RUN_IMAGE = "RUN_IMAGE"
 ENV_VARS = "ENV_VARS"
 
 # `spec.status` values a user may set on an existing run: they only ever stop work.
@@ -343,22 +345,54 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
     value = _params(run.spec).get(APP_IMAGE)
     if not isinstance(value, str):
         return  # reported by params_are_not_allowed
-    project = harbor_project(run.builds.harbor_project, run.tool)
-    hosts = ", ".join(run.builds.harbor_hosts) or "(none configured)"
-    expected = f"<harbor host>/{project}/<repository>[:tag], harbor host one of {hosts}"
     try:
         image = parse_image(value)
     except ImageReferenceError as error:
         yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not an image "
-                                             f"reference ({error}); expected {expected}")
+                                             f"reference ({error}); expected "
+                                             f"{_own_project_text(run)}")
         return
+    why = _not_in_own_project(run, image)
+    if why:
+        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} {why}; expected "
+                                             f"{_own_project_text(run)}")
+
+
+def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
+    """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
+    approved run image or one of the tool's own: never another tool's private image."""
+    value = _params(run.spec).get(RUN_IMAGE)
+    if not isinstance(value, str) or value == "":
+        return  # absent or empty: the builder's own run image (stack.toml), which is approved
+    approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
+    expected = f"an approved run image ({approved}) or an image in {_own_project_text(run)}"
+    try:
+        image = parse_image(value)
+    except ImageReferenceError as error:
+        yield Finding(RUN_IMAGE_NOT_ALLOWED, f"{RUN_IMAGE} {quote(value)} is not an image "
+                                             f"reference ({error}); use {expected}")
+        return
+    if image.canonical in {i.canonical for i in run.builds.run_images}:
+        return
+    if _not_in_own_project(run, image):
+        yield Finding(RUN_IMAGE_NOT_ALLOWED, f"run image {quote(value)} is neither approved "
+                                             f"nor the tool's own; use {expected}")
+
+
+def _own_project_text(run: RunInput) -> str:
+    project = harbor_project(run.builds.harbor_project, run.tool)
+    hosts = ", ".join(run.builds.harbor_hosts) or "(none configured)"
+    return f"<harbor host>/{project}/<repository>[:tag], harbor host one of {hosts}"
+
+
+def _not_in_own_project(run: RunInput, image: ImageReference) -> str:
+    """Why `image` is not in the tool's own Harbor project, or "" when it is."""
     first, _, rest = image.path.partition("/")
     if image.registry not in run.builds.harbor_hosts:
-        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not on an allowed "
-                                             f"Harbor host; expected {expected}")
-    elif first != project or not rest:
-        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not in the tool's "
-                                             f"own Harbor project; expected {expected}")
+        return "is not on an allowed Harbor host"
+    if first != harbor_project(run.builds.harbor_project, run.tool) or not rest:
+        return "is not in the tool's own Harbor project"
+    return ""
 
 
 def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
@@ -407,6 +441,7 @@ CREATE_CHECKS: tuple[Check, ...] = (
     params_are_not_allowed,           # exactly the policy's params, each of its type
     app_image_is_not_own_project,     # pushes only to the tool's Harbor project
     builder_is_not_approved,          # an approved builder image
+    run_image_is_not_allowed,         # an approved run image or the tool's own
     env_var_is_invalid,               # ENV_VARS items are NAME=value
     path_param_escapes,               # path params stay inside the source
 )

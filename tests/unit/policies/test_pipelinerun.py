@@ -18,6 +18,7 @@ from policies.pipelinerun import (
     PARAM_MISSING,
     PARAM_NOT_ALLOWED,
     PIPELINE_NOT_ALLOWED,
+    RUN_IMAGE_NOT_ALLOWED,
     SERVICE_ACCOUNT_NOT_ALLOWED,
     SPEC_CHANGED,
     SPEC_INVALID,
@@ -35,6 +36,7 @@ from policies.pipelinerun import (
 
 HARBOR = "harbor.example.org"
 BUILDER = f"{HARBOR}/toolforge/heroku-builder:22"
+RUN = f"{HARBOR}/toolforge/heroku-run:22"
 POLICY_YAML = f"""
 tools:
   namespacePattern: "tool-{{tool}}"
@@ -47,11 +49,13 @@ builds:
   harborProject: "tool-{{tool}}"
   pipelines: [buildpacks]
   builders: [{BUILDER}]
+  runImages: [{RUN}]
   params:
     required: [APP_IMAGE, BUILDER_IMAGE, SOURCE_URL]
     optional:
       - SOURCE_REFERENCE
       - SOURCE_SUBPATH
+      - RUN_IMAGE
       - {{name: ENV_VARS, type: array}}
       - {{name: USER_ID, pattern: "[1-9][0-9]{{0,9}}"}}
       - {{name: LANGUAGE, values: [python, node]}}
@@ -236,6 +240,36 @@ def test_builder_image_must_be_an_approved_builder(shape: str, builder: str,
                                                    allowed: bool) -> None:
     found = reasons(make_run(shape, params={"BUILDER_IMAGE": builder}))
     assert found == ([] if allowed else [BUILDER_NOT_ALLOWED])
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("run_image", "allowed"), [
+    pytest.param(RUN, True, id="approved"),
+    pytest.param(f"{HARBOR.upper()}/toolforge/heroku-run:22", True, id="approved-host-case"),
+    pytest.param("", True, id="empty-is-the-builders-own"),
+    pytest.param(f"{HARBOR}/tool-mytool/base:1", True, id="own-project"),
+    pytest.param(f"{HARBOR}/tool-victim/private:latest", False, id="another-tools-project"),
+    pytest.param(f"{HARBOR}/toolforge/heroku-run", False, id="approved-without-tag"),
+    pytest.param(f"{HARBOR}/toolforge/other:22", False, id="shared-project-not-approved"),
+    pytest.param(f"{HARBOR}/tool-mytool", False, id="project-without-repository"),
+    pytest.param("evil.example/tool-mytool/base:1", False, id="own-project-name-elsewhere"),
+    pytest.param("docker.io/library/ubuntu:22.04", False, id="docker-hub"),
+    pytest.param("::", False, id="unparsable"),
+])
+def test_run_image_must_be_approved_or_the_tools_own(shape: str, run_image: str,
+                                                     allowed: bool) -> None:
+    run = make_run(shape, params={"RUN_IMAGE": run_image})
+    assert reasons(run) == ([] if allowed else [RUN_IMAGE_NOT_ALLOWED])
+    if not allowed:
+        assert f"an approved run image ({RUN}) or an image in <harbor host>/tool-mytool/" \
+               in messages(run)
+
+
+def test_a_double_dash_tools_own_run_image_is_in_its_harbor_project() -> None:
+    mine = f"{HARBOR}/tool-my-char.sep-tool/base:1"
+    run = make_run(tool="my--tool", params={
+        "APP_IMAGE": f"{HARBOR}/tool-my-char.sep-tool/app:latest", "RUN_IMAGE": mine})
+    assert reasons(run, "my--tool") == []
 
 
 @pytest.mark.parametrize("shape", SHAPES)
