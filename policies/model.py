@@ -220,6 +220,23 @@ class ParamsPolicy(_Section):
         return {p.name: p for p in (*self.required, *self.optional)}
 
 
+class WorkspacesPolicy(_Section):
+    """What a run's workspaces may be besides emptyDir (the only kind the builds API uses).
+
+    Each other kind reads or keeps data of the shared build namespace, so it is refused unless
+    named here. `projected` and `csi` are always refused: a projected volume can hold a token of
+    the build ServiceAccount, and a CSI driver takes attributes no rule here can judge.
+    """
+
+    persistent_volume_claims: tuple[Name, ...] = ()
+    """Claims a run may mount by `persistentVolumeClaim.claimName`."""
+    volume_claim_templates: bool = False
+    """Whether a run may ask for a new claim; never one filled from another (`dataSource`,
+    `dataSourceRef`) or bound to a chosen volume (`volumeName`, `selector`)."""
+    config_maps: tuple[Name, ...] = ()
+    secrets: tuple[Name, ...] = ()
+
+
 class BuildsPolicy(_Section):
     """What a PipelineRun may contain, and how many may be active per tool."""
 
@@ -232,6 +249,7 @@ class BuildsPolicy(_Section):
     """RUN_IMAGE references a run may use besides the tool's own images (the trusted exporter
     pulls the run image with the registry credentials)."""
     params: ParamsPolicy = ParamsPolicy()
+    workspaces: WorkspacesPolicy = WorkspacesPolicy()
     max_active_runs: PositiveInt = 1
     max_active_runs_overrides: Mapping[Name, Count] = {}
     """Per-tool limits; 0 stops a tool from building at all."""

@@ -26,7 +26,7 @@ from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_dura
 from policies.harbor import harbor_project, tool_of_project
 from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
-from policies.model import BuildsPolicy, ParamSpec, Policy
+from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 
 # Reasons, one per condition a check detects.
 NOT_A_TOOL = "NotATool"
@@ -71,8 +71,16 @@ _FIELD_HINTS = {
     "managedBy": "a run managed by another controller would never be reconciled",
     "resources": "PipelineResources are not supported",
 }
-_WORKSPACE_SOURCES = frozenset({"emptyDir", "persistentVolumeClaim", "volumeClaimTemplate"})
-_WORKSPACE_FIELDS = frozenset({"name", "subPath"}) | _WORKSPACE_SOURCES
+# Tekton's WorkspaceBinding: one volume of these kinds, a name and a subPath.
+_WORKSPACE_SOURCES = ("emptyDir", "persistentVolumeClaim", "volumeClaimTemplate", "configMap",
+                      "secret", "projected", "csi")
+_WORKSPACE_FIELDS = frozenset({"name", "subPath", *_WORKSPACE_SOURCES})
+_ALWAYS_REFUSED = {
+    "projected": "one can carry a token of the build ServiceAccount",
+    "csi": "a CSI driver takes attributes no rule here can judge",
+}
+# A claim template with one of these is filled from, or bound to, something that already exists.
+_CLAIM_FROM_EXISTING = ("dataSource", "dataSourceRef", "volumeName", "selector")
 _TIMEOUT_KEYS = ("pipeline", "tasks", "finally")
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -235,7 +243,6 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     if not isinstance(workspaces, list):
         yield Finding(SPEC_INVALID, "spec.workspaces must be a list")
         return
-    kinds = ", ".join(sorted(_WORKSPACE_SOURCES))
     for index, workspace in enumerate(workspaces):
         if not isinstance(workspace, Mapping):
             yield Finding(SPEC_INVALID, f"spec.workspaces[{index}] must be an object")
@@ -244,14 +251,54 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         extra = [key for key, value in workspace.items()
                  if key not in _WORKSPACE_FIELDS and value is not None]
         for key in extra:
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {cut(key)} is not allowed; a "
-                                                 f"workspace may only be {kinds}")
-        if not extra and not any(workspace.get(key) is not None for key in _WORKSPACE_SOURCES):
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use one of {kinds}")
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {cut(key)} is not allowed; use an "
+                                                 "emptyDir")
+        kinds = [key for key in _WORKSPACE_SOURCES if workspace.get(key) is not None]
+        if len(kinds) > 1:
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} names {len(kinds)} volumes "
+                                                 f"({', '.join(sorted(kinds))}); use one")
+        elif kinds:
+            why = _workspace_refusal(kinds[0], workspace[kinds[0]], run.builds.workspaces)
+            if why:
+                yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {why}")
+        elif not extra:
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use an emptyDir")
         sub_path = workspace.get("subPath")
         if not _is_empty(sub_path) and escapes(sub_path):
             yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: subPath {quote(sub_path)} must be a "
                                                  "relative path without ..")
+
+
+def _workspace_refusal(kind: str, source: object, allowed: WorkspacesPolicy) -> str:
+    """Why a workspace's volume is not allowed, or "" when it is."""
+    if kind == "emptyDir":
+        return ""
+    if not isinstance(source, Mapping):
+        return f"{kind} must be an object"
+    ask = "; use an emptyDir, or ask the platform admins to allow it"
+    if kind == "persistentVolumeClaim":
+        name = source.get("claimName")
+        if name in allowed.persistent_volume_claims:
+            return ""
+        return f"the claim {quote(name)} is not one a run may mount (it holds data of the " \
+               f"build namespace){ask}"
+    if kind == "volumeClaimTemplate":
+        if not allowed.volume_claim_templates:
+            return f"a volumeClaimTemplate is not allowed{ask}"
+        spec = _mapping(source.get("spec"))
+        taken = sorted(key for key in _CLAIM_FROM_EXISTING if not _is_empty(spec.get(key)))
+        if taken:
+            return f"a volumeClaimTemplate may not set spec.{', spec.'.join(taken)}: a new " \
+                   "claim must start empty, not from another claim, snapshot or volume"
+        return ""
+    if kind in ("configMap", "secret"):
+        key, names = (("name", allowed.config_maps) if kind == "configMap"
+                      else ("secretName", allowed.secrets))
+        name = source.get(key)
+        if name in names:
+            return ""
+        return f"the {kind} {quote(name)} is not one a run may mount{ask}"
+    return f"{kind} volumes are never allowed ({_ALWAYS_REFUSED[kind]}); use an emptyDir"
 
 
 def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -436,7 +483,7 @@ CREATE_CHECKS: tuple[Check, ...] = (
     spec_has_forbidden_fields,        # no inline spec, overrides, managedBy, unknown fields
     pipeline_is_not_approved,         # pipelineRef: an approved name, no resolver or bundle
     service_account_is_not_allowed,   # only the builds ServiceAccount
-    workspace_is_not_allowed,         # emptyDir / PVC / volumeClaimTemplate only
+    workspace_is_not_allowed,         # emptyDir, or volumes the policy names
     timeout_is_not_allowed,           # 0 < timeout <= maxTimeout
     params_are_not_allowed,           # exactly the policy's params, each of its type
     app_image_is_not_own_project,     # pushes only to the tool's Harbor project

@@ -385,26 +385,71 @@ def test_the_builds_service_account_or_none_is_allowed(shape: str) -> None:
     assert reasons(make_run(shape, taskRunTemplate=None, serviceAccountName=None)) == []
 
 
+WORKSPACES_ALLOWED = BUILDS.model_copy(update={"workspaces": parse_policy("""
+builds:
+  workspaces:
+    persistentVolumeClaims: [shared-cache]
+    volumeClaimTemplates: true
+    configMaps: [ca-bundle]
+    secrets: [pip-config]
+""").builds.workspaces})
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize(("workspace", "allowed"), [
-    pytest.param({"name": "w", "emptyDir": {}}, True, id="empty-dir"),
-    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "c"}}, True, id="pvc"),
-    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {}}, "subPath": "a"}, True,
-                 id="claim-template"),
-    pytest.param({"name": "w", "secret": {"secretName": "harbor-robot"}}, False, id="secret"),
-    pytest.param({"name": "w", "projected": {"sources": []}}, False, id="projected"),
-    pytest.param({"name": "w", "csi": {"driver": "x"}}, False, id="csi"),
-    pytest.param({"name": "w", "configMap": {"name": "c"}}, False, id="config-map"),
-    pytest.param({"name": "w", "emptyDir": {}, "secret": {"secretName": "s"}}, False,
-                 id="empty-dir-plus-secret"),
-    pytest.param({"name": "w"}, False, id="no-volume"),
-    pytest.param({"name": "w", "emptyDir": {}, "subPath": "../x"}, False, id="subpath-escapes"),
+@pytest.mark.parametrize(("workspace", "by_default", "when_allowed", "text"), [
+    pytest.param({"name": "w", "emptyDir": {}}, True, True, "", id="empty-dir"),
+    pytest.param({"name": "w", "emptyDir": {"medium": "Memory"}}, True, True, "",
+                 id="empty-dir-in-memory"),
+    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "shared-cache"}}, False,
+                 True, 'the claim "shared-cache" is not one a run may mount', id="pvc"),
+    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "other-tools-data"}},
+                 False, False, 'the claim "other-tools-data"', id="pvc-not-listed"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+        "subPath": "a"}, False, True, "a volumeClaimTemplate is not allowed", id="claim-template"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {
+        "dataSource": {"kind": "PersistentVolumeClaim", "name": "victim"}}}}, False, False,
+        "", id="claim-template-cloning-a-claim"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {"dataSourceRef": {
+        "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}}}},
+        False, False, "", id="claim-template-from-a-snapshot"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {"volumeName": "pv-1"}}}, False,
+                 False, "", id="claim-template-bound-to-a-volume"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {
+        "selector": {"matchLabels": {"tool": "victim"}}}}}, False, False, "",
+        id="claim-template-selecting-volumes"),
+    pytest.param({"name": "w", "configMap": {"name": "ca-bundle"}}, False, True,
+                 'the configMap "ca-bundle" is not one a run may mount', id="config-map"),
+    pytest.param({"name": "w", "configMap": {"name": "toolforge-admission-policy"}}, False,
+                 False, "", id="config-map-not-listed"),
+    pytest.param({"name": "w", "secret": {"secretName": "pip-config"}}, False, True,
+                 'the secret "pip-config" is not one a run may mount', id="secret"),
+    pytest.param({"name": "w", "secret": {"secretName": "basic-user-pass"}}, False, False,
+                 'the secret "basic-user-pass"', id="registry-secret"),
+    pytest.param({"name": "w", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "harbor", "path": "t"}}]}}, False, False,
+        "projected volumes are never allowed (one can carry a token", id="projected"),
+    pytest.param({"name": "w", "csi": {"driver": "x"}}, False, False,
+                 "csi volumes are never allowed", id="csi"),
+    pytest.param({"name": "w", "emptyDir": {}, "secret": {"secretName": "pip-config"}}, False,
+                 False, "names 2 volumes (emptyDir, secret); use one", id="two-volumes"),
+    pytest.param({"name": "w", "hostPath": {"path": "/"}}, False, False,
+                 "hostPath is not allowed", id="not-a-workspace-kind"),
+    pytest.param({"name": "w"}, False, False, "has no volume", id="no-volume"),
+    pytest.param({"name": "w", "emptyDir": {}, "subPath": "../x"}, False, False, "without ..",
+                 id="subpath-escapes"),
+    pytest.param({"name": "w", "persistentVolumeClaim": "c"}, False, False,
+                 "persistentVolumeClaim must be an object", id="malformed-claim"),
 ])
-def test_workspaces_are_only_scratch_or_claims(shape: str, workspace: dict[str, Any],
-                                               allowed: bool) -> None:
-    found = reasons(make_run(shape, workspaces=[workspace]))
-    assert found == ([] if allowed else [WORKSPACE_NOT_ALLOWED] * len(found))
-    assert allowed or found
+def test_workspaces_are_scratch_unless_the_policy_names_the_volume(
+        shape: str, workspace: dict[str, Any], by_default: bool, when_allowed: bool,
+        text: str) -> None:
+    run = make_run(shape, workspaces=[workspace])
+    for builds, allowed in ((BUILDS, by_default), (WORKSPACES_ALLOWED, when_allowed)):
+        found = check_new_run("mytool", run, builds)
+        assert [f.reason for f in found] == ([] if allowed else [WORKSPACE_NOT_ALLOWED]), builds
+    if not by_default:
+        assert text in messages(run)
 
 
 @pytest.mark.parametrize(("spec", "allowed"), [
