@@ -220,6 +220,20 @@ class ParamsPolicy(_Section):
         return {p.name: p for p in (*self.required, *self.optional)}
 
 
+class ApprovedPipeline(_Section):
+    """A Pipeline runs may reference, and the tasks a `taskRunSpecs` entry may name."""
+
+    name: Name
+    tasks: tuple[Name, ...] = ()
+    """Pipeline tasks a run may give a `taskRunSpecs` entry; the entry may only name the build
+    ServiceAccount (the builds API names it for `build-from-git`). Empty: no entry at all."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
 class WorkspacesPolicy(_Section):
     """What a run's workspaces may be besides emptyDir (the only kind the builds API uses).
 
@@ -243,7 +257,7 @@ class BuildsPolicy(_Section):
     namespace: Name = "image-build"
     harbor_hosts: tuple[Host, ...] = ()
     harbor_project: Pattern = ToolPattern.parse("tool-{tool}")
-    pipelines: tuple[Name, ...] = ("buildpacks",)
+    pipelines: tuple[ApprovedPipeline, ...] = (ApprovedPipeline(name="buildpacks"),)
     builders: tuple[Image, ...] = ()
     run_images: tuple[Image, ...] = ()
     """RUN_IMAGE references a run may use besides the tool's own images (the trusted exporter
@@ -260,6 +274,13 @@ class BuildsPolicy(_Section):
     service_account: Name = "default"
     """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
     mode: Mode = "enforce"
+
+    @property
+    def pipeline_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.pipelines)
+
+    def pipeline(self, name: object) -> ApprovedPipeline | None:
+        return next((p for p in self.pipelines if p.name == name), None)
 
     def max_active_runs_for(self, tool: str) -> int:
         limit = self.max_active_runs_overrides.get(tool, self.max_active_runs)

@@ -61,13 +61,23 @@ STOP_STATUSES = frozenset({"Cancelled", "CancelledRunFinally", "StoppedRunFinall
 PENDING = "PipelineRunPending"
 
 # Spec fields that a run may set; each is checked below. Anything else (inline pipelineSpec,
-# taskRunSpecs, podTemplate, managedBy, resources, fields Tekton adds later) is refused by name.
+# podTemplate, managedBy, resources, fields Tekton adds later) is refused by name.
 ALLOWED_SPEC_FIELDS = frozenset({"params", "pipelineRef", "workspaces", "timeouts", "timeout",
-                                 "taskRunTemplate", "serviceAccountName", "status"})
+                                 "taskRunTemplate", "serviceAccountName", "taskRunSpecs",
+                                 "status"})
+# A taskRunSpecs entry may name its task and the ServiceAccount (v1 and v1beta1 spellings).
+_TASK_ACCOUNT_KEYS = ("serviceAccountName", "taskServiceAccountName")
 _FIELD_HINTS = {
     "pipelineSpec": "an inline pipelineSpec runs arbitrary steps; reference an approved pipeline",
-    "taskRunSpecs": "per-task overrides (service account, pod template, steps) are not allowed",
     "podTemplate": "a pod template override is not allowed",
+    "taskPodTemplate": "a pod template override is not allowed",
+    "stepSpecs": "step overrides (resources, images) are not allowed",
+    "stepOverrides": "step overrides (resources, images) are not allowed",
+    "sidecarSpecs": "sidecar overrides are not allowed",
+    "sidecarOverrides": "sidecar overrides are not allowed",
+    "computeResources": "compute resources are set by the pipeline, not by a run",
+    "metadata": "labels and annotations for the task's pods are not allowed",
+    "timeout": "a per-task timeout is not allowed; use spec.timeouts",
     "managedBy": "a run managed by another controller would never be reconciled",
     "resources": "PipelineResources are not supported",
 }
@@ -210,7 +220,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
 
 def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
     ref = run.spec.get("pipelineRef")
-    approved = ", ".join(run.builds.pipelines)
+    approved = ", ".join(run.builds.pipeline_names)
     if not isinstance(ref, Mapping):
         yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef must name one of the approved "
                                             f"pipelines: {approved}")
@@ -220,7 +230,7 @@ def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
             yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef.{cut(key)} is not allowed; "
                                                 "reference an approved pipeline by name only")
     name = ref.get("name")
-    if name not in run.builds.pipelines:
+    if name not in run.builds.pipeline_names:
         yield Finding(PIPELINE_NOT_ALLOWED, f"pipeline {quote(name)} is not approved; use one "
                                             f"of: {approved}")
 
@@ -234,6 +244,45 @@ def service_account_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         if not _is_empty(value) and value != allowed:
             yield Finding(SERVICE_ACCOUNT_NOT_ALLOWED, f"{path} {quote(value)} is not allowed; "
                                                        f"leave it out or use {allowed}")
+
+
+def task_run_specs_are_not_allowed(run: RunInput) -> Iterator[Finding]:
+    """taskRunSpecs: an entry per task the approved pipeline lists, naming only the build SA."""
+    specs = run.spec.get("taskRunSpecs")
+    if _is_empty(specs):
+        return
+    if not isinstance(specs, list):
+        yield Finding(SPEC_INVALID, "spec.taskRunSpecs must be a list")
+        return
+    name = _mapping(run.spec.get("pipelineRef")).get("name")
+    pipeline = run.builds.pipeline(name)
+    tasks = pipeline.tasks if pipeline is not None else ()
+    listed = ", ".join(tasks) or "none"
+    seen: set[object] = set()
+    for index, entry in enumerate(specs):
+        where = f"spec.taskRunSpecs[{index}]"
+        if not isinstance(entry, Mapping):
+            yield Finding(SPEC_INVALID, f"{where} must be an object")
+            continue
+        task = entry.get("pipelineTaskName")
+        if not isinstance(task, str) or task not in tasks:
+            yield Finding(FIELD_NOT_ALLOWED, f"{where}.pipelineTaskName {_shown(task)} is not a "
+                                             f"task of the pipeline {_shown(name)} that a run "
+                                             f"may give a taskRunSpecs entry (tasks: {listed})")
+        elif task in seen:
+            yield Finding(SPEC_INVALID, f"{where}: the task {task} has more than one entry")
+        seen.add(task)
+        for key, value in entry.items():
+            if key == "pipelineTaskName" or _is_empty(value):
+                continue
+            if key in _TASK_ACCOUNT_KEYS:
+                if value != run.builds.service_account:
+                    yield Finding(SERVICE_ACCOUNT_NOT_ALLOWED, (
+                        f"{where}.{key} {quote(value)} is not allowed; leave it out or use "
+                        f"{run.builds.service_account}"))
+                continue
+            hint = _FIELD_HINTS.get(key, "only pipelineTaskName and serviceAccountName may be set")
+            yield Finding(FIELD_NOT_ALLOWED, f"{where}.{cut(key)}: {hint}")
 
 
 def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -483,6 +532,7 @@ CREATE_CHECKS: tuple[Check, ...] = (
     spec_has_forbidden_fields,        # no inline spec, overrides, managedBy, unknown fields
     pipeline_is_not_approved,         # pipelineRef: an approved name, no resolver or bundle
     service_account_is_not_allowed,   # only the builds ServiceAccount
+    task_run_specs_are_not_allowed,   # per task of the pipeline: only the builds ServiceAccount
     workspace_is_not_allowed,         # emptyDir, or volumes the policy names
     timeout_is_not_allowed,           # 0 < timeout <= maxTimeout
     params_are_not_allowed,           # exactly the policy's params, each of its type

@@ -23,7 +23,8 @@ def test_empty_policy_has_the_documented_defaults() -> None:
     assert policy.tools.groups == ("toolforge",)
     assert policy.exempt_namespaces == ("kube-system",)
     assert policy.builds.namespace == "image-build"
-    assert policy.builds.pipelines == ("buildpacks",)
+    assert policy.builds.pipeline_names == ("buildpacks",)
+    assert policy.builds.pipelines[0].tasks == ()
     assert policy.builds.max_active_runs == 1
     assert policy.builds.mode == "enforce"
     assert policy.registries.allowed == ()

@@ -47,7 +47,9 @@ builds:
   namespace: image-build
   harborHosts: [{HARBOR}]
   harborProject: "tool-{{tool}}"
-  pipelines: [buildpacks]
+  pipelines:
+    - {{name: buildpacks, tasks: [build-from-git, lint]}}
+    - plain
   builders: [{BUILDER}]
   runImages: [{RUN}]
   params:
@@ -362,7 +364,7 @@ def test_a_param_given_twice_is_refused() -> None:
                  id="inline-pipeline-spec"),
     pytest.param({"taskRunSpecs": [{"pipelineTaskName": "build",
                                     "serviceAccountName": "admin"}]}, FIELD_NOT_ALLOWED,
-                 id="task-run-specs"),
+                 id="task-run-specs-for-another-task"),
     pytest.param({"podTemplate": {"hostNetwork": True}}, FIELD_NOT_ALLOWED,
                  id="v1beta1-pod-template"),
     pytest.param({"taskRunTemplate": {"podTemplate": {"hostNetwork": True}}}, FIELD_NOT_ALLOWED,
@@ -378,6 +380,76 @@ def test_a_param_given_twice_is_refused() -> None:
 def test_the_run_may_only_reference_an_approved_pipeline_without_overrides(
         shape: str, spec: dict[str, Any], reason: str) -> None:
     assert reason in reasons(make_run(shape, **spec))
+
+
+@pytest.mark.parametrize(("key", "shape"), [
+    pytest.param("serviceAccountName", "v1", id="v1"),
+    pytest.param("taskServiceAccountName", "v1beta1", id="v1beta1"),
+])
+@pytest.mark.parametrize(("entries", "reason", "text"), [
+    pytest.param([{"pipelineTaskName": "build-from-git", "SA": "buildpacks-sa"}], None, "",
+                 id="the-builds-apis-entry"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "SA": "buildpacks-sa"},
+                  {"pipelineTaskName": "lint", "SA": "buildpacks-sa"}], None, "",
+                 id="two-listed-tasks"),
+    pytest.param([{"pipelineTaskName": "build-from-git"}], None, "", id="task-name-only"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "SA": "admin"}],
+                 SERVICE_ACCOUNT_NOT_ALLOWED, '"admin" is not allowed; leave it out or use '
+                 "buildpacks-sa", id="another-service-account"),
+    pytest.param([{"pipelineTaskName": "fetch", "SA": "buildpacks-sa"}], FIELD_NOT_ALLOWED,
+                 'spec.taskRunSpecs[0].pipelineTaskName "fetch" is not a task of the pipeline '
+                 '"buildpacks" that a run may give a taskRunSpecs entry (tasks: '
+                 "build-from-git, lint)", id="task-not-listed"),
+    pytest.param([{"SA": "buildpacks-sa"}], FIELD_NOT_ALLOWED, "pipelineTaskName unset",
+                 id="no-task-name"),
+    pytest.param([{"pipelineTaskName": "build-from-git"}, {"pipelineTaskName": "build-from-git"}],
+                 SPEC_INVALID, "the task build-from-git has more than one entry", id="twice"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "podTemplate": {"hostNetwork": True}}],
+                 FIELD_NOT_ALLOWED, "spec.taskRunSpecs[0].podTemplate: a pod template override",
+                 id="v1-pod-template"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "taskPodTemplate": {
+        "volumes": [{"name": "s", "secret": {"secretName": "basic-user-pass"}}]}}],
+        FIELD_NOT_ALLOWED, "taskPodTemplate: a pod template override", id="v1beta1-pod-template"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "stepSpecs": [
+        {"name": "export", "computeResources": {}}]}], FIELD_NOT_ALLOWED, "step overrides",
+        id="step-specs"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "stepOverrides": [{"name": "x"}]}],
+                 FIELD_NOT_ALLOWED, "step overrides", id="step-overrides"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "sidecarSpecs": [{"name": "x"}]}],
+                 FIELD_NOT_ALLOWED, "sidecar overrides", id="sidecar-specs"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "sidecarOverrides": [{"name": "x"}]}],
+                 FIELD_NOT_ALLOWED, "sidecar overrides", id="sidecar-overrides"),
+    pytest.param([{"pipelineTaskName": "build-from-git",
+                   "computeResources": {"limits": {"cpu": "64"}}}], FIELD_NOT_ALLOWED,
+                 "compute resources", id="compute-resources"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "metadata": {
+        "labels": {"app.kubernetes.io/managed-by": "someone-else"}}}], FIELD_NOT_ALLOWED,
+        "spec.taskRunSpecs[0].metadata: labels and annotations", id="metadata"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "timeout": "0s"}], FIELD_NOT_ALLOWED,
+                 "a per-task timeout is not allowed", id="task-timeout"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "somethingNew": 1}], FIELD_NOT_ALLOWED,
+                 "only pipelineTaskName and serviceAccountName may be set", id="unknown-key"),
+    pytest.param(["build-from-git"], SPEC_INVALID, "spec.taskRunSpecs[0] must be an object",
+                 id="entry-not-an-object"),
+    pytest.param({"build-from-git": {}}, SPEC_INVALID, "spec.taskRunSpecs must be a list",
+                 id="not-a-list"),
+])
+def test_a_task_run_spec_may_only_name_the_build_service_account_for_a_listed_task(
+        key: str, shape: str, entries: object, reason: str | None, text: str) -> None:
+    if isinstance(entries, list):
+        entries = [{(key if k == "SA" else k): v for k, v in e.items()}
+                   if isinstance(e, dict) else e for e in entries]
+    run = make_run(shape, taskRunSpecs=entries)
+    assert reasons(run) == ([] if reason is None else [reason])
+    assert text in messages(run)
+
+
+def test_a_pipeline_that_lists_no_tasks_takes_no_task_run_specs() -> None:
+    run = make_run(pipelineRef={"name": "plain"}, taskRunSpecs=[
+        {"pipelineTaskName": "build-from-git", "serviceAccountName": "buildpacks-sa"}])
+    assert reasons(run) == [FIELD_NOT_ALLOWED]
+    assert 'of the pipeline "plain" that a run may give a taskRunSpecs entry (tasks: none)' \
+        in messages(run)
 
 
 @pytest.mark.parametrize("shape", SHAPES)
