@@ -273,6 +273,9 @@ class BuildsPolicy(_Section):
     """The label every run must carry with its tool's name; checked, never trusted."""
     service_account: Name = "default"
     """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
+    tekton_default_service_account: Name = "default"
+    """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
+    names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""
     mode: Mode = "enforce"
 
     @property

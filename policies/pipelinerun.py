@@ -237,11 +237,13 @@ def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
 
 def service_account_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     allowed = run.builds.service_account
+    # Tekton writes its default into a run that names none, so a run may carry it as well.
+    default = run.builds.tekton_default_service_account
     places = (("spec.taskRunTemplate.serviceAccountName",
                _mapping(run.spec.get("taskRunTemplate")).get("serviceAccountName")),
               ("spec.serviceAccountName", run.spec.get("serviceAccountName")))
     for path, value in places:
-        if not _is_empty(value) and value != allowed:
+        if not _is_empty(value) and value not in (allowed, default):
             yield Finding(SERVICE_ACCOUNT_NOT_ALLOWED, f"{path} {quote(value)} is not allowed; "
                                                        f"leave it out or use {allowed}")
 
@@ -564,7 +566,8 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
     if old_tool != new_tool:
         findings.append(Finding(TOOL_LABEL_CHANGED, f"the label {label} cannot change (it was "
                                                     f"{_shown(old_tool)}, not {_shown(new_tool)})"))
-    old_spec, new_spec = _spec(old), _spec(new)
+    old_spec = _without_tekton_defaults(_spec(old), builds)
+    new_spec = _without_tekton_defaults(_spec(new), builds)
     changed = sorted(k for k in set(old_spec) | set(new_spec)
                      if _comparable(k, old_spec.get(k)) != _comparable(k, new_spec.get(k))
                      and k != "status")
@@ -580,11 +583,34 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
     return tuple(findings)
 
 
+def _without_tekton_defaults(spec: Mapping[str, Any], builds: BuildsPolicy,
+                             ) -> Mapping[str, Any]:
+    """The spec without the ServiceAccount Tekton fills in when a run names none.
+
+    Its controller writes that default back with its first update of a run created without one
+    (where no Tekton webhook defaulted it at creation): not a change the run's author made.
+    """
+    default = builds.tekton_default_service_account
+    trimmed = dict(spec)
+    template = spec.get("taskRunTemplate")
+    if isinstance(template, Mapping) and template.get("serviceAccountName") == default:
+        rest = {k: v for k, v in template.items() if k != "serviceAccountName"}
+        if rest:
+            trimmed["taskRunTemplate"] = rest
+        else:
+            del trimmed["taskRunTemplate"]
+    if spec.get("serviceAccountName") == default:
+        del trimmed["serviceAccountName"]
+    return trimmed
+
+
 def _comparable(key: str, value: object) -> object:
     """A spec field as compared on UPDATE: durations by their length, not their spelling.
 
     The Tekton controller writes the run back (to add its labels) from its Go structs, so a
-    stored `timeouts.pipeline: 1h` comes back as `1h0m0s`; that is not a change.
+    stored `timeouts.pipeline: 1h` comes back as `1h0m0s`, and a struct field the run left out
+    comes back empty (`taskRunTemplate: {}`: omitempty does not omit a struct); neither is a
+    change.
     """
     def length(duration: object) -> object:
         try:
@@ -592,6 +618,8 @@ def _comparable(key: str, value: object) -> object:
         except DurationError:
             return duration
 
+    if _is_empty(value):
+        return None
     if key == "timeout":
         return length(value)
     if key == "timeouts" and isinstance(value, Mapping):

@@ -452,6 +452,41 @@ def test_a_pipeline_that_lists_no_tasks_takes_no_task_run_specs() -> None:
         in messages(run)
 
 
+@pytest.mark.parametrize("spec", [
+    pytest.param({"taskRunTemplate": {"serviceAccountName": "default"}}, id="v1"),
+    pytest.param({"serviceAccountName": "default"}, id="v1beta1"),
+])
+def test_tektons_default_service_account_is_what_naming_none_gives(spec: dict[str, Any]) -> None:
+    # Tekton's defaulting webhook writes it into a run that names none, before this rule sees it.
+    run = make_run(**{"taskRunTemplate": None, **spec})
+    assert reasons(run) == []
+
+
+@pytest.mark.parametrize(("old_spec", "new_spec", "allowed"), [
+    pytest.param({}, {"taskRunTemplate": {"serviceAccountName": "default"}}, True,
+                 id="controller-writes-the-default-back"),
+    pytest.param({}, {"serviceAccountName": "default"}, True, id="v1beta1-default-written-back"),
+    pytest.param({}, {"taskRunTemplate": {}}, True, id="go-writes-an-empty-struct-back"),
+    pytest.param({}, {"taskRunSpecs": []}, True, id="empty-list"),
+    pytest.param({"taskRunTemplate": {"serviceAccountName": "buildpacks-sa"}},
+                 {"taskRunTemplate": {"serviceAccountName": "default"}}, False,
+                 id="named-account-replaced"),
+    pytest.param({}, {"taskRunTemplate": {"serviceAccountName": "buildpacks-sa"}}, False,
+                 id="account-added-later"),
+    pytest.param({}, {"taskRunTemplate": {"serviceAccountName": "default",
+                                          "podTemplate": {"hostNetwork": True}}}, False,
+                 id="default-with-a-pod-template"),
+])
+def test_an_update_that_only_adds_tektons_default_service_account_is_no_spec_change(
+        old_spec: dict[str, Any], new_spec: dict[str, Any], allowed: bool) -> None:
+    old = make_run(taskRunTemplate=None, serviceAccountName=None)
+    old["spec"].update(old_spec)
+    new = copy.deepcopy(old)
+    new["spec"].update(new_spec)
+    found = [f.reason for f in check_changed_run(old, new, BUILDS)]
+    assert found == ([] if allowed else [SPEC_CHANGED])
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_builds_service_account_or_none_is_allowed(shape: str) -> None:
     assert reasons(make_run(shape, taskRunTemplate=None, serviceAccountName=None)) == []
