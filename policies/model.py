@@ -273,6 +273,16 @@ class BuildsPolicy(_Section):
     """The label every run must carry with its tool's name; checked, never trusted."""
     service_account: Name = "default"
     """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
+    run_managers: tuple[Name, ...] = (
+        "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller",
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:kube-controller-manager",
+    )
+    """Exact usernames that, besides the system users, may update and delete any tool's run (not
+    create one): Tekton's controller writes runs and their status, Kubernetes' garbage collector
+    and namespace controller delete them. Anyone else may change or delete only a run of their
+    own tool."""
     tekton_default_service_account: Name = "default"
     """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
     names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""

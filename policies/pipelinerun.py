@@ -2,9 +2,10 @@
 
 Three questions, each pure:
 
-- `tool_of_requester`: which tool a CREATE is for, from trusted data only (namespace, username,
-  groups, and for system users the Harbor project the run pushes to). Labels, params and
-  annotations never decide identity; the tool label is checked against the derived tool.
+- `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
+  and for system users the Harbor project the run pushes to). Labels, params and annotations
+  never decide identity; the tool label is checked against the derived tool. Runs are created
+  only in `builds.namespace`, the one namespace where build pods are made safe.
 - `check_new_run`: an ordered chain of named checks over the run's content, every finding kept.
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
@@ -24,7 +25,7 @@ from typing import Any
 from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, quote
 from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
 from policies.harbor import harbor_project, tool_of_project
-from policies.identity import User
+from policies.identity import User, is_tool_name
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 
@@ -33,6 +34,7 @@ NOT_A_TOOL = "NotATool"
 WRONG_NAMESPACE = "NamespaceNotForBuilds"
 TOOL_LABEL_WRONG = "ToolLabelWrong"
 TOOL_LABEL_CHANGED = "ToolLabelChanged"
+RUN_NOT_OWNED = "RunNotOwned"
 SPEC_INVALID = "SpecInvalid"
 FIELD_NOT_ALLOWED = "FieldNotAllowed"
 PIPELINE_NOT_ALLOWED = "PipelineNotAllowed"
@@ -109,40 +111,33 @@ class Identity:
 
 def tool_of_requester(policy: Policy, namespace: str, user: User,
                       run: Mapping[str, Any]) -> Identity:
-    """Derive the tool from the namespace, the requester, or (system users) the Harbor project."""
+    """Derive the tool from the requester or (system users) the Harbor project it pushes to."""
+    if namespace != policy.builds.namespace:
+        # A tool's own namespace included: build pods are made safe (credentials stripped, the
+        # backstop) only in the build namespace, so a run elsewhere would either fail on the
+        # registry allow-list or hand every step of it the push credentials.
+        return Identity(None, Finding(
+            WRONG_NAMESPACE,
+            f"PipelineRuns may only be created in the build namespace {policy.builds.namespace},"
+            f" where the registry credentials of their build pods are kept from the tool's "
+            f"code; not in {cut(namespace)}. Start builds there (toolforge build start does)"))
     tools = policy.tools
-    is_system = user.username in tools.system_users
+    if user.username in tools.system_users:
+        return _tool_from_app_image(policy.builds, run, user)
     in_group = any(group in tools.groups for group in user.groups)
     named_tool = tools.username_pattern.tool_of(user.username)
+    if named_tool is not None and in_group:
+        return Identity(named_tool)
     groups_text = ", ".join(tools.groups) or "(none configured)"
-    if namespace == policy.builds.namespace:
-        if is_system:
-            return _tool_from_app_image(policy.builds, run, user)
-        if named_tool is not None and in_group:
-            return Identity(named_tool)
-        if named_tool is not None:
-            why = (f"user {quote(user.username)} is not in any of the groups {groups_text}, so "
-                   f"it is not the tool {named_tool}")
-        else:
-            why = (f"user {quote(user.username)} is not a tool account "
-                   f"(username {tools.username_pattern} in one of the groups {groups_text}) "
-                   "nor a system user")
-        return Identity(None, Finding(NOT_A_TOOL, f"only tools may create PipelineRuns in "
-                                                  f"{namespace}: {why}"))
-    namespace_tool = tools.namespace_pattern.tool_of(namespace)
-    if namespace_tool is not None:
-        if is_system or (named_tool == namespace_tool and in_group):
-            return Identity(namespace_tool)
-        return Identity(None, Finding(
-            NOT_A_TOOL,
-            f"in namespace {namespace} only the tool {namespace_tool}'s account (user "
-            f"{tools.username_pattern.expand(namespace_tool)} in one of the groups "
-            f"{groups_text}) or a system user may create PipelineRuns; user "
-            f"{quote(user.username)} is neither"))
-    return Identity(None, Finding(
-        WRONG_NAMESPACE,
-        f"PipelineRuns may only be created in the build namespace {policy.builds.namespace} or "
-        f"in a tool's namespace ({tools.namespace_pattern}), not in {cut(namespace)}"))
+    if named_tool is not None:
+        why = (f"user {quote(user.username)} is not in any of the groups {groups_text}, so "
+               f"it is not the tool {named_tool}")
+    else:
+        why = (f"user {quote(user.username)} is not a tool account "
+               f"(username {tools.username_pattern} in one of the groups {groups_text}) "
+               "nor a system user")
+    return Identity(None, Finding(NOT_A_TOOL, f"only tools may create PipelineRuns in "
+                                              f"{namespace}: {why}"))
 
 
 def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
@@ -551,6 +546,54 @@ def check_new_run(tool: str, run: Mapping[str, Any], builds: BuildsPolicy,
     """Every finding of every check on a run about to be created for `tool`."""
     subject = RunInput(tool=tool, run=run, builds=builds)
     return tuple(finding for check in checks for finding in check(subject))
+
+
+# --- Who may change or delete an existing run ------------------------------------------------
+
+
+def owner_of_run(policy: Policy, namespace: str, run: Mapping[str, Any]) -> str | None:
+    """The tool a stored run belongs to, or None when it is no tool's.
+
+    In the build namespace: its tool label, which was checked against the requester when the run
+    was created and cannot change since. In a tool's namespace (runs made before that was
+    refused): that tool.
+    """
+    if namespace == policy.builds.namespace:
+        labels = _mapping(_mapping(run.get("metadata")).get("labels"))
+        value = labels.get(policy.builds.tool_label)
+        return value if isinstance(value, str) and is_tool_name(value) else None
+    return policy.tools.namespace_pattern.tool_of(namespace)
+
+
+def run_access_refused(policy: Policy, namespace: str, user: User, run: Mapping[str, Any], *,
+                       operation: str, sub_resource: str = "") -> Finding | None:
+    """Why `user` may not UPDATE or DELETE the stored `run` (None when they may).
+
+    Its owner (the tool the run belongs to), the system users and the run managers may; and
+    only the last two may write its status: a tool that marked its own run finished would free
+    its slot while the build goes on.
+    """
+    builds = policy.builds
+    if user.username in policy.tools.system_users or user.username in builds.run_managers:
+        return None
+    name = cut(str(_mapping(run.get("metadata")).get("name") or "(unnamed)"))
+    if sub_resource:
+        return Finding(RUN_NOT_OWNED, (
+            f"only the system users and the run managers (Tekton's controller) may write "
+            f"pipelineruns/{cut(sub_resource)}; user {quote(user.username)} may not, for "
+            f"PipelineRun {name}"))
+    tools = policy.tools
+    requester = (tools.username_pattern.tool_of(user.username)
+                 if any(group in tools.groups for group in user.groups) else None)
+    owner = owner_of_run(policy, namespace, run)
+    if owner is not None and requester == owner:
+        return None
+    verb = "delete" if operation == "DELETE" else "change"
+    whose = (f"it belongs to the tool {owner}" if owner is not None
+             else f"it belongs to no tool (no valid {builds.tool_label} label)")
+    return Finding(RUN_NOT_OWNED, (
+        f"user {quote(user.username)} may not {verb} the PipelineRun {name}: {whose}, and only "
+        "its tool, the system users and the run managers may"))
 
 
 # --- How an existing run may change ---------------------------------------------------------

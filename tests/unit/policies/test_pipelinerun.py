@@ -129,13 +129,12 @@ def messages(run: dict[str, Any], tool: str = "mytool") -> str:
                  id="build-ns-cluster-admin-is-not-a-tool"),
     pytest.param("image-build", SYSTEM_USER, "other", "other", None,
                  id="build-ns-system-user-acts-for-app-image-project"),
-    pytest.param("tool-mytool", TOOL_USER, "mytool", "mytool", None, id="tool-ns-own-account"),
-    pytest.param("tool-mytool", User("other", ("toolforge",)), "mytool", None, NOT_A_TOOL,
+    pytest.param("tool-mytool", TOOL_USER, "mytool", None, WRONG_NAMESPACE,
+                 id="tool-ns-own-account"),
+    pytest.param("tool-mytool", User("other", ("toolforge",)), "mytool", None, WRONG_NAMESPACE,
                  id="tool-ns-other-tool-account"),
-    pytest.param("tool-mytool", User("mytool", ()), "mytool", None, NOT_A_TOOL,
-                 id="tool-ns-own-name-without-group"),
-    pytest.param("tool-mytool", SYSTEM_USER, "other", "mytool", None,
-                 id="tool-ns-system-user-acts-for-namespace-tool"),
+    pytest.param("tool-mytool", SYSTEM_USER, "mytool", None, WRONG_NAMESPACE,
+                 id="tool-ns-system-user"),
     pytest.param("default", TOOL_USER, "mytool", None, WRONG_NAMESPACE,
                  id="other-namespace-refused"),
 ])
@@ -162,6 +161,15 @@ def test_a_system_user_without_a_tool_project_in_app_image_is_refused(
     assert identity.finding is not None
     assert identity.finding.reason == NOT_A_TOOL
     assert "system user" in identity.finding.message
+
+
+def test_a_run_in_a_tools_own_namespace_is_refused_saying_where_builds_run() -> None:
+    identity = tool_of_requester(POLICY, "tool-mytool", TOOL_USER, make_run())
+    assert identity.finding is not None
+    assert identity.finding.message == (
+        "PipelineRuns may only be created in the build namespace image-build, where the registry "
+        "credentials of their build pods are kept from the tool's code; not in tool-mytool. "
+        "Start builds there (toolforge build start does)")
 
 
 def test_a_human_named_like_a_tool_is_told_which_group_is_missing() -> None:

@@ -126,8 +126,9 @@ def test_a_refused_run_reserves_nothing_but_still_reports_a_full_slot(
                  id="human-with-a-tools-name"),
     pytest.param("image-build", "system:admin", ("system:masters",), "not a tool account",
                  id="cluster-admin"),
-    pytest.param("tool-mytool", "othertool", ("toolforge",), "only the tool mytool",
-                 id="other-tool-in-tool-namespace"),
+    pytest.param("tool-mytool", "mytool", ("toolforge",),
+                 "may only be created in the build namespace image-build",
+                 id="own-tool-namespace"),
     pytest.param("default", "mytool", ("toolforge",), "may only be created",
                  id="unrelated-namespace"),
 ])
@@ -174,11 +175,29 @@ def test_updates_pass_unless_the_spec_changes_beyond_stopping(
     assert answer["allowed"] is allowed
 
 
-def test_a_status_subresource_update_always_passes(client: FlaskClient) -> None:
+TEKTON = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
+FINISHED = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+
+
+@pytest.mark.parametrize(("username", "groups", "allowed"), [
+    pytest.param(TEKTON, ("system:serviceaccounts",), True, id="tekton-controller"),
+    pytest.param("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",),
+                 True, id="system-user"),
+    pytest.param("mytool", ("toolforge",), False, id="the-runs-own-tool"),
+    pytest.param("othertool", ("toolforge",), False, id="another-tool"),
+])
+def test_only_tekton_and_the_system_users_write_a_runs_status(
+        client: FlaskClient, username: str, groups: tuple[str, ...], allowed: bool) -> None:
+    # A tool that marked its own run finished would free its slot while the build goes on.
     old = run_for()
     new = copy.deepcopy(old)
-    new["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
-    assert post(client, new, operation="UPDATE", old=old, sub_resource="status")["allowed"]
+    new["status"] = FINISHED
+    answer = post(client, new, operation="UPDATE", old=old, sub_resource="status",
+                  username=username, groups=groups)
+    assert answer["allowed"] is allowed
+    if not allowed:
+        assert answer["auditAnnotations"]["reason"] == "RunNotOwned"
+        assert "may write pipelineruns/status" in answer["status"]["message"]
 
 
 def test_the_tool_label_cannot_change_on_update(client: FlaskClient) -> None:
@@ -190,8 +209,72 @@ def test_the_tool_label_cannot_change_on_update(client: FlaskClient) -> None:
     assert "cannot change" in answer["status"]["message"]
 
 
-def test_delete_is_not_intercepted(client: FlaskClient) -> None:
-    assert post(client, None, operation="DELETE", old=run_for())["allowed"]
+def cancelled(run: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    new["spec"]["status"] = "Cancelled"
+    return new
+
+
+def relabelled(run: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    new["metadata"]["annotations"] = {"note": "mine now"}
+    return new
+
+
+def released(run: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    del new["spec"]["status"]
+    return new
+
+
+@pytest.mark.parametrize(("operation", "change"), [
+    pytest.param("UPDATE", cancelled, id="cancel"),
+    pytest.param("UPDATE", relabelled, id="annotate"),
+    pytest.param("UPDATE", released, id="release-pending"),
+    pytest.param("DELETE", None, id="delete"),
+])
+@pytest.mark.parametrize(("username", "groups", "allowed"), [
+    pytest.param("mytool", ("toolforge",), True, id="owner"),
+    pytest.param("othertool", ("toolforge",), False, id="another-tool"),
+    pytest.param("mytool", ("system:authenticated",), False, id="person-named-like-the-owner"),
+    pytest.param("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",),
+                 True, id="system-user"),
+    pytest.param(TEKTON, ("system:serviceaccounts",), True, id="tekton-controller"),
+    pytest.param("system:serviceaccount:kube-system:namespace-controller", (), True,
+                 id="namespace-controller"),
+    pytest.param("admin", ("system:masters",), False, id="cluster-admin-is-no-run-manager"),
+])
+def test_only_the_owner_the_system_users_and_the_run_managers_change_or_delete_a_run(
+        client: FlaskClient, operation: str, change: Any, username: str,
+        groups: tuple[str, ...], allowed: bool) -> None:
+    old = run_for(status="PipelineRunPending")
+    new = change(old) if change is not None else None
+    answer = post(client, new, operation=operation, old=old, username=username, groups=groups)
+    assert answer["allowed"] is allowed, answer
+    if not allowed:
+        verb = "delete" if operation == "DELETE" else "change"
+        assert answer["auditAnnotations"]["reason"] == "RunNotOwned"
+        assert (f'user "{username}" may not {verb} the PipelineRun '
+                "mytool-buildpacks-pipelinerun-u1: it belongs to the tool mytool, and only its "
+                "tool, the system users and the run managers may") in answer["status"]["message"]
+
+
+def test_a_run_without_a_tool_label_belongs_to_no_tool(client: FlaskClient) -> None:
+    old = run_for()
+    del old["metadata"]["labels"]
+    answer = post(client, None, operation="DELETE", old=old)
+    assert not answer["allowed"]
+    assert "it belongs to no tool (no valid toolforge.org/tool label)" in \
+        answer["status"]["message"]
+    assert post(client, None, operation="DELETE", old=old, username=TEKTON)["allowed"]
+
+
+def test_a_legacy_run_in_a_tools_namespace_belongs_to_that_tool(client: FlaskClient) -> None:
+    old = run_for(tool="othertool")  # its label says othertool; the namespace decides
+    assert post(client, None, operation="DELETE", old=old, namespace="tool-mytool")["allowed"]
+    refused = post(client, None, operation="DELETE", old=old, namespace="tool-mytool",
+                   username="othertool")
+    assert not refused["allowed"]
 
 
 def test_exempt_namespaces_are_not_checked(client: FlaskClient) -> None:
