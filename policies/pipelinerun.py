@@ -155,9 +155,14 @@ def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: Use
     project = image.path.split("/", 1)[0]
     tool = tool_of_project(builds.harbor_project, project)
     if tool is None:
+        # The builds API writes the raw tool name into APP_IMAGE, while the project it creates
+        # follows Harbor's rule: say which project that tool really has.
+        raw = builds.harbor_project.tool_of(project)
+        hint = (f"; the tool {raw}'s Harbor project is {harbor_project(builds.harbor_project, raw)}"
+                if raw is not None else "")
         return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {quote(project)} in "
                                                   f"{APP_IMAGE} is not a tool's project "
-                                                  f"({builds.harbor_project})"))
+                                                  f"({builds.harbor_project}){hint}"))
     return Identity(tool)
 
 

@@ -172,6 +172,15 @@ def test_a_run_in_a_tools_own_namespace_is_refused_saying_where_builds_run() -> 
         "Start builds there (toolforge build start does)")
 
 
+def test_a_system_user_pushing_to_the_raw_name_of_a_double_dash_tool_is_told_its_project() -> None:
+    run = make_run(params={"APP_IMAGE": f"{HARBOR}/tool-a--b/tool-a--b:latest"})
+    identity = tool_of_requester(POLICY, "image-build", SYSTEM_USER, run)
+    assert identity.finding is not None
+    assert identity.finding.message.endswith(
+        "is not a tool's project (tool-{tool}); the tool a--b's Harbor project is "
+        "tool-a-char.sep-b")
+
+
 def test_a_human_named_like_a_tool_is_told_which_group_is_missing() -> None:
     identity = tool_of_requester(POLICY, "image-build", User("mytool", ()), make_run())
     assert identity.finding is not None
