@@ -1,12 +1,14 @@
 """PipelineRuns: whose run it is, what it may contain, and how it may change.
 
-Three questions, each pure:
+Four questions, each pure:
 
 - `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
   and for system users the Harbor project the run pushes to). Labels, params and annotations
   never decide identity; the tool label is checked against the derived tool. Runs are created
   only in `builds.namespace`, the one namespace where build pods are made safe.
 - `check_new_run`: an ordered chain of named checks over the run's content, every finding kept.
+- `run_access_refused`: who may UPDATE or DELETE a stored run: its own tool, the system users
+  and the run managers; its status only the latter two.
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
 
