@@ -11,6 +11,7 @@ import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
+from policies.harbor import PROJECT_PLACEHOLDER, harbor_project
 from policies.identity import PLACEHOLDER, ToolPattern
 from policies.images import ImageReference, ImageReferenceError, RepositoryPrefix, parse_prefix
 
@@ -44,24 +45,28 @@ class AllowList:
 
 @dataclass(frozen=True)
 class _Entry:
-    """An allow-list entry: parsed now when it is fixed, kept as text when it holds `{tool}`."""
+    """An allow-list entry: parsed now when it is fixed, kept as text when it holds `{tool}` or
+    `{harborProject}`."""
 
     prefix: RepositoryPrefix | None
     template: str = ""
 
     @classmethod
     def of(cls, text: str) -> _Entry:
-        if PLACEHOLDER in text:
+        if PLACEHOLDER in text or PROJECT_PLACEHOLDER in text:
             return cls(prefix=None, template=text)
         return cls(prefix=_try_prefix(text))
 
-    def expand(self, tool: str | None) -> RepositoryPrefix | None:
+    def expand(self, tool: str | None, projects: ToolPattern) -> RepositoryPrefix | None:
         if self.prefix is not None or not self.template:
             return self.prefix
         # Outside a tool namespace there is no tool to put in, so the entry does not apply. A
         # tool name that makes an invalid prefix (e.g. `a-_b` in a repository path) cannot name
         # a real repository either, so that entry is dropped too.
-        return _try_prefix(self.template.replace(PLACEHOLDER, tool)) if tool else None
+        if not tool:
+            return None
+        text = self.template.replace(PROJECT_PLACEHOLDER, harbor_project(projects, tool))
+        return _try_prefix(text.replace(PLACEHOLDER, tool))
 
 
 @dataclass(frozen=True)
@@ -75,9 +80,11 @@ class AllowLists:
 
     MAX_CACHED_NAMESPACES = 4096
 
-    def __init__(self, namespace_pattern: ToolPattern, allowed: Iterable[str],
+    def __init__(self, namespace_pattern: ToolPattern, harbor_projects: ToolPattern,
+                 allowed: Iterable[str],
                  exceptions: Mapping[str, Iterable[tuple[str, datetime.date | None]]]) -> None:
         self._pattern = namespace_pattern
+        self._projects = harbor_projects
         self._allowed = tuple(_Entry.of(text) for text in allowed)
         self._exceptions = {
             namespace: tuple(_Exception(_Entry.of(prefix), expires) for prefix, expires in entries)
@@ -102,9 +109,10 @@ class AllowLists:
         tool = self._pattern.tool_of(namespace)
         exceptions = self._exceptions.get(namespace, ())
         live = [e.entry for e in exceptions if e.expires is None or day < e.expires]
-        ended = [(e.entry.expand(tool), e.expires) for e in exceptions
+        ended = [(e.entry.expand(tool, self._projects), e.expires) for e in exceptions
                  if e.expires is not None and day >= e.expires]
-        prefixes = _unique(entry.expand(tool) for entry in (*self._allowed, *live))
+        prefixes = _unique(entry.expand(tool, self._projects)
+                           for entry in (*self._allowed, *live))
         return AllowList(prefixes=prefixes,
                          expired=tuple((p, d) for p, d in ended if p is not None and d is not None))
 

@@ -32,7 +32,8 @@ from pydantic.alias_generators import to_camel
 
 from policies.allowlist import AllowLists
 from policies.decision import Mode, cap
-from policies.durations import format_duration, parse_duration
+from policies.durations import format_duration, parse_seconds
+from policies.harbor import PROJECT_PLACEHOLDER
 from policies.identity import ToolPattern
 from policies.images import (
     ImageReference,
@@ -41,6 +42,7 @@ from policies.images import (
     parse_image,
     parse_prefix,
 )
+from policies.patterns import AnchoredPattern
 
 # The kubelet and the API server limit a ConfigMap to 1 MiB; a policy file larger than that did not
 # come from one, and parsing megabytes of YAML in every worker is not worth allowing.
@@ -88,9 +90,10 @@ def _prefix(value: object) -> object:
         return value
     if not isinstance(value, str):
         raise ValueError("must be a registry host or repository prefix string")
-    # `{tool}` is expanded per namespace at check time; validate the entry with a sample tool name.
+    # `{tool}` and `{harborProject}` are expanded per namespace at check time; validate the entry
+    # with a sample tool name.
     try:
-        parse_prefix(value.replace("{tool}", "x"))
+        parse_prefix(value.replace("{tool}", "x").replace(PROJECT_PLACEHOLDER, "tool-x"))
     except ImageReferenceError as error:
         raise ValueError(str(error)) from None
     return value
@@ -101,10 +104,18 @@ def _duration(value: object) -> object:
         raise ValueError("must be a duration string with a unit, e.g. 1h or 90m")
     if not isinstance(value, str):
         raise ValueError("must be a duration string such as 1h or 90m")
-    seconds = parse_duration(value)
+    seconds = parse_seconds(value)
     if seconds <= 0:
         raise ValueError("must be longer than 0")
     return seconds
+
+
+def _value_pattern(value: object) -> object:
+    if isinstance(value, AnchoredPattern):
+        return value
+    if not isinstance(value, str):
+        raise ValueError("must be a regular expression string (RE2 syntax)")
+    return AnchoredPattern.parse(value)
 
 
 def _at_least(minimum: int) -> AfterValidator:
@@ -138,6 +149,7 @@ Image = Annotated[ImageReference, BeforeValidator(_image)]
 Prefix = Annotated[str, BeforeValidator(_prefix)]
 Host = Annotated[StrictStr, AfterValidator(_host)]
 Seconds = Annotated[float, BeforeValidator(_duration)]
+ValuePattern = Annotated[AnchoredPattern, BeforeValidator(_value_pattern)]
 PositiveInt = Annotated[object, _at_least(1)]
 Count = Annotated[object, _at_least(0)]
 
@@ -185,11 +197,29 @@ class ParamSpec(_Section):
     """The parameter's name; an entry that is only a name is `{name: <name>}`."""
     type: Literal["string", "array"] = "string"
     """The JSON type its value must have."""
+    pattern: ValuePattern | None = None
+    """An RE2 expression the whole value (each item of an array) must match."""
+    values: tuple[StrictStr, ...] | None = None
+    """The only values allowed (for each item of an array)."""
 
     @model_validator(mode="before")
     @classmethod
     def _from_name(cls, value: Any) -> Any:
         return {"name": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _one_rule_for_values(self) -> ParamSpec:
+        if self.pattern is not None and self.values is not None:
+            raise ValueError("give a pattern or a list of values, not both")
+        if self.values is not None and not self.values:
+            raise ValueError("values must list at least one value")
+        return self
+
+    def refuses(self, value: str) -> bool:
+        """True when `value` (a string, or one item of an array) breaks the entry's rule."""
+        if self.pattern is not None:
+            return not self.pattern.matches(value)
+        return self.values is not None and value not in self.values
 
 
 class ParamsPolicy(_Section):
@@ -213,35 +243,109 @@ class ParamsPolicy(_Section):
         return {p.name: p for p in (*self.required, *self.optional)}
 
 
+class ApprovedPipeline(_Section):
+    """A Pipeline runs may reference, and the tasks a `taskRunSpecs` entry may name."""
+
+    name: Name
+    """The Pipeline's name, as a run's `pipelineRef.name` gives it."""
+    tasks: tuple[Name, ...] = ()
+    """Pipeline tasks a run may give a `taskRunSpecs` entry; the entry may only name the build
+    ServiceAccount (the builds API names it for `build-from-git`). Empty: no entry at all."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_name(cls, value: Any) -> Any:
+        return {"name": value} if isinstance(value, str) else value
+
+
+class WorkspacesPolicy(_Section):
+    """What a run's workspaces may be besides emptyDir (the only kind the builds API uses).
+
+    Each other kind reads or keeps data of the shared build namespace, so it is refused unless
+    named here. `projected` and `csi` are always refused: a projected volume can hold a token of
+    the build ServiceAccount, and a CSI driver takes attributes no rule here can judge.
+    """
+
+    persistent_volume_claims: tuple[Name, ...] = ()
+    """Claims a run may mount by `persistentVolumeClaim.claimName`."""
+    volume_claim_templates: bool = False
+    """Whether a run may ask for a new claim; never one filled from another (`dataSource`,
+    `dataSourceRef`) or bound to a chosen volume (`volumeName`, `selector`)."""
+    config_maps: tuple[Name, ...] = ()
+    """ConfigMaps a run may mount as a workspace, by name."""
+    secrets: tuple[Name, ...] = ()
+    """Secrets a run may mount as a workspace, by name."""
+
+
 class BuildsPolicy(_Section):
     """What a PipelineRun may contain, and how many may be active per tool."""
 
     namespace: Name = "image-build"
-    """The shared namespace where builds run."""
+    """The shared namespace where builds run, and the only one where PipelineRuns may be created:
+    build pods are made safe only here, so a run elsewhere (a tool's namespace included) is
+    refused unless its namespace is exempt."""
     harbor_hosts: tuple[Host, ...] = ()
     """Registry hosts a run's APP_IMAGE may push to."""
     harbor_project: Pattern = ToolPattern.parse("tool-{tool}")
-    """The tool's Harbor project, the only one its APP_IMAGE may name."""
-    pipelines: tuple[Name, ...] = ("buildpacks",)
-    """The `pipelineRef` names a run may use."""
+    """The tool's Harbor project, the only one its APP_IMAGE may name. Harbor allows no two
+    separators in a row, so between adjacent `-`, `_`, `.` the builds API inserts `char.sep`, and
+    so does the suite (`policies/harbor.py`: `a--b` pushes to `tool-a-char.sep-b`)."""
+    pipelines: tuple[ApprovedPipeline, ...] = (ApprovedPipeline(name="buildpacks"),)
+    """The pipelines a run may name in `pipelineRef`, each a name or `{name, tasks}`; `tasks`
+    lists the tasks a `taskRunSpecs` entry may name, to set the build ServiceAccount and nothing
+    else (pod templates, step and sidecar specs, compute resources, metadata and timeouts there are
+    refused)."""
     builders: tuple[Image, ...] = ()
     """The BUILDER_IMAGE references a run may use, compared after normalisation."""
+    run_images: tuple[Image, ...] = ()
+    """RUN_IMAGE references a run may use besides the tool's own images (the trusted exporter
+    pulls the run image with the registry credentials, so another tool's private image is
+    refused). An empty RUN_IMAGE, the builder's own, is allowed."""
     params: ParamsPolicy = ParamsPolicy()
+    """The parameters a run may set; an entry is a name or `{name, type, pattern, values}`."""
+    workspaces: WorkspacesPolicy = WorkspacesPolicy()
+    """What a run's workspaces may be besides `emptyDir`."""
     max_active_runs: PositiveInt = 1
     """Active runs per tool (an integer >= 1)."""
     max_active_runs_overrides: Mapping[Name, Count] = {}
     """Per-tool limits, tool name -> integer >= 0; 0 stops a tool from building at all."""
     max_timeout: Seconds = Field(default=3600.0, json_schema_extra={"format": "duration"})
-    """The longest `timeouts.pipeline` a run may ask for."""
+    """The longest timeout a run may ask for (`timeouts.pipeline`, `.tasks`, `.finally`, v1beta1
+    `timeout`). Each is read exactly as Go's `time.ParseDuration` reads it, and one that Go reads
+    as 0 (`0s`, `0.5ns`) is refused, since 0 means no timeout at all."""
     tool_label: Name = "toolforge.org/tool"
-    """The label every run must carry with its tool's name; checked, never trusted."""
+    """The label every run must carry with its tool's name: checked against the tool derived from
+    the requester, never trusted, never changed afterwards; it counts a tool's active runs and
+    says who may change or delete the run. Toolforge's builds API writes `user`."""
     service_account: Name = "default"
-    """The only ServiceAccount a run may name (Tekton's `default-service-account` fills it in)."""
+    """The only ServiceAccount a run may name (`taskRunTemplate.serviceAccountName`, v1beta1
+    `serviceAccountName`, and in `taskRunSpecs`)."""
     tekton_controller: Name = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
     """The Tekton controller's username: the only requester that may create TaskRuns, CustomRuns
     and pods in the build namespace, or change those pods."""
+    run_managers: tuple[Name, ...] = (
+        "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller",
+        "system:serviceaccount:kube-system:generic-garbage-collector",
+        "system:serviceaccount:kube-system:namespace-controller",
+        "system:kube-controller-manager",
+    )
+    """Exact usernames that, besides the system users, may update and delete any tool's run (not
+    create one): Tekton's controller writes runs and their status, Kubernetes' garbage collector
+    and namespace controller delete them (without it, deleting a namespace with runs hangs).
+    Anyone else may update (cancel, release, relabel) or delete only a run of their own tool, and
+    only these and the system users may write `pipelineruns/status`."""
+    tekton_default_service_account: Name = "default"
+    """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
+    names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""
     mode: Mode = "enforce"
     """`enforce` refuses a run with findings; `warn` admits it and returns them as warnings."""
+
+    @property
+    def pipeline_names(self) -> tuple[str, ...]:
+        return tuple(p.name for p in self.pipelines)
+
+    def pipeline(self, name: object) -> ApprovedPipeline | None:
+        return next((p for p in self.pipelines if p.name == name), None)
 
     def max_active_runs_for(self, tool: str) -> int:
         limit = self.max_active_runs_overrides.get(tool, self.max_active_runs)
@@ -281,7 +385,8 @@ class RegistriesPolicy(_Section):
 
     allowed: tuple[Prefix, ...] = ()
     """Registry hosts or repository prefixes, matched on `/` boundaries; `{tool}` stands for the
-    tool in its own namespace (an entry with it applies in tool namespaces only)."""
+    tool in its own namespace and `{harborProject}` for its Harbor project (`builds.harborProject`
+    after Harbor's separator rule); an entry with either applies in tool namespaces only."""
     exceptions: Mapping[Name, tuple[RegistryException, ...]] = {}
     """Namespace -> extra prefixes allowed there, each until an optional date."""
     mode: Mode = "enforce"
@@ -335,7 +440,8 @@ class Policy(_Section):
         """The registry section prepared for lookups, once per policy rather than per review."""
         exceptions = {namespace: tuple((e.prefix, e.expires) for e in entries)
                       for namespace, entries in self.registries.exceptions.items()}
-        return AllowLists(self.tools.namespace_pattern, self.registries.allowed, exceptions)
+        return AllowLists(self.tools.namespace_pattern, self.builds.harbor_project,
+                          self.registries.allowed, exceptions)
 
 
 def parse_policy(text: str | bytes) -> Policy:

@@ -1,11 +1,14 @@
 """PipelineRuns: whose run it is, what it may contain, and how it may change.
 
-Three questions, each pure:
+Four questions, each pure:
 
-- `tool_of_requester`: which tool a CREATE is for, from trusted data only (namespace, username,
-  groups, and for system users the Harbor project the run pushes to). Labels, params and
-  annotations never decide identity; the tool label is checked against the derived tool.
+- `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
+  and for system users the Harbor project the run pushes to). Labels, params and annotations
+  never decide identity; the tool label is checked against the derived tool. Runs are created
+  only in `builds.namespace`, the one namespace where build pods are made safe.
 - `check_new_run`: an ordered chain of named checks over the run's content, every finding kept.
+- `run_access_refused`: who may UPDATE or DELETE a stored run: its own tool, the system users
+  and the run managers; its status only the latter two.
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
 
@@ -22,10 +25,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, escape, quote
-from policies.durations import format_duration, parse_duration
-from policies.identity import User
-from policies.images import ImageReferenceError, parse_image
-from policies.model import BuildsPolicy, Policy
+from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
+from policies.harbor import harbor_project, tool_of_project
+from policies.identity import User, is_tool_name
+from policies.images import ImageReference, ImageReferenceError, parse_image
+from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 from policies.objects import mapping
 
 # Reasons, one per condition a check detects.
@@ -33,6 +37,7 @@ NOT_A_TOOL = "NotATool"
 WRONG_NAMESPACE = "NamespaceNotForBuilds"
 TOOL_LABEL_WRONG = "ToolLabelWrong"
 TOOL_LABEL_CHANGED = "ToolLabelChanged"
+RUN_NOT_OWNED = "RunNotOwned"
 SPEC_INVALID = "SpecInvalid"
 FIELD_NOT_ALLOWED = "FieldNotAllowed"
 PIPELINE_NOT_ALLOWED = "PipelineNotAllowed"
@@ -44,12 +49,14 @@ PARAM_MISSING = "ParamMissing"
 PARAM_INVALID = "ParamInvalid"
 APP_IMAGE_NOT_ALLOWED = "AppImageNotAllowed"
 BUILDER_NOT_ALLOWED = "BuilderNotAllowed"
+RUN_IMAGE_NOT_ALLOWED = "RunImageNotAllowed"
 SPEC_CHANGED = "SpecChanged"
 TOO_MANY_RUNS = "TooManyActiveRuns"
 SLOTS_UNAVAILABLE = "ActiveRunsUnavailable"
 
 APP_IMAGE = "APP_IMAGE"
 BUILDER_IMAGE = "BUILDER_IMAGE"
+RUN_IMAGE = "RUN_IMAGE"
 ENV_VARS = "ENV_VARS"
 
 # `spec.status` values a user may set on an existing run: they only ever stop work.
@@ -58,51 +65,39 @@ STOP_STATUSES = frozenset({"Cancelled", "CancelledRunFinally", "StoppedRunFinall
 PENDING = "PipelineRunPending"
 
 # Spec fields that a run may set; each is checked below. Anything else (inline pipelineSpec,
-# taskRunSpecs, podTemplate, managedBy, resources, fields Tekton adds later) is refused by name.
+# podTemplate, managedBy, resources, fields Tekton adds later) is refused by name.
 ALLOWED_SPEC_FIELDS = frozenset({"params", "pipelineRef", "workspaces", "timeouts", "timeout",
-                                 "taskRunTemplate", "serviceAccountName", "status"})
+                                 "taskRunTemplate", "serviceAccountName", "taskRunSpecs",
+                                 "status"})
+# A taskRunSpecs entry may name its task and the ServiceAccount (v1 and v1beta1 spellings).
+_TASK_ACCOUNT_KEYS = ("serviceAccountName", "taskServiceAccountName")
 _FIELD_HINTS = {
     "pipelineSpec": "an inline pipelineSpec runs arbitrary steps; reference an approved pipeline",
-    "taskRunSpecs": "per-task overrides (service account, pod template, steps) are not allowed",
     "podTemplate": "a pod template override is not allowed",
+    "taskPodTemplate": "a pod template override is not allowed",
+    "stepSpecs": "step overrides (resources, images) are not allowed",
+    "stepOverrides": "step overrides (resources, images) are not allowed",
+    "sidecarSpecs": "sidecar overrides are not allowed",
+    "sidecarOverrides": "sidecar overrides are not allowed",
+    "computeResources": "compute resources are set by the pipeline, not by a run",
+    "metadata": "labels and annotations for the task's pods are not allowed",
+    "timeout": "a per-task timeout is not allowed; use spec.timeouts",
     "managedBy": "a run managed by another controller would never be reconciled",
     "resources": "PipelineResources are not supported",
 }
-_WORKSPACE_SOURCES = frozenset({"emptyDir", "persistentVolumeClaim", "volumeClaimTemplate"})
-_WORKSPACE_FIELDS = frozenset({"name", "subPath"}) | _WORKSPACE_SOURCES
+# Tekton's WorkspaceBinding: one volume of these kinds, a name and a subPath.
+_WORKSPACE_SOURCES = ("emptyDir", "persistentVolumeClaim", "volumeClaimTemplate", "configMap",
+                      "secret", "projected", "csi")
+_WORKSPACE_FIELDS = frozenset({"name", "subPath", *_WORKSPACE_SOURCES})
+_ALWAYS_REFUSED = {
+    "projected": "one can carry a token of the build ServiceAccount",
+    "csi": "a CSI driver takes attributes no rule here can judge",
+}
+# A claim template with one of these is filled from, or bound to, something that already exists.
+_CLAIM_FROM_EXISTING = ("dataSource", "dataSourceRef", "volumeName", "selector")
 _TIMEOUT_KEYS = ("pipeline", "tasks", "finally")
 
-# Harbor allows no two separators in a row; builds-api inserts this filler between them
-# (builds-api's `ToolNameToHarborProjectName`).
-_HARBOR_SEPARATORS = "._-"
-_HARBOR_FILLER = "char.sep"
-_HARBOR_NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
-def harbor_project(builds: BuildsPolicy, tool: str) -> str:
-    """The tool's Harbor project: the pattern expanded, with Harbor's separator rule applied."""
-    name = builds.harbor_project.expand(tool)
-    out: list[str] = []
-    previous = ""
-    for char in name:
-        if char in _HARBOR_SEPARATORS and previous and previous in _HARBOR_SEPARATORS:
-            out.append(_HARBOR_FILLER)
-        out.append(char)
-        previous = char
-    return "".join(out)
-
-
-def tool_of_project(builds: BuildsPolicy, project: str) -> str | None:
-    """The tool whose Harbor project this is, or None."""
-    if not _HARBOR_NAME.fullmatch(project):
-        return None
-    sep = re.escape(_HARBOR_SEPARATORS)
-    unfilled = re.sub(rf"(?<=[{sep}]){re.escape(_HARBOR_FILLER)}(?=[{sep}])", "", project)
-    tool = builds.harbor_project.tool_of(unfilled)
-    if tool is None or harbor_project(builds, tool) != project:
-        return None
-    return tool
 
 
 # --- Who the run is for --------------------------------------------------------------------
@@ -118,40 +113,33 @@ class Identity:
 
 def tool_of_requester(policy: Policy, namespace: str, user: User,
                       run: Mapping[str, Any]) -> Identity:
-    """Derive the tool from the namespace, the requester, or (system users) the Harbor project."""
+    """Derive the tool from the requester or (system users) the Harbor project it pushes to."""
+    if namespace != policy.builds.namespace:
+        # A tool's own namespace included: build pods are made safe (credentials stripped, the
+        # backstop) only in the build namespace, so a run elsewhere would either fail on the
+        # registry allow-list or hand every step of it the push credentials.
+        return Identity(None, Finding(
+            WRONG_NAMESPACE,
+            f"PipelineRuns may only be created in the build namespace {policy.builds.namespace},"
+            f" where the registry credentials of their build pods are kept from the tool's "
+            f"code; not in {escape(namespace)}. Start builds there (toolforge build start does)"))
     tools = policy.tools
-    is_system = user.username in tools.system_users
+    if user.username in tools.system_users:
+        return _tool_from_app_image(policy.builds, run, user)
     in_group = any(group in tools.groups for group in user.groups)
     named_tool = tools.username_pattern.tool_of(user.username)
+    if named_tool is not None and in_group:
+        return Identity(named_tool)
     groups_text = ", ".join(tools.groups) or "(none configured)"
-    if namespace == policy.builds.namespace:
-        if is_system:
-            return _tool_from_app_image(policy.builds, run, user)
-        if named_tool is not None and in_group:
-            return Identity(named_tool)
-        if named_tool is not None:
-            why = (f"user {quote(user.username)} is not in any of the groups {groups_text}, so "
-                   f"it is not the tool {named_tool}")
-        else:
-            why = (f"user {quote(user.username)} is not a tool account "
-                   f"(username {tools.username_pattern} in one of the groups {groups_text}) "
-                   "nor a system user")
-        return Identity(None, Finding(NOT_A_TOOL, f"only tools may create PipelineRuns in "
-                                                  f"{namespace}: {why}"))
-    namespace_tool = tools.namespace_pattern.tool_of(namespace)
-    if namespace_tool is not None:
-        if is_system or (named_tool == namespace_tool and in_group):
-            return Identity(namespace_tool)
-        return Identity(None, Finding(
-            NOT_A_TOOL,
-            f"in namespace {namespace} only the tool {namespace_tool}'s account (user "
-            f"{tools.username_pattern.expand(namespace_tool)} in one of the groups "
-            f"{groups_text}) or a system user may create PipelineRuns; user "
-            f"{quote(user.username)} is neither"))
-    return Identity(None, Finding(
-        WRONG_NAMESPACE,
-        f"PipelineRuns may only be created in the build namespace {policy.builds.namespace} or "
-        f"in a tool's namespace ({tools.namespace_pattern}), not in {escape(namespace)}"))
+    if named_tool is not None:
+        why = (f"user {quote(user.username)} is not in any of the groups {groups_text}, so "
+               f"it is not the tool {named_tool}")
+    else:
+        why = (f"user {quote(user.username)} is not a tool account "
+               f"(username {tools.username_pattern} in one of the groups {groups_text}) "
+               "nor a system user")
+    return Identity(None, Finding(NOT_A_TOOL, f"only tools may create PipelineRuns in "
+                                              f"{namespace}: {why}"))
 
 
 def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
@@ -167,11 +155,16 @@ def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: Use
         return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {APP_IMAGE} {quote(value)} "
                                                   f"is not an image reference: {error}"))
     project = image.path.split("/", 1)[0]
-    tool = tool_of_project(builds, project)
+    tool = tool_of_project(builds.harbor_project, project)
     if tool is None:
+        # The builds API writes the raw tool name into APP_IMAGE, while the project it creates
+        # follows Harbor's rule: say which project that tool really has.
+        raw = builds.harbor_project.tool_of(project)
+        hint = (f"; the tool {raw}'s Harbor project is {harbor_project(builds.harbor_project, raw)}"
+                if raw is not None else "")
         return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {quote(project)} in "
                                                   f"{APP_IMAGE} is not a tool's project "
-                                                  f"({builds.harbor_project})"))
+                                                  f"({builds.harbor_project}){hint}"))
     return Identity(tool)
 
 
@@ -229,7 +222,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
 
 def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
     ref = run.spec.get("pipelineRef")
-    approved = ", ".join(run.builds.pipelines)
+    approved = ", ".join(run.builds.pipeline_names)
     if not isinstance(ref, Mapping):
         yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef must name one of the approved "
                                             f"pipelines: {approved}")
@@ -239,20 +232,61 @@ def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
             yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef.{escape(key)} is not allowed; "
                                                 "reference an approved pipeline by name only")
     name = ref.get("name")
-    if name not in run.builds.pipelines:
+    if name not in run.builds.pipeline_names:
         yield Finding(PIPELINE_NOT_ALLOWED, f"pipeline {quote(name)} is not approved; use one "
                                             f"of: {approved}")
 
 
 def service_account_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     allowed = run.builds.service_account
+    # Tekton writes its default into a run that names none, so a run may carry it as well.
+    default = run.builds.tekton_default_service_account
     places = (("spec.taskRunTemplate.serviceAccountName",
                mapping(run.spec.get("taskRunTemplate")).get("serviceAccountName")),
               ("spec.serviceAccountName", run.spec.get("serviceAccountName")))
     for path, value in places:
-        if not _is_empty(value) and value != allowed:
+        if not _is_empty(value) and value not in (allowed, default):
             yield Finding(SERVICE_ACCOUNT_NOT_ALLOWED, f"{path} {quote(value)} is not allowed; "
                                                        f"leave it out or use {allowed}")
+
+
+def task_run_specs_are_not_allowed(run: RunInput) -> Iterator[Finding]:
+    """taskRunSpecs: an entry per task the approved pipeline lists, naming only the build SA."""
+    specs = run.spec.get("taskRunSpecs")
+    if _is_empty(specs):
+        return
+    if not isinstance(specs, list):
+        yield Finding(SPEC_INVALID, "spec.taskRunSpecs must be a list")
+        return
+    name = mapping(run.spec.get("pipelineRef")).get("name")
+    pipeline = run.builds.pipeline(name)
+    tasks = pipeline.tasks if pipeline is not None else ()
+    listed = ", ".join(tasks) or "none"
+    seen: set[object] = set()
+    for index, entry in enumerate(specs):
+        where = f"spec.taskRunSpecs[{index}]"
+        if not isinstance(entry, Mapping):
+            yield Finding(SPEC_INVALID, f"{where} must be an object")
+            continue
+        task = entry.get("pipelineTaskName")
+        if not isinstance(task, str) or task not in tasks:
+            yield Finding(FIELD_NOT_ALLOWED, f"{where}.pipelineTaskName {_shown(task)} is not a "
+                                             f"task of the pipeline {_shown(name)} that a run "
+                                             f"may give a taskRunSpecs entry (tasks: {listed})")
+        elif task in seen:
+            yield Finding(SPEC_INVALID, f"{where}: the task {task} has more than one entry")
+        seen.add(task)
+        for key, value in entry.items():
+            if key == "pipelineTaskName" or _is_empty(value):
+                continue
+            if key in _TASK_ACCOUNT_KEYS:
+                if value != run.builds.service_account:
+                    yield Finding(SERVICE_ACCOUNT_NOT_ALLOWED, (
+                        f"{where}.{key} {quote(value)} is not allowed; leave it out or use "
+                        f"{run.builds.service_account}"))
+                continue
+            hint = _FIELD_HINTS.get(key, "only pipelineTaskName and serviceAccountName may be set")
+            yield Finding(FIELD_NOT_ALLOWED, f"{where}.{escape(key)}: {hint}")
 
 
 def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -262,7 +296,6 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     if not isinstance(workspaces, list):
         yield Finding(SPEC_INVALID, "spec.workspaces must be a list")
         return
-    kinds = ", ".join(sorted(_WORKSPACE_SOURCES))
     for index, workspace in enumerate(workspaces):
         if not isinstance(workspace, Mapping):
             yield Finding(SPEC_INVALID, f"spec.workspaces[{index}] must be an object")
@@ -271,14 +304,54 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         extra = [key for key, value in workspace.items()
                  if key not in _WORKSPACE_FIELDS and value is not None]
         for key in extra:
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {escape(key)} is not allowed; a "
-                                                 f"workspace may only be {kinds}")
-        if not extra and not any(workspace.get(key) is not None for key in _WORKSPACE_SOURCES):
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use one of {kinds}")
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {escape(key)} is not allowed; use an "
+                                                 "emptyDir")
+        kinds = [key for key in _WORKSPACE_SOURCES if workspace.get(key) is not None]
+        if len(kinds) > 1:
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} names {len(kinds)} volumes "
+                                                 f"({', '.join(sorted(kinds))}); use one")
+        elif kinds:
+            why = _workspace_refusal(kinds[0], workspace[kinds[0]], run.builds.workspaces)
+            if why:
+                yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {why}")
+        elif not extra:
+            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use an emptyDir")
         sub_path = workspace.get("subPath")
         if not _is_empty(sub_path) and escapes(sub_path):
             yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: subPath {quote(sub_path)} must be a "
                                                  "relative path without ..")
+
+
+def _workspace_refusal(kind: str, source: object, allowed: WorkspacesPolicy) -> str:
+    """Why a workspace's volume is not allowed, or "" when it is."""
+    if kind == "emptyDir":
+        return ""
+    if not isinstance(source, Mapping):
+        return f"{kind} must be an object"
+    ask = "; use an emptyDir, or ask the platform admins to allow it"
+    if kind == "persistentVolumeClaim":
+        name = source.get("claimName")
+        if name in allowed.persistent_volume_claims:
+            return ""
+        return f"the claim {quote(name)} is not one a run may mount (it holds data of the " \
+               f"build namespace){ask}"
+    if kind == "volumeClaimTemplate":
+        if not allowed.volume_claim_templates:
+            return f"a volumeClaimTemplate is not allowed{ask}"
+        spec = mapping(source.get("spec"))
+        taken = sorted(key for key in _CLAIM_FROM_EXISTING if not _is_empty(spec.get(key)))
+        if taken:
+            return f"a volumeClaimTemplate may not set spec.{', spec.'.join(taken)}: a new " \
+                   "claim must start empty, not from another claim, snapshot or volume"
+        return ""
+    if kind in ("configMap", "secret"):
+        key, names = (("name", allowed.config_maps) if kind == "configMap"
+                      else ("secretName", allowed.secrets))
+        name = source.get(key)
+        if name in names:
+            return ""
+        return f"the {kind} {quote(name)} is not one a run may mount{ask}"
+    return f"{kind} volumes are never allowed ({_ALWAYS_REFUSED[kind]}); use an emptyDir"
 
 
 def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -292,23 +365,29 @@ def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
             yield Finding(FIELD_NOT_ALLOWED, f"spec.timeouts.{escape(key)} is not a Tekton timeout")
             continue
         places.append((f"spec.timeouts.{key}", value))
+    limit = round(run.builds.max_timeout * NANOSECONDS_PER_SECOND)
     for path, value in places:
         if value is None:
             continue
         if not isinstance(value, str):
             yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} must be a duration string such as 1h")
             continue
+        # Tekton reads the string with Go's time.ParseDuration; so does parse_duration.
         try:
-            seconds = parse_duration(value)
-        except ValueError as error:
+            nanoseconds = parse_duration(value)
+        except DurationError as error:
             yield Finding(TIMEOUT_NOT_ALLOWED, f"{path}: {error}")
             continue
-        if seconds == 0:
-            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} is 0, which means no timeout at all; "
-                                               f"use at most {run.builds.max_timeout_text}")
-        elif seconds > run.builds.max_timeout:
-            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {format_duration(seconds)} is longer "
-                                               f"than the limit {run.builds.max_timeout_text}")
+        if nanoseconds == 0:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {quote(value, 60)} is 0 as Tekton reads "
+                                               "it, which means no timeout at all; use at most "
+                                               f"{run.builds.max_timeout_text}")
+        elif nanoseconds < 0:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {quote(value, 60)} is negative; use at "
+                                               f"most {run.builds.max_timeout_text}")
+        elif nanoseconds > limit:
+            yield Finding(TIMEOUT_NOT_ALLOWED, f"{path} {quote(value, 60)} is longer than the "
+                                               f"limit {run.builds.max_timeout_text}")
 
 
 def params_are_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -331,41 +410,89 @@ def params_are_not_allowed(run: RunInput) -> Iterator[Finding]:
         if spec is None:
             yield Finding(PARAM_NOT_ALLOWED, f"Pipeline parameter {quote(name)} cannot be used")
             continue
-        value = param.get("value")
-        if spec.type == "string" and not isinstance(value, str):
-            yield Finding(PARAM_INVALID, f"parameter {name} must be a string")
-        elif spec.type == "array":
-            if not isinstance(value, list):
-                yield Finding(PARAM_INVALID, f"parameter {name} must be an array of strings")
-                continue
-            for position, item in enumerate(value):
-                if not isinstance(item, str):
-                    yield Finding(PARAM_INVALID, f"parameter {name}[{position}] must be a string")
+        yield from _param_value_is_invalid(spec, param.get("value"))
     for required in run.builds.params.required:
         if required.name not in seen:
             yield Finding(PARAM_MISSING, f"parameter {required.name} is required")
+
+
+def _param_value_is_invalid(spec: ParamSpec, value: object) -> Iterator[Finding]:
+    name = spec.name
+    if spec.type == "string":
+        if not isinstance(value, str):
+            yield Finding(PARAM_INVALID, f"parameter {name} must be a string")
+        elif spec.refuses(value):
+            yield Finding(PARAM_INVALID, f"parameter {name} {quote(value, 80)} {_rule(spec)}")
+        return
+    if not isinstance(value, list):
+        yield Finding(PARAM_INVALID, f"parameter {name} must be an array of strings")
+        return
+    for position, item in enumerate(value):
+        if not isinstance(item, str):
+            yield Finding(PARAM_INVALID, f"parameter {name}[{position}] must be a string")
+        elif spec.refuses(item):
+            yield Finding(PARAM_INVALID, f"parameter {name}[{position}] {quote(item, 80)} "
+                                         f"{_rule(spec)}")
+
+
+def _rule(spec: ParamSpec) -> str:
+    if spec.pattern is not None:
+        return f"does not match the pattern {quote(spec.pattern.text, 200)}"
+    return f"is not one of {', '.join(quote(v, 80) for v in spec.values or ())}"
 
 
 def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
     value = _params(run.spec).get(APP_IMAGE)
     if not isinstance(value, str):
         return  # reported by params_are_not_allowed
-    project = harbor_project(run.builds, run.tool)
-    hosts = ", ".join(run.builds.harbor_hosts) or "(none configured)"
-    expected = f"<harbor host>/{project}/<repository>[:tag], harbor host one of {hosts}"
     try:
         image = parse_image(value)
     except ImageReferenceError as error:
         yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not an image "
-                                             f"reference ({error}); expected {expected}")
+                                             f"reference ({error}); expected "
+                                             f"{_own_project_text(run)}")
         return
+    why = _not_in_own_project(run, image)
+    if why:
+        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} {why}; expected "
+                                             f"{_own_project_text(run)}")
+
+
+def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
+    """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
+    approved run image or one of the tool's own: never another tool's private image."""
+    value = _params(run.spec).get(RUN_IMAGE)
+    if not isinstance(value, str) or value == "":
+        return  # absent or empty: the builder's own run image (stack.toml), which is approved
+    approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
+    expected = f"an approved run image ({approved}) or an image in {_own_project_text(run)}"
+    try:
+        image = parse_image(value)
+    except ImageReferenceError as error:
+        yield Finding(RUN_IMAGE_NOT_ALLOWED, f"{RUN_IMAGE} {quote(value)} is not an image "
+                                             f"reference ({error}); use {expected}")
+        return
+    if image.canonical in {i.canonical for i in run.builds.run_images}:
+        return
+    if _not_in_own_project(run, image):
+        yield Finding(RUN_IMAGE_NOT_ALLOWED, f"run image {quote(value)} is neither approved "
+                                             f"nor the tool's own; use {expected}")
+
+
+def _own_project_text(run: RunInput) -> str:
+    project = harbor_project(run.builds.harbor_project, run.tool)
+    hosts = ", ".join(run.builds.harbor_hosts) or "(none configured)"
+    return f"<harbor host>/{project}/<repository>[:tag], harbor host one of {hosts}"
+
+
+def _not_in_own_project(run: RunInput, image: ImageReference) -> str:
+    """Why `image` is not in the tool's own Harbor project, or "" when it is."""
     first, _, rest = image.path.partition("/")
     if image.registry not in run.builds.harbor_hosts:
-        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not on an allowed "
-                                             f"Harbor host; expected {expected}")
-    elif first != project or not rest:
-        yield Finding(APP_IMAGE_NOT_ALLOWED, f"{APP_IMAGE} {quote(value)} is not in the tool's "
-                                             f"own Harbor project; expected {expected}")
+        return "is not on an allowed Harbor host"
+    if first != harbor_project(run.builds.harbor_project, run.tool) or not rest:
+        return "is not in the tool's own Harbor project"
+    return ""
 
 
 def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
@@ -409,11 +536,13 @@ CREATE_CHECKS: tuple[Check, ...] = (
     spec_has_forbidden_fields,        # no inline spec, overrides, managedBy, unknown fields
     pipeline_is_not_approved,         # pipelineRef: an approved name, no resolver or bundle
     service_account_is_not_allowed,   # only the builds ServiceAccount
-    workspace_is_not_allowed,         # emptyDir / PVC / volumeClaimTemplate only
+    task_run_specs_are_not_allowed,   # per task of the pipeline: only the builds ServiceAccount
+    workspace_is_not_allowed,         # emptyDir, or volumes the policy names
     timeout_is_not_allowed,           # 0 < timeout <= maxTimeout
     params_are_not_allowed,           # exactly the policy's params, each of its type
     app_image_is_not_own_project,     # pushes only to the tool's Harbor project
     builder_is_not_approved,          # an approved builder image
+    run_image_is_not_allowed,         # an approved run image or the tool's own
     env_var_is_invalid,               # ENV_VARS items are NAME=value
     path_param_escapes,               # path params stay inside the source
 )
@@ -424,6 +553,54 @@ def check_new_run(tool: str, run: Mapping[str, Any], builds: BuildsPolicy,
     """Every finding of every check on a run about to be created for `tool`."""
     subject = RunInput(tool=tool, run=run, builds=builds)
     return tuple(finding for check in checks for finding in check(subject))
+
+
+# --- Who may change or delete an existing run ------------------------------------------------
+
+
+def owner_of_run(policy: Policy, namespace: str, run: Mapping[str, Any]) -> str | None:
+    """The tool a stored run belongs to, or None when it is no tool's.
+
+    In the build namespace: its tool label, which was checked against the requester when the run
+    was created and cannot change since. In a tool's namespace (runs made before that was
+    refused): that tool.
+    """
+    if namespace == policy.builds.namespace:
+        labels = mapping(mapping(run.get("metadata")).get("labels"))
+        value = labels.get(policy.builds.tool_label)
+        return value if isinstance(value, str) and is_tool_name(value) else None
+    return policy.tools.namespace_pattern.tool_of(namespace)
+
+
+def run_access_refused(policy: Policy, namespace: str, user: User, run: Mapping[str, Any], *,
+                       operation: str, sub_resource: str = "") -> Finding | None:
+    """Why `user` may not UPDATE or DELETE the stored `run` (None when they may).
+
+    Its owner (the tool the run belongs to), the system users and the run managers may; and
+    only the last two may write its status: a tool that marked its own run finished would free
+    its slot while the build goes on.
+    """
+    builds = policy.builds
+    if user.username in policy.tools.system_users or user.username in builds.run_managers:
+        return None
+    name = escape(str(mapping(run.get("metadata")).get("name") or "(unnamed)"))
+    if sub_resource:
+        return Finding(RUN_NOT_OWNED, (
+            f"only the system users and the run managers (Tekton's controller) may write "
+            f"pipelineruns/{escape(sub_resource)}; user {quote(user.username)} may not, for "
+            f"PipelineRun {name}"))
+    tools = policy.tools
+    requester = (tools.username_pattern.tool_of(user.username)
+                 if any(group in tools.groups for group in user.groups) else None)
+    owner = owner_of_run(policy, namespace, run)
+    if owner is not None and requester == owner:
+        return None
+    verb = "delete" if operation == "DELETE" else "change"
+    whose = (f"it belongs to the tool {owner}" if owner is not None
+             else f"it belongs to no tool (no valid {builds.tool_label} label)")
+    return Finding(RUN_NOT_OWNED, (
+        f"user {quote(user.username)} may not {verb} the PipelineRun {name}: {whose}, and only "
+        "its tool, the system users and the run managers may"))
 
 
 # --- How an existing run may change ---------------------------------------------------------
@@ -439,7 +616,8 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
     if old_tool != new_tool:
         findings.append(Finding(TOOL_LABEL_CHANGED, f"the label {label} cannot change (it was "
                                                     f"{_shown(old_tool)}, not {_shown(new_tool)})"))
-    old_spec, new_spec = _spec(old), _spec(new)
+    old_spec = _without_tekton_defaults(_spec(old), builds)
+    new_spec = _without_tekton_defaults(_spec(new), builds)
     changed = sorted(k for k in set(old_spec) | set(new_spec)
                      if _comparable(k, old_spec.get(k)) != _comparable(k, new_spec.get(k))
                      and k != "status")
@@ -455,18 +633,43 @@ def check_changed_run(old: Mapping[str, Any], new: Mapping[str, Any],
     return tuple(findings)
 
 
+def _without_tekton_defaults(spec: Mapping[str, Any], builds: BuildsPolicy,
+                             ) -> Mapping[str, Any]:
+    """The spec without the ServiceAccount Tekton fills in when a run names none.
+
+    Its controller writes that default back with its first update of a run created without one
+    (where no Tekton webhook defaulted it at creation): not a change the run's author made.
+    """
+    default = builds.tekton_default_service_account
+    trimmed = dict(spec)
+    template = spec.get("taskRunTemplate")
+    if isinstance(template, Mapping) and template.get("serviceAccountName") == default:
+        rest = {k: v for k, v in template.items() if k != "serviceAccountName"}
+        if rest:
+            trimmed["taskRunTemplate"] = rest
+        else:
+            del trimmed["taskRunTemplate"]
+    if spec.get("serviceAccountName") == default:
+        del trimmed["serviceAccountName"]
+    return trimmed
+
+
 def _comparable(key: str, value: object) -> object:
     """A spec field as compared on UPDATE: durations by their length, not their spelling.
 
     The Tekton controller writes the run back (to add its labels) from its Go structs, so a
-    stored `timeouts.pipeline: 1h` comes back as `1h0m0s`; that is not a change.
+    stored `timeouts.pipeline: 1h` comes back as `1h0m0s`, and a struct field the run left out
+    comes back empty (`taskRunTemplate: {}`: omitempty does not omit a struct); neither is a
+    change.
     """
     def length(duration: object) -> object:
         try:
             return parse_duration(duration) if isinstance(duration, str) else duration
-        except ValueError:
+        except DurationError:
             return duration
 
+    if _is_empty(value):
+        return None
     if key == "timeout":
         return length(value)
     if key == "timeouts" and isinstance(value, Mapping):

@@ -144,6 +144,11 @@ def _shown(value: Any) -> str:
 def _plain(value: Any) -> Any:
     if isinstance(value, ToolPattern | ImageReference):
         return str(value)
+    if isinstance(value, BaseModel):
+        # An entry that may be written as its name alone (`buildpacks` for `{name: buildpacks}`)
+        # is shown that way when nothing else is set.
+        fields = value.model_dump(by_alias=True, exclude_defaults=True)
+        return fields["name"] if fields.keys() == {"name"} else _plain(fields)
     if isinstance(value, Mapping):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, tuple | list):

@@ -11,8 +11,9 @@ leaves every image alone (a label, a finalizer, `kubectl scale`) therefore alway
 shrinking the allow-list never locks existing workloads out of ordinary edits.
 
 Which namespaces are checked is the webhook configuration's `namespaceSelector`; this rule checks
-every namespace it is sent except `exemptNamespaces`. Entries with `{tool}` are expanded in tool
-namespaces and dropped elsewhere. Objects of other kinds carry no pod spec this rule knows and
+every namespace it is sent except `exemptNamespaces`. Entries with `{tool}` (the tool's name) or
+`{harborProject}` (its Harbor project, `policies.harbor`) are expanded in tool namespaces and
+dropped elsewhere. Objects of other kinds carry no pod spec this rule knows and
 are admitted (`pods/eviction` or `deployments/scale` must never be blocked by an image rule).
 """
 

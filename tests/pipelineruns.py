@@ -6,6 +6,7 @@ from typing import Any
 
 HARBOR = "harbor.example.org"
 BUILDER = f"{HARBOR}/toolforge/heroku-builder:22"
+RUN = f"{HARBOR}/toolforge/heroku-run:22"
 POLICY_YAML = f"""
 tools:
   namespacePattern: "tool-{{tool}}"
@@ -16,11 +17,22 @@ builds:
   namespace: image-build
   harborHosts: [{HARBOR}]
   harborProject: "tool-{{tool}}"
-  pipelines: [buildpacks]
+  pipelines:
+    - {{name: buildpacks, tasks: [build-from-git, lint]}}
+    - plain
   builders: [{BUILDER}]
+  runImages: [{RUN}]
   params:
     required: [APP_IMAGE, BUILDER_IMAGE, SOURCE_URL]
-    optional: [SOURCE_REFERENCE, SOURCE_SUBPATH, {{name: ENV_VARS, type: array}}]
+    optional:
+      - SOURCE_REFERENCE
+      - SOURCE_SUBPATH
+      - RUN_IMAGE
+      - {{name: ENV_VARS, type: array}}
+      - {{name: USER_ID, pattern: "[1-9][0-9]{{0,9}}"}}
+      - {{name: LANGUAGE, values: [python, node]}}
+      - {{name: FLAGS, type: array, pattern: "--[a-z]+"}}
+      - {{name: SLOW, pattern: "(a+)+b"}}
   maxActiveRuns: 1
   maxTimeout: 1h
   serviceAccount: buildpacks-sa

@@ -43,6 +43,7 @@ from policies.pipelinerun import (
     check_new_run,
     merge_warnings,
     not_checked_warning,
+    run_access_refused,
     too_many_runs,
     tool_of_requester,
 )
@@ -117,15 +118,22 @@ def validate_pipelinerun(request: AdmissionRequest, context: Context) -> Decisio
     """PipelineRuns: own Harbor project, approved builders and pipelines, N active runs."""
     policy = context.policy
     builds = policy.builds
-    if request.operation not in ("CREATE", "UPDATE"):
-        return allow()  # DELETE is not intercepted: deleting a run only frees its slot
+    if request.operation not in ("CREATE", "UPDATE", "DELETE"):
+        return allow()
     if request.namespace in policy.exempt_namespaces:
         return allow()
     run = request.object or {}
-    if request.operation == "UPDATE":
-        if request.sub_resource:  # status and other subresources cannot change the spec
-            return allow()
-        return decide(check_changed_run(request.old_object or {}, run, builds), builds.mode)
+    if request.operation in ("UPDATE", "DELETE"):
+        # Only the run's own tool, the system users and the run managers; a subresource (status)
+        # cannot change the spec, so only who writes it is judged.
+        stored = request.old_object or {}
+        refusal = run_access_refused(policy, request.namespace, request.user, stored,
+                                     operation=request.operation,
+                                     sub_resource=request.sub_resource)
+        findings = [refusal] if refusal is not None else []
+        if request.operation == "UPDATE" and not request.sub_resource:
+            findings += check_changed_run(stored, run, builds)
+        return decide(findings, builds.mode)
     identity = tool_of_requester(policy, request.namespace, request.user, run)
     if identity.tool is None:
         return decide([f for f in (identity.finding,) if f is not None], builds.mode)

@@ -463,19 +463,20 @@ class ControlPlane:
                 self.kubectl("auth", "can-i", "create", "pipelineruns.tekton.dev", "-n", ns,
                              f"--as={username}", check=False).stdout.strip() == "yes"), 30)
 
+    def service_account_kubeconfig(self, namespace: str, name: str) -> pathlib.Path:
+        """A kubeconfig with a token of the ServiceAccount, so requests carry its userInfo
+        (`system:serviceaccount:<namespace>:<name>`, its groups) as in a cluster."""
+        self.wait_service_account(namespace, name)
+        token = self.kubectl("-n", namespace, "create", "token", name,
+                             "--duration=12h").stdout.strip()
+        return self._write_kubeconfig(self.workdir / f"sa-{namespace}-{name}.kubeconfig",
+                                      f"system:serviceaccount:{namespace}:{name}", None, None,
+                                      token=token)
+
     def human_kubeconfig(self, username: str) -> pathlib.Path:
         """A person (not a tool): no O=toolforge."""
         self.grant(username, ["tool-mytool", "tool-other", BUILD_NAMESPACE])
         return self.user_kubeconfig(username, ["people"])
-
-    def service_account_kubeconfig(self, namespace: str, name: str) -> pathlib.Path:
-        """A kubeconfig with a token of a ServiceAccount, as a pod running as it has."""
-        self.wait_service_account(namespace, name)
-        token = self.kubectl("-n", namespace, "create", "token", name,
-                             "--duration=2h").stdout.strip()
-        return self._write_kubeconfig(self.workdir / f"sa-{namespace}-{name}.kubeconfig",
-                                      f"system:serviceaccount:{namespace}:{name}", None, None,
-                                      token=token)
 
     def kubectl(self, *args: str, input: str | bytes | None = None, check: bool = True,
                 user: pathlib.Path | None = None, timeout: float = 60,

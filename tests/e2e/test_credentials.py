@@ -229,7 +229,7 @@ def test_without_the_mutating_webhook_the_validator_refuses_the_build_pod(
     try:
         control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(run, tool)),
                               user=account)
-        pod_name = f"{run}-build-pod"
+        pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
         denied = without_mutation.wait_review(timeout=120, endpoint="validate-pods",
                                               name=pod_name, operation="CREATE")
         assert denied["user"] == TEKTON_CONTROLLER_USER

@@ -144,7 +144,7 @@ def test_tekton_makes_a_build_pod_that_reaches_the_mutating_webhook(
         pod_name = pod["metadata"]["name"]
         taskruns = control_plane.get_json("-n", BUILD_NAMESPACE, "taskruns", "-l",
                                           f"tekton.dev/pipelineRun={name}")["items"]
-        assert [t["metadata"]["name"] for t in taskruns] == [f"{name}-build"]
+        assert [t["metadata"]["name"] for t in taskruns] == [f"{name}-build-from-git"]
 
         mutated = live_suite.wait_review(endpoint="mutate-build-pods", name=pod_name)
         assert mutated["user"] == TEKTON_CONTROLLER_USER

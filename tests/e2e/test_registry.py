@@ -14,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 import yaml
 
-from tests.e2e.cluster import ControlPlane, Suite
+from tests.e2e.cluster import ControlPlane, Suite, ensure_namespaces
 from tests.e2e.objects import pod_manifest, unique
 
 NAMESPACE = "tool-mytool"
@@ -250,4 +250,30 @@ def test_kube_system_is_untouched(control_plane: ControlPlane, live_suite: Suite
         assert live_suite.reviews(name=name) == []
     finally:
         control_plane.kubectl("-n", "kube-system", "delete", "pod", name, "--ignore-not-found",
+                              "--wait=false", check=False)
+
+
+def test_a_tool_with_a_double_dash_may_run_the_image_it_built(
+        control_plane: ControlPlane, live_suite: Suite) -> None:
+    # The builds API pushes the tool a--b's images to tool-a-char.sep-b (Harbor allows no two
+    # separators in a row); {harborProject} in the allow-list names that project.
+    namespace = "tool-a--b"
+    ensure_namespaces(control_plane, [namespace])
+    control_plane.grant("a--b", [namespace])
+    account = control_plane.user_kubeconfig("a--b", ["toolforge"])
+    built, raw = (unique("built"), unique("raw"))
+    try:
+        result = run_pod(control_plane, account, built,
+                         "tools-harbor.wmcloud.org/tool-a-char.sep-b/tool-a-char.sep-b:latest",
+                         namespace=namespace)
+        assert result.returncode == 0, result.stderr
+        # The raw name is a project Harbor never has, nor is it the tool's.
+        result = run_pod(control_plane, account, raw,
+                         "tools-harbor.wmcloud.org/tool-a--b/app:latest", namespace=namespace)
+        assert result.returncode != 0
+        assert WEBHOOK in result.stderr, result.stderr
+        assert "Use images under one of: tools-harbor.wmcloud.org/tool-a-char.sep-b," \
+            in result.stderr
+    finally:
+        control_plane.kubectl("-n", namespace, "delete", "pod", built, raw, "--ignore-not-found",
                               "--wait=false", check=False)

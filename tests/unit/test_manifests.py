@@ -227,8 +227,11 @@ def _rules(docs: tuple[Doc, ...], path: str) -> set[tuple[str, str, str, str]]:
 
 def test_rules(docs: tuple[Doc, ...]) -> None:
     pipelineruns = _rules(docs, "/validate/pipelineruns")
-    assert pipelineruns == {("tekton.dev", version, "pipelineruns", operation)
-                            for version in ("v1", "v1beta1") for operation in ("CREATE", "UPDATE")}
+    assert pipelineruns == {("tekton.dev", version, resource, operation)
+                            for version in ("v1", "v1beta1")
+                            for resource, operation in (
+                                ("pipelineruns", "CREATE"), ("pipelineruns", "UPDATE"),
+                                ("pipelineruns", "DELETE"), ("pipelineruns/status", "UPDATE"))}
     pods = _rules(docs, "/validate/pods")
     expected = {("", "v1", "pods/ephemeralcontainers", "UPDATE")}
     for group, resources in (("", ["pods"]),

@@ -23,7 +23,8 @@ def test_empty_policy_has_the_documented_defaults() -> None:
     assert policy.tools.groups == ("toolforge",)
     assert policy.exempt_namespaces == ("kube-system",)
     assert policy.builds.namespace == "image-build"
-    assert policy.builds.pipelines == ("buildpacks",)
+    assert policy.builds.pipeline_names == ("buildpacks",)
+    assert policy.builds.pipelines[0].tasks == ()
     assert policy.builds.max_active_runs == 1
     assert policy.builds.mode == "enforce"
     assert policy.registries.allowed == ()
@@ -35,6 +36,11 @@ def test_bundled_example_policy_is_valid() -> None:
     assert policy.builds.harbor_hosts == ("tools-harbor.wmcloud.org",)
     assert policy.builds.params.by_name["ENV_VARS"].type == "array"
     assert policy.registries.exceptions["tool-example-byoc"][0].expires == datetime.date(2027, 6, 30)
+    for name in ("USER_ID", "GROUP_ID"):  # never root
+        spec = policy.builds.params.by_name[name]
+        assert spec.refuses("0")
+        assert spec.refuses("00")
+        assert not spec.refuses("1000")
 
 
 @pytest.mark.parametrize(("text", "expected"), [
@@ -70,6 +76,26 @@ def test_bundled_example_policy_is_valid() -> None:
     pytest.param("builds: {maxActiveRunsOverrides: {off: 2}}",
                  "builds.maxActiveRunsOverrides: the key False must be a string (quote names such "
                  "as yes, no, on, off in YAML)", id="yaml-boolean-tool-name"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: '(a)\\1'}]}}",
+                 "builds.params.optional[0].pattern: not a valid RE2 regular expression: invalid "
+                 "escape sequence: \\1", id="pattern-backreference"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: '(?=a)'}]}}",
+                 "builds.params.optional[0].pattern: not a valid RE2 regular expression: invalid "
+                 "perl operator: (?=",
+                 id="pattern-lookahead"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: 5}]}}",
+                 "builds.params.optional[0].pattern: must be a regular expression string (RE2 "
+                 "syntax)",
+                 id="pattern-not-a-string"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: a, values: [a]}]}}",
+                 "builds.params.optional[0]: give a pattern or a list of values, not both",
+                 id="pattern-and-values"),
+    pytest.param("builds: {params: {optional: [{name: A, values: []}]}}",
+                 "builds.params.optional[0]: values must list at least one value",
+                 id="empty-values"),
+    pytest.param("builds: {params: {optional: [{name: A, values: [1]}]}}",
+                 "builds.params.optional[0].values[0]: must be a string (quote names such as yes, no, "
+                 "on, off in YAML)", id="values-not-strings"),
     pytest.param("", "the policy is empty; write {} to use every default", id="empty"),
     pytest.param("# only a comment\n", "the policy is empty; write {} to use every default",
                  id="only-comments"),
@@ -84,7 +110,8 @@ def test_an_unknown_key_far_from_any_is_answered_with_the_keys_of_its_section() 
     (problem,) = problems_of("builds: {bogus: 1}")
     keys = [field.alias or name for name, field in BuildsPolicy.model_fields.items()]
     assert problem == f"builds.bogus: unknown key; the keys here are {', '.join(keys)}"
-    assert "maxActiveRuns" in keys and "harborHosts" in keys
+    assert "maxActiveRuns" in keys
+    assert "harborHosts" in keys
 
 
 def test_every_problem_is_reported_at_once() -> None:

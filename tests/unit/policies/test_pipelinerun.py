@@ -18,6 +18,7 @@ from policies.pipelinerun import (
     PARAM_MISSING,
     PARAM_NOT_ALLOWED,
     PIPELINE_NOT_ALLOWED,
+    RUN_IMAGE_NOT_ALLOWED,
     SERVICE_ACCOUNT_NOT_ALLOWED,
     SPEC_CHANGED,
     SPEC_INVALID,
@@ -29,12 +30,10 @@ from policies.pipelinerun import (
     WRONG_NAMESPACE,
     check_changed_run,
     check_new_run,
-    harbor_project,
     too_many_runs,
-    tool_of_project,
     tool_of_requester,
 )
-from tests.pipelineruns import BUILDER, HARBOR, POLICY_YAML, make_run
+from tests.pipelineruns import BUILDER, HARBOR, POLICY_YAML, RUN, make_run
 
 POLICY: Policy = parse_policy(POLICY_YAML)
 BUILDS = POLICY.builds
@@ -65,13 +64,12 @@ def messages(run: dict[str, Any], tool: str = "mytool") -> str:
                  id="build-ns-cluster-admin-is-not-a-tool"),
     pytest.param("image-build", SYSTEM_USER, "other", "other", None,
                  id="build-ns-system-user-acts-for-app-image-project"),
-    pytest.param("tool-mytool", TOOL_USER, "mytool", "mytool", None, id="tool-ns-own-account"),
-    pytest.param("tool-mytool", User("other", ("toolforge",)), "mytool", None, NOT_A_TOOL,
+    pytest.param("tool-mytool", TOOL_USER, "mytool", None, WRONG_NAMESPACE,
+                 id="tool-ns-own-account"),
+    pytest.param("tool-mytool", User("other", ("toolforge",)), "mytool", None, WRONG_NAMESPACE,
                  id="tool-ns-other-tool-account"),
-    pytest.param("tool-mytool", User("mytool", ()), "mytool", None, NOT_A_TOOL,
-                 id="tool-ns-own-name-without-group"),
-    pytest.param("tool-mytool", SYSTEM_USER, "other", "mytool", None,
-                 id="tool-ns-system-user-acts-for-namespace-tool"),
+    pytest.param("tool-mytool", SYSTEM_USER, "mytool", None, WRONG_NAMESPACE,
+                 id="tool-ns-system-user"),
     pytest.param("default", TOOL_USER, "mytool", None, WRONG_NAMESPACE,
                  id="other-namespace-refused"),
 ])
@@ -100,21 +98,28 @@ def test_a_system_user_without_a_tool_project_in_app_image_is_refused(
     assert "system user" in identity.finding.message
 
 
+def test_a_run_in_a_tools_own_namespace_is_refused_saying_where_builds_run() -> None:
+    identity = tool_of_requester(POLICY, "tool-mytool", TOOL_USER, make_run())
+    assert identity.finding is not None
+    assert identity.finding.message == (
+        "PipelineRuns may only be created in the build namespace image-build, where the registry "
+        "credentials of their build pods are kept from the tool's code; not in tool-mytool. "
+        "Start builds there (toolforge build start does)")
+
+
+def test_a_system_user_pushing_to_the_raw_name_of_a_double_dash_tool_is_told_its_project() -> None:
+    run = make_run(params={"APP_IMAGE": f"{HARBOR}/tool-a--b/tool-a--b:latest"})
+    identity = tool_of_requester(POLICY, "image-build", SYSTEM_USER, run)
+    assert identity.finding is not None
+    assert identity.finding.message.endswith(
+        "is not a tool's project (tool-{tool}); the tool a--b's Harbor project is "
+        "tool-a-char.sep-b")
+
+
 def test_a_human_named_like_a_tool_is_told_which_group_is_missing() -> None:
     identity = tool_of_requester(POLICY, "image-build", User("mytool", ()), make_run())
     assert identity.finding is not None
     assert "not in any of the groups toolforge" in identity.finding.message
-
-
-@pytest.mark.parametrize(("tool", "project"), [
-    pytest.param("mytool", "tool-mytool", id="plain"),
-    pytest.param("my-user--name", "tool-my-user-char.sep-name", id="double-dash"),
-    pytest.param("hello---world", "tool-hello-char.sep-char.sep-world", id="triple-dash"),
-    pytest.param("a_-b", "tool-a_char.sep-b", id="underscore-dash"),
-])
-def test_harbor_project_names_follow_harbors_separator_rule(tool: str, project: str) -> None:
-    assert harbor_project(BUILDS, tool) == project
-    assert tool_of_project(BUILDS, project) == tool
 
 
 # --- Content, in both shapes -----------------------------------------------------------------
@@ -192,9 +197,39 @@ def test_builder_image_must_be_an_approved_builder(shape: str, builder: str,
 
 
 @pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("run_image", "allowed"), [
+    pytest.param(RUN, True, id="approved"),
+    pytest.param(f"{HARBOR.upper()}/toolforge/heroku-run:22", True, id="approved-host-case"),
+    pytest.param("", True, id="empty-is-the-builders-own"),
+    pytest.param(f"{HARBOR}/tool-mytool/base:1", True, id="own-project"),
+    pytest.param(f"{HARBOR}/tool-victim/private:latest", False, id="another-tools-project"),
+    pytest.param(f"{HARBOR}/toolforge/heroku-run", False, id="approved-without-tag"),
+    pytest.param(f"{HARBOR}/toolforge/other:22", False, id="shared-project-not-approved"),
+    pytest.param(f"{HARBOR}/tool-mytool", False, id="project-without-repository"),
+    pytest.param("evil.example/tool-mytool/base:1", False, id="own-project-name-elsewhere"),
+    pytest.param("docker.io/library/ubuntu:22.04", False, id="docker-hub"),
+    pytest.param("::", False, id="unparsable"),
+])
+def test_run_image_must_be_approved_or_the_tools_own(shape: str, run_image: str,
+                                                     allowed: bool) -> None:
+    run = make_run(shape, params={"RUN_IMAGE": run_image})
+    assert reasons(run) == ([] if allowed else [RUN_IMAGE_NOT_ALLOWED])
+    if not allowed:
+        assert f"an approved run image ({RUN}) or an image in <harbor host>/tool-mytool/" \
+               in messages(run)
+
+
+def test_a_double_dash_tools_own_run_image_is_in_its_harbor_project() -> None:
+    mine = f"{HARBOR}/tool-my-char.sep-tool/base:1"
+    run = make_run(tool="my--tool", params={
+        "APP_IMAGE": f"{HARBOR}/tool-my-char.sep-tool/app:latest", "RUN_IMAGE": mine})
+    assert reasons(run, "my--tool") == []
+
+
+@pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize(("params", "reason", "text"), [
-    pytest.param({"USER_ID": "0"}, PARAM_NOT_ALLOWED, 'Pipeline parameter "USER_ID" cannot be used',
-                 id="unknown-name"),
+    pytest.param({"GROUP_ID": "0"}, PARAM_NOT_ALLOWED,
+                 'Pipeline parameter "GROUP_ID" cannot be used', id="unknown-name"),
     pytest.param({"SOURCE_URL": None}, PARAM_MISSING, "SOURCE_URL is required",
                  id="required-missing"),
     pytest.param({"BUILDER_IMAGE": None}, PARAM_MISSING, "BUILDER_IMAGE is required",
@@ -224,6 +259,38 @@ def test_params_are_exactly_the_policys_with_their_types(
     assert text in messages(run)
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize(("params", "allowed", "text"), [
+    pytest.param({"USER_ID": "1000"}, True, "", id="pattern-matches"),
+    pytest.param({"USER_ID": "0"}, False,
+                 'parameter USER_ID "0" does not match the pattern "[1-9][0-9]{0,9}"', id="root"),
+    pytest.param({"USER_ID": "00"}, False, "does not match", id="root-spelled-twice"),
+    pytest.param({"USER_ID": "1000\n"}, False, "does not match", id="anchored-at-the-end"),
+    pytest.param({"USER_ID": "x1000"}, False, "does not match", id="anchored-at-the-start"),
+    pytest.param({"USER_ID": "10000000000"}, False, "does not match", id="too-many-digits"),
+    pytest.param({"LANGUAGE": "node"}, True, "", id="one-of-the-values"),
+    pytest.param({"LANGUAGE": "Node"}, False,
+                 'parameter LANGUAGE "Node" is not one of "python", "node"', id="not-a-value"),
+    pytest.param({"FLAGS": ["--quiet", "--fast"]}, True, "", id="array-items-match"),
+    pytest.param({"FLAGS": ["--quiet", "-x"]}, False,
+                 'parameter FLAGS[1] "-x" does not match the pattern "--[a-z]+"',
+                 id="array-item-does-not-match"),
+])
+def test_a_param_value_must_match_its_pattern_or_values(
+        shape: str, params: dict[str, Any], allowed: bool, text: str) -> None:
+    run = make_run(shape, params=params)
+    assert reasons(run) == ([] if allowed else [PARAM_INVALID])
+    assert text in messages(run)
+
+
+@pytest.mark.timeout(60)
+def test_a_pattern_that_would_backtrack_forever_is_matched_in_linear_time() -> None:
+    # `(a+)+b` against many a's and no b: exponential for a backtracking engine, linear in RE2.
+    run = make_run(params={"SLOW": "a" * 200_000})
+    assert reasons(run) == [PARAM_INVALID]
+    assert reasons(make_run(params={"SLOW": "a" * 200_000 + "b"})) == []
+
+
 def test_a_relative_subpath_is_allowed() -> None:
     assert reasons(make_run(params={"SOURCE_SUBPATH": "services/web"})) == []
 
@@ -249,7 +316,7 @@ def test_a_param_given_twice_is_refused() -> None:
                  id="inline-pipeline-spec"),
     pytest.param({"taskRunSpecs": [{"pipelineTaskName": "build",
                                     "serviceAccountName": "admin"}]}, FIELD_NOT_ALLOWED,
-                 id="task-run-specs"),
+                 id="task-run-specs-for-another-task"),
     pytest.param({"podTemplate": {"hostNetwork": True}}, FIELD_NOT_ALLOWED,
                  id="v1beta1-pod-template"),
     pytest.param({"taskRunTemplate": {"podTemplate": {"hostNetwork": True}}}, FIELD_NOT_ALLOWED,
@@ -267,31 +334,181 @@ def test_the_run_may_only_reference_an_approved_pipeline_without_overrides(
     assert reason in reasons(make_run(shape, **spec))
 
 
+@pytest.mark.parametrize(("key", "shape"), [
+    pytest.param("serviceAccountName", "v1", id="v1"),
+    pytest.param("taskServiceAccountName", "v1beta1", id="v1beta1"),
+])
+@pytest.mark.parametrize(("entries", "reason", "text"), [
+    pytest.param([{"pipelineTaskName": "build-from-git", "SA": "buildpacks-sa"}], None, "",
+                 id="the-builds-apis-entry"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "SA": "buildpacks-sa"},
+                  {"pipelineTaskName": "lint", "SA": "buildpacks-sa"}], None, "",
+                 id="two-listed-tasks"),
+    pytest.param([{"pipelineTaskName": "build-from-git"}], None, "", id="task-name-only"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "SA": "admin"}],
+                 SERVICE_ACCOUNT_NOT_ALLOWED, '"admin" is not allowed; leave it out or use '
+                 "buildpacks-sa", id="another-service-account"),
+    pytest.param([{"pipelineTaskName": "fetch", "SA": "buildpacks-sa"}], FIELD_NOT_ALLOWED,
+                 'spec.taskRunSpecs[0].pipelineTaskName "fetch" is not a task of the pipeline '
+                 '"buildpacks" that a run may give a taskRunSpecs entry (tasks: '
+                 "build-from-git, lint)", id="task-not-listed"),
+    pytest.param([{"SA": "buildpacks-sa"}], FIELD_NOT_ALLOWED, "pipelineTaskName unset",
+                 id="no-task-name"),
+    pytest.param([{"pipelineTaskName": "build-from-git"}, {"pipelineTaskName": "build-from-git"}],
+                 SPEC_INVALID, "the task build-from-git has more than one entry", id="twice"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "podTemplate": {"hostNetwork": True}}],
+                 FIELD_NOT_ALLOWED, "spec.taskRunSpecs[0].podTemplate: a pod template override",
+                 id="v1-pod-template"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "taskPodTemplate": {
+        "volumes": [{"name": "s", "secret": {"secretName": "basic-user-pass"}}]}}],
+        FIELD_NOT_ALLOWED, "taskPodTemplate: a pod template override", id="v1beta1-pod-template"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "stepSpecs": [
+        {"name": "export", "computeResources": {}}]}], FIELD_NOT_ALLOWED, "step overrides",
+        id="step-specs"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "stepOverrides": [{"name": "x"}]}],
+                 FIELD_NOT_ALLOWED, "step overrides", id="step-overrides"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "sidecarSpecs": [{"name": "x"}]}],
+                 FIELD_NOT_ALLOWED, "sidecar overrides", id="sidecar-specs"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "sidecarOverrides": [{"name": "x"}]}],
+                 FIELD_NOT_ALLOWED, "sidecar overrides", id="sidecar-overrides"),
+    pytest.param([{"pipelineTaskName": "build-from-git",
+                   "computeResources": {"limits": {"cpu": "64"}}}], FIELD_NOT_ALLOWED,
+                 "compute resources", id="compute-resources"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "metadata": {
+        "labels": {"app.kubernetes.io/managed-by": "someone-else"}}}], FIELD_NOT_ALLOWED,
+        "spec.taskRunSpecs[0].metadata: labels and annotations", id="metadata"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "timeout": "0s"}], FIELD_NOT_ALLOWED,
+                 "a per-task timeout is not allowed", id="task-timeout"),
+    pytest.param([{"pipelineTaskName": "build-from-git", "somethingNew": 1}], FIELD_NOT_ALLOWED,
+                 "only pipelineTaskName and serviceAccountName may be set", id="unknown-key"),
+    pytest.param(["build-from-git"], SPEC_INVALID, "spec.taskRunSpecs[0] must be an object",
+                 id="entry-not-an-object"),
+    pytest.param({"build-from-git": {}}, SPEC_INVALID, "spec.taskRunSpecs must be a list",
+                 id="not-a-list"),
+])
+def test_a_task_run_spec_may_only_name_the_build_service_account_for_a_listed_task(
+        key: str, shape: str, entries: object, reason: str | None, text: str) -> None:
+    if isinstance(entries, list):
+        entries = [{(key if k == "SA" else k): v for k, v in e.items()}
+                   if isinstance(e, dict) else e for e in entries]
+    run = make_run(shape, taskRunSpecs=entries)
+    assert reasons(run) == ([] if reason is None else [reason])
+    assert text in messages(run)
+
+
+def test_a_pipeline_that_lists_no_tasks_takes_no_task_run_specs() -> None:
+    run = make_run(pipelineRef={"name": "plain"}, taskRunSpecs=[
+        {"pipelineTaskName": "build-from-git", "serviceAccountName": "buildpacks-sa"}])
+    assert reasons(run) == [FIELD_NOT_ALLOWED]
+    assert 'of the pipeline "plain" that a run may give a taskRunSpecs entry (tasks: none)' \
+        in messages(run)
+
+
+@pytest.mark.parametrize("spec", [
+    pytest.param({"taskRunTemplate": {"serviceAccountName": "default"}}, id="v1"),
+    pytest.param({"serviceAccountName": "default"}, id="v1beta1"),
+])
+def test_tektons_default_service_account_is_what_naming_none_gives(spec: dict[str, Any]) -> None:
+    # Tekton's defaulting webhook writes it into a run that names none, before this rule sees it.
+    run = make_run(**{"taskRunTemplate": None, **spec})
+    assert reasons(run) == []
+
+
+@pytest.mark.parametrize(("old_spec", "new_spec", "allowed"), [
+    pytest.param({}, {"taskRunTemplate": {"serviceAccountName": "default"}}, True,
+                 id="controller-writes-the-default-back"),
+    pytest.param({}, {"serviceAccountName": "default"}, True, id="v1beta1-default-written-back"),
+    pytest.param({}, {"taskRunTemplate": {}}, True, id="go-writes-an-empty-struct-back"),
+    pytest.param({}, {"taskRunSpecs": []}, True, id="empty-list"),
+    pytest.param({"taskRunTemplate": {"serviceAccountName": "buildpacks-sa"}},
+                 {"taskRunTemplate": {"serviceAccountName": "default"}}, False,
+                 id="named-account-replaced"),
+    pytest.param({}, {"taskRunTemplate": {"serviceAccountName": "buildpacks-sa"}}, False,
+                 id="account-added-later"),
+    pytest.param({}, {"taskRunTemplate": {"serviceAccountName": "default",
+                                          "podTemplate": {"hostNetwork": True}}}, False,
+                 id="default-with-a-pod-template"),
+])
+def test_an_update_that_only_adds_tektons_default_service_account_is_no_spec_change(
+        old_spec: dict[str, Any], new_spec: dict[str, Any], allowed: bool) -> None:
+    old = make_run(taskRunTemplate=None, serviceAccountName=None)
+    old["spec"].update(old_spec)
+    new = copy.deepcopy(old)
+    new["spec"].update(new_spec)
+    found = [f.reason for f in check_changed_run(old, new, BUILDS)]
+    assert found == ([] if allowed else [SPEC_CHANGED])
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_the_builds_service_account_or_none_is_allowed(shape: str) -> None:
     assert reasons(make_run(shape, taskRunTemplate=None, serviceAccountName=None)) == []
 
 
+WORKSPACES_ALLOWED = BUILDS.model_copy(update={"workspaces": parse_policy("""
+builds:
+  workspaces:
+    persistentVolumeClaims: [shared-cache]
+    volumeClaimTemplates: true
+    configMaps: [ca-bundle]
+    secrets: [pip-config]
+""").builds.workspaces})
+
+
 @pytest.mark.parametrize("shape", SHAPES)
-@pytest.mark.parametrize(("workspace", "allowed"), [
-    pytest.param({"name": "w", "emptyDir": {}}, True, id="empty-dir"),
-    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "c"}}, True, id="pvc"),
-    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {}}, "subPath": "a"}, True,
-                 id="claim-template"),
-    pytest.param({"name": "w", "secret": {"secretName": "harbor-robot"}}, False, id="secret"),
-    pytest.param({"name": "w", "projected": {"sources": []}}, False, id="projected"),
-    pytest.param({"name": "w", "csi": {"driver": "x"}}, False, id="csi"),
-    pytest.param({"name": "w", "configMap": {"name": "c"}}, False, id="config-map"),
-    pytest.param({"name": "w", "emptyDir": {}, "secret": {"secretName": "s"}}, False,
-                 id="empty-dir-plus-secret"),
-    pytest.param({"name": "w"}, False, id="no-volume"),
-    pytest.param({"name": "w", "emptyDir": {}, "subPath": "../x"}, False, id="subpath-escapes"),
+@pytest.mark.parametrize(("workspace", "by_default", "when_allowed", "text"), [
+    pytest.param({"name": "w", "emptyDir": {}}, True, True, "", id="empty-dir"),
+    pytest.param({"name": "w", "emptyDir": {"medium": "Memory"}}, True, True, "",
+                 id="empty-dir-in-memory"),
+    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "shared-cache"}}, False,
+                 True, 'the claim "shared-cache" is not one a run may mount', id="pvc"),
+    pytest.param({"name": "w", "persistentVolumeClaim": {"claimName": "other-tools-data"}},
+                 False, False, 'the claim "other-tools-data"', id="pvc-not-listed"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {
+        "accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}},
+        "subPath": "a"}, False, True, "a volumeClaimTemplate is not allowed", id="claim-template"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {
+        "dataSource": {"kind": "PersistentVolumeClaim", "name": "victim"}}}}, False, False,
+        "", id="claim-template-cloning-a-claim"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {"dataSourceRef": {
+        "apiGroup": "snapshot.storage.k8s.io", "kind": "VolumeSnapshot", "name": "s"}}}},
+        False, False, "", id="claim-template-from-a-snapshot"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {"volumeName": "pv-1"}}}, False,
+                 False, "", id="claim-template-bound-to-a-volume"),
+    pytest.param({"name": "w", "volumeClaimTemplate": {"spec": {
+        "selector": {"matchLabels": {"tool": "victim"}}}}}, False, False, "",
+        id="claim-template-selecting-volumes"),
+    pytest.param({"name": "w", "configMap": {"name": "ca-bundle"}}, False, True,
+                 'the configMap "ca-bundle" is not one a run may mount', id="config-map"),
+    pytest.param({"name": "w", "configMap": {"name": "toolforge-admission-policy"}}, False,
+                 False, "", id="config-map-not-listed"),
+    pytest.param({"name": "w", "secret": {"secretName": "pip-config"}}, False, True,
+                 'the secret "pip-config" is not one a run may mount', id="secret"),
+    pytest.param({"name": "w", "secret": {"secretName": "basic-user-pass"}}, False, False,
+                 'the secret "basic-user-pass"', id="registry-secret"),
+    pytest.param({"name": "w", "projected": {"sources": [{"serviceAccountToken": {
+        "audience": "harbor", "path": "t"}}]}}, False, False,
+        "projected volumes are never allowed (one can carry a token", id="projected"),
+    pytest.param({"name": "w", "csi": {"driver": "x"}}, False, False,
+                 "csi volumes are never allowed", id="csi"),
+    pytest.param({"name": "w", "emptyDir": {}, "secret": {"secretName": "pip-config"}}, False,
+                 False, "names 2 volumes (emptyDir, secret); use one", id="two-volumes"),
+    pytest.param({"name": "w", "hostPath": {"path": "/"}}, False, False,
+                 "hostPath is not allowed", id="not-a-workspace-kind"),
+    pytest.param({"name": "w"}, False, False, "has no volume", id="no-volume"),
+    pytest.param({"name": "w", "emptyDir": {}, "subPath": "../x"}, False, False, "without ..",
+                 id="subpath-escapes"),
+    pytest.param({"name": "w", "persistentVolumeClaim": "c"}, False, False,
+                 "persistentVolumeClaim must be an object", id="malformed-claim"),
 ])
-def test_workspaces_are_only_scratch_or_claims(shape: str, workspace: dict[str, Any],
-                                               allowed: bool) -> None:
-    found = reasons(make_run(shape, workspaces=[workspace]))
-    assert found == ([] if allowed else [WORKSPACE_NOT_ALLOWED] * len(found))
-    assert allowed or found
+def test_workspaces_are_scratch_unless_the_policy_names_the_volume(
+        shape: str, workspace: dict[str, Any], by_default: bool, when_allowed: bool,
+        text: str) -> None:
+    run = make_run(shape, workspaces=[workspace])
+    for builds, allowed in ((BUILDS, by_default), (WORKSPACES_ALLOWED, when_allowed)):
+        found = check_new_run("mytool", run, builds)
+        assert [f.reason for f in found] == ([] if allowed else [WORKSPACE_NOT_ALLOWED]), builds
+    if not by_default:
+        assert text in messages(run)
 
 
 @pytest.mark.parametrize(("spec", "allowed"), [
@@ -309,6 +526,11 @@ def test_workspaces_are_only_scratch_or_claims(shape: str, workspace: dict[str, 
     pytest.param({"timeout": "1h"}, True, id="v1beta1-at-limit"),
     pytest.param({"timeout": "90m"}, False, id="v1beta1-too-long"),
     pytest.param({"timeout": "0"}, False, id="v1beta1-zero"),
+    pytest.param({"timeouts": {"pipeline": "-1h"}}, False, id="v1-negative"),
+    pytest.param({"timeouts": {"pipeline": "1h0m0.000000001s"}}, False,
+                 id="v1-a-nanosecond-over"),
+    pytest.param({"timeouts": {"pipeline": "59m59.999999999s"}}, True, id="v1-just-under"),
+    pytest.param({"timeouts": {"pipeline": "30m", "tasks": ""}}, False, id="v1-empty"),
 ])
 def test_timeouts_are_bounded_and_never_zero(spec: dict[str, Any], allowed: bool) -> None:
     run = make_run("v1", timeouts=None)
@@ -318,8 +540,37 @@ def test_timeouts_are_bounded_and_never_zero(spec: dict[str, Any], allowed: bool
                                                                 FIELD_NOT_ALLOWED}
 
 
+@pytest.mark.parametrize("place", [
+    pytest.param(("timeouts", "pipeline"), id="v1-pipeline"),
+    pytest.param(("timeouts", "tasks"), id="v1-tasks"),
+    pytest.param(("timeouts", "finally"), id="v1-finally"),
+    pytest.param(("timeout",), id="v1beta1-timeout"),
+])
+@pytest.mark.parametrize("value", [
+    "0", "-0", "+0", "0s", "0.5ns", ".5ns", "0.0000001us", "0.9ns", "0.0000000000001h",
+    "0.0000001\u00b5s", "0.0000001\u03bcs", "0h0m0s", "9223372036854775808ns9223372036854775808ns",
+])
+def test_a_timeout_go_reads_as_zero_is_refused_as_no_timeout(place: tuple[str, ...],
+                                                             value: str) -> None:
+    run = make_run("v1", timeouts=None)
+    if place == ("timeout",):
+        run["spec"]["timeout"] = value
+    else:
+        run["spec"]["timeouts"] = {place[1]: value}
+    found = check_new_run("mytool", run, BUILDS)
+    assert [f.reason for f in found] == [TIMEOUT_NOT_ALLOWED]
+    assert f"spec.{'.'.join(place)}" in found[0].message
+    assert "is 0 as Tekton reads it, which means no timeout at all" in found[0].message
+
+
+@pytest.mark.parametrize("value", ["1ns", "0.000000001s", "1\u03bcs", "1\u00b5s", "+1m"])
+def test_the_shortest_timeouts_go_reads_as_nonzero_are_allowed(value: str) -> None:
+    run = make_run("v1", timeouts={"pipeline": value})
+    assert reasons(run) == []
+
+
 def test_every_finding_is_reported_at_once() -> None:
-    run = make_run("v1beta1", params={"APP_IMAGE": f"{HARBOR}/tool-other/x", "USER_ID": "0"},
+    run = make_run("v1beta1", params={"APP_IMAGE": f"{HARBOR}/tool-other/x", "GROUP_ID": "0"},
                    pipelineSpec={"tasks": []}, timeout="0", serviceAccountName="admin")
     del run["metadata"]["labels"]
     found = set(reasons(run))

@@ -367,3 +367,33 @@ def test_workload_templates_image_volumes_are_checked() -> None:
     pod = with_image_volume(make_pod(OWN), "quay.io/someone/models:3")
     deployment = {"kind": "Deployment", "spec": {"template": {"spec": pod["spec"]}}}
     assert not check(deployment, kind="Deployment").allowed
+
+
+@pytest.mark.parametrize(("tool", "project"), [
+    pytest.param("mytool", "tool-mytool", id="plain"),
+    pytest.param("a--b", "tool-a-char.sep-b", id="double-dash"),
+    pytest.param("a-_b", "tool-a-char.sep_b", id="dash-underscore"),
+])
+def test_harbor_project_entries_expand_to_the_project_the_tool_pushes_to(tool: str,
+                                                                          project: str) -> None:
+    policy = make_policy(allowed=(f"{HARBOR}/{{harborProject}}",))
+    namespace = f"tool-{tool}"
+    built = f"{HARBOR}/{project}/app:latest"  # where the builds API pushes the tool's image
+    assert check(make_pod(built), namespace=namespace, policy=policy).allowed
+    prefixes = [str(p) for p in allow_list(policy, namespace, NOW.date()).prefixes]
+    assert prefixes[0] == f"{HARBOR}/{project}"
+    other = check(make_pod(f"{HARBOR}/tool-other/app:1"), namespace=namespace, policy=policy)
+    assert not other.allowed
+
+
+def test_the_raw_tool_name_entry_misses_the_project_a_double_dash_tool_pushes_to() -> None:
+    # Why the example policy uses {harborProject}: `tool-{tool}` names a project Harbor never has.
+    policy = make_policy(allowed=(f"{HARBOR}/tool-{{tool}}",))
+    pushed = f"{HARBOR}/tool-a-char.sep-b/app:latest"
+    assert not check(make_pod(pushed), namespace="tool-a--b", policy=policy).allowed
+
+
+def test_harbor_project_entries_apply_only_in_tool_namespaces() -> None:
+    policy = make_policy(allowed=(f"{HARBOR}/{{harborProject}}", f"{HARBOR}/toolforge"))
+    assert [str(p) for p in allow_list(policy, "webapps", NOW.date()).prefixes] == [
+        f"{HARBOR}/toolforge"]

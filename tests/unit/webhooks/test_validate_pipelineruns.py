@@ -84,7 +84,7 @@ def test_a_v1beta1_body_labelled_v1_is_checked_by_its_v1beta1_fields(
     answer = post(client, run, kind=V1BETA1)
     assert not answer["allowed"]
     assert "spec.serviceAccountName" in answer["status"]["message"]
-    assert "spec.timeout is 0" in answer["status"]["message"]
+    assert "spec.timeout \"0\" is 0 as Tekton reads it" in answer["status"]["message"]
 
 
 def test_another_tool_is_never_blocked(client: FlaskClient) -> None:
@@ -118,8 +118,9 @@ def test_a_refused_run_reserves_nothing_but_still_reports_a_full_slot(
                  id="human-with-a-tools-name"),
     pytest.param("image-build", "system:admin", ("system:masters",), "not a tool account",
                  id="cluster-admin"),
-    pytest.param("tool-mytool", "othertool", ("toolforge",), "only the tool mytool",
-                 id="other-tool-in-tool-namespace"),
+    pytest.param("tool-mytool", "mytool", ("toolforge",),
+                 "may only be created in the build namespace image-build",
+                 id="own-tool-namespace"),
     pytest.param("default", "mytool", ("toolforge",), "may only be created",
                  id="unrelated-namespace"),
 ])
@@ -166,11 +167,29 @@ def test_updates_pass_unless_the_spec_changes_beyond_stopping(
     assert answer["allowed"] is allowed
 
 
-def test_a_status_subresource_update_always_passes(client: FlaskClient) -> None:
+TEKTON = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
+FINISHED = {"conditions": [{"type": "Succeeded", "status": "True"}]}
+
+
+@pytest.mark.parametrize(("username", "groups", "allowed"), [
+    pytest.param(TEKTON, ("system:serviceaccounts",), True, id="tekton-controller"),
+    pytest.param("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",),
+                 True, id="system-user"),
+    pytest.param("mytool", ("toolforge",), False, id="the-runs-own-tool"),
+    pytest.param("othertool", ("toolforge",), False, id="another-tool"),
+])
+def test_only_tekton_and_the_system_users_write_a_runs_status(
+        client: FlaskClient, username: str, groups: tuple[str, ...], allowed: bool) -> None:
+    # A tool that marked its own run finished would free its slot while the build goes on.
     old = run_for()
     new = copy.deepcopy(old)
-    new["status"] = {"conditions": [{"type": "Succeeded", "status": "True"}]}
-    assert post(client, new, operation="UPDATE", old=old, sub_resource="status")["allowed"]
+    new["status"] = FINISHED
+    answer = post(client, new, operation="UPDATE", old=old, sub_resource="status",
+                  username=username, groups=groups)
+    assert answer["allowed"] is allowed
+    if not allowed:
+        assert answer["auditAnnotations"]["reason"] == "RunNotOwned"
+        assert "may write pipelineruns/status" in answer["status"]["message"]
 
 
 def test_the_tool_label_cannot_change_on_update(client: FlaskClient) -> None:
@@ -182,8 +201,72 @@ def test_the_tool_label_cannot_change_on_update(client: FlaskClient) -> None:
     assert "cannot change" in answer["status"]["message"]
 
 
-def test_delete_is_not_intercepted(client: FlaskClient) -> None:
-    assert post(client, None, operation="DELETE", old=run_for())["allowed"]
+def cancelled(run: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    new["spec"]["status"] = "Cancelled"
+    return new
+
+
+def relabelled(run: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    new["metadata"]["annotations"] = {"note": "mine now"}
+    return new
+
+
+def released(run: dict[str, Any]) -> dict[str, Any]:
+    new = copy.deepcopy(run)
+    del new["spec"]["status"]
+    return new
+
+
+@pytest.mark.parametrize(("operation", "change"), [
+    pytest.param("UPDATE", cancelled, id="cancel"),
+    pytest.param("UPDATE", relabelled, id="annotate"),
+    pytest.param("UPDATE", released, id="release-pending"),
+    pytest.param("DELETE", None, id="delete"),
+])
+@pytest.mark.parametrize(("username", "groups", "allowed"), [
+    pytest.param("mytool", ("toolforge",), True, id="owner"),
+    pytest.param("othertool", ("toolforge",), False, id="another-tool"),
+    pytest.param("mytool", ("system:authenticated",), False, id="person-named-like-the-owner"),
+    pytest.param("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",),
+                 True, id="system-user"),
+    pytest.param(TEKTON, ("system:serviceaccounts",), True, id="tekton-controller"),
+    pytest.param("system:serviceaccount:kube-system:namespace-controller", (), True,
+                 id="namespace-controller"),
+    pytest.param("admin", ("system:masters",), False, id="cluster-admin-is-no-run-manager"),
+])
+def test_only_the_owner_the_system_users_and_the_run_managers_change_or_delete_a_run(
+        client: FlaskClient, operation: str, change: Any, username: str,
+        groups: tuple[str, ...], allowed: bool) -> None:
+    old = run_for(status="PipelineRunPending")
+    new = change(old) if change is not None else None
+    answer = post(client, new, operation=operation, old=old, username=username, groups=groups)
+    assert answer["allowed"] is allowed, answer
+    if not allowed:
+        verb = "delete" if operation == "DELETE" else "change"
+        assert answer["auditAnnotations"]["reason"] == "RunNotOwned"
+        assert (f'user "{username}" may not {verb} the PipelineRun '
+                "mytool-buildpacks-pipelinerun-u1: it belongs to the tool mytool, and only its "
+                "tool, the system users and the run managers may") in answer["status"]["message"]
+
+
+def test_a_run_without_a_tool_label_belongs_to_no_tool(client: FlaskClient) -> None:
+    old = run_for()
+    del old["metadata"]["labels"]
+    answer = post(client, None, operation="DELETE", old=old)
+    assert not answer["allowed"]
+    assert "it belongs to no tool (no valid toolforge.org/tool label)" in \
+        answer["status"]["message"]
+    assert post(client, None, operation="DELETE", old=old, username=TEKTON)["allowed"]
+
+
+def test_a_legacy_run_in_a_tools_namespace_belongs_to_that_tool(client: FlaskClient) -> None:
+    old = run_for(tool="othertool")  # its label says othertool; the namespace decides
+    assert post(client, None, operation="DELETE", old=old, namespace="tool-mytool")["allowed"]
+    refused = post(client, None, operation="DELETE", old=old, namespace="tool-mytool",
+                   username="othertool")
+    assert not refused["allowed"]
 
 
 def test_exempt_namespaces_are_not_checked(client: FlaskClient) -> None:
@@ -224,3 +307,74 @@ def test_a_wrong_active_runs_object_fails_closed(tmp_path: Path) -> None:
     app.extensions[EXTENSION].source.stop()
     assert not answer["allowed"]
     assert answer["status"]["message"].startswith("validate-pipelineruns could not evaluate")
+
+
+# --- Toolforge's builds API through the toolforge overlay's policy -------------------------------
+
+OVERLAY_POLICY = (Path(__file__).resolve().parents[3] / "manifests" / "overlays" / "toolforge"
+                  / "policy.yaml")
+BUILDS_API = "system:serviceaccount:image-build:builds-api"
+HARBOR = "tools-harbor.wmcloud.org"
+
+
+def builds_api_run(tool: str, shape: str, name: str) -> dict[str, Any]:
+    """A run exactly as the builds API creates it (its internal/build.go `Start`)."""
+    account = "serviceAccountName" if shape == "v1" else "taskServiceAccountName"
+    return {
+        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+        "metadata": {"name": name, "generateName": f"{tool}-buildpacks-pipelinerun-",
+                     "namespace": "image-build", "uid": f"uid-{name}", "labels": {"user": tool}},
+        "spec": {
+            "pipelineRef": {"name": "buildpacks"},
+            "taskRunSpecs": [{"pipelineTaskName": "build-from-git",
+                              account: "buildpacks-service-account"}],
+            "params": [
+                {"name": "BUILDER_IMAGE", "value": f"{HARBOR}/toolforge/heroku-builder:22"},
+                {"name": "RUN_IMAGE", "value": f"{HARBOR}/toolforge/heroku-run:22"},
+                {"name": "APP_IMAGE", "value": f"{HARBOR}/tool-{tool}/tool-{tool}:latest"},
+                {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}"},
+                {"name": "SOURCE_REFERENCE", "value": "5f1b2c3d4e5f60718293a4b5c6d7e8f901234567"},
+                {"name": "UNRESOLVED_SOURCE_REFERENCE", "value": "main"},
+                {"name": "ENV_VARS", "value": ["PYTHON_VERSION=3.11", "EMPTY="]},
+            ],
+            "workspaces": [{"name": "source-ws", "emptyDir": {}},
+                           {"name": "cache-ws", "emptyDir": {}},
+                           {"name": "aptbuildpack-ws", "emptyDir": {}}],
+        },
+    }
+
+
+@pytest.mark.parametrize("shape", ["v1", "v1beta1"])
+def test_the_builds_apis_run_passes_the_toolforge_overlay_and_takes_the_tools_slot(
+        tmp_path: Path, cluster: FakeCluster, shape: str) -> None:
+    app = make_app(tmp_path, LeaseSlots(cluster, cluster), policy=OVERLAY_POLICY.read_text())
+    client = app.test_client()
+    try:
+        first = builds_api_run("mytool", shape, "mytool-buildpacks-pipelinerun-abcde")
+        admitted = post(client, first, username=BUILDS_API,
+                        groups=("system:serviceaccounts", "system:authenticated"))
+        assert admitted["allowed"], admitted
+        second = builds_api_run("mytool", shape, "mytool-buildpacks-pipelinerun-fghij")
+        refused = post(client, second, username=BUILDS_API,
+                       groups=("system:serviceaccounts", "system:authenticated"))
+        assert not refused["allowed"]
+        assert refused["auditAnnotations"]["reason"] == "TooManyActiveRuns"
+        assert "image-build/mytool-buildpacks-pipelinerun-abcde" in refused["status"]["message"]
+        # Another tool's run is its own business.
+        other = builds_api_run("other", shape, "other-buildpacks-pipelinerun-abcde")
+        assert post(client, other, username=BUILDS_API)["allowed"]
+    finally:
+        app.extensions[EXTENSION].source.stop()
+
+
+def test_the_builds_apis_run_for_another_tools_label_is_refused(tmp_path: Path,
+                                                                cluster: FakeCluster) -> None:
+    app = make_app(tmp_path, LeaseSlots(cluster, cluster), policy=OVERLAY_POLICY.read_text())
+    try:
+        run = builds_api_run("mytool", "v1", "mytool-buildpacks-pipelinerun-abcde")
+        run["metadata"]["labels"]["user"] = "other"
+        refused = post(app.test_client(), run, username=BUILDS_API)
+        assert not refused["allowed"]
+        assert "set metadata.labels user=mytool" in refused["status"]["message"]
+    finally:
+        app.extensions[EXTENSION].source.stop()

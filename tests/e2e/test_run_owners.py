@@ -1,0 +1,166 @@
+"""Who may touch a run, and where runs may be, through the real API server.
+
+Two fresh tools share the build namespace with RBAC that lets each of them do anything to every
+PipelineRun there (`ControlPlane.grant`: verbs `*` on pipelineruns, namespace-wide, as Toolforge's
+old `tool-tekton-access` Role did), and one of them may also write `pipelineruns/status`. The
+suite alone keeps each tool to its own runs: cancelling, releasing, relabelling, annotating or
+deleting another tool's run is refused, while its own tool, the system users (the builds API)
+and Tekton's controller keep working. PipelineRuns are refused outside the build namespace, a
+tool's own namespace included.
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import uuid
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane, Suite, wait_for
+from tests.e2e.objects import delete_runs, pipelinerun, unique
+
+DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied the request'
+CANCEL = json.dumps({"spec": {"status": "Cancelled"}})
+FINISHED = json.dumps({"status": {"conditions": [
+    {"type": "Succeeded", "status": "True", "reason": "Succeeded", "message": "forged"}]}})
+
+
+def account(cp: ControlPlane, tool: str) -> pathlib.Path:
+    cp.grant(tool, [BUILD_NAMESPACE])
+    return cp.user_kubeconfig(tool, ["toolforge"])
+
+
+def allow_status_writes(cp: ControlPlane, tool: str) -> None:
+    """RBAC for the tool to patch pipelineruns/status, which no real tool role grants."""
+    cp.apply([
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+         "metadata": {"name": "e2e-status-writer", "namespace": BUILD_NAMESPACE},
+         "rules": [{"apiGroups": ["tekton.dev"], "resources": ["pipelineruns/status"],
+                    "verbs": ["get", "patch", "update"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+         "metadata": {"name": f"e2e-status-{tool}", "namespace": BUILD_NAMESPACE},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                     "name": "e2e-status-writer"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool}]},
+    ])
+    wait_for(f"RBAC to let {tool} patch pipelineruns/status", lambda: cp.kubectl(
+        "auth", "can-i", "patch", "pipelineruns.tekton.dev", "--subresource=status",
+        "-n", BUILD_NAMESPACE, f"--as={tool}", check=False).stdout.strip() == "yes", 30)
+
+
+def stored(cp: ControlPlane, name: str) -> dict[str, Any]:
+    run: dict[str, Any] = cp.get_json("-n", BUILD_NAMESPACE, "pipelinerun", name)
+    return run
+
+
+@pytest.fixture
+def two_tools(control_plane: ControlPlane) -> Any:
+    """(owner, its kubeconfig, intruder, its kubeconfig): fresh tools, cleaned up after."""
+    owner, intruder = f"o{uuid.uuid4().hex[:8]}", f"i{uuid.uuid4().hex[:8]}"
+    accounts = (account(control_plane, owner), account(control_plane, intruder))
+    yield owner, accounts[0], intruder, accounts[1]
+    delete_runs(control_plane, owner)
+    delete_runs(control_plane, intruder)
+
+
+def test_another_tool_cannot_cancel_release_relabel_or_delete_a_run(
+        control_plane: ControlPlane, live_suite: Suite, two_tools: Any) -> None:
+    owner, owner_account, intruder, intruder_account = two_tools
+    run = pipelinerun(unique(f"{owner}-buildpacks-pipelinerun"), owner)
+    run["spec"]["status"] = "PipelineRunPending"  # held, so that only we change it
+    name = run["metadata"]["name"]
+    control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(run), user=owner_account)
+    before = stored(control_plane, name)
+
+    attempts = {
+        "cancel": ("patch", "pipelinerun", name, "--type=merge", "-p", CANCEL),
+        "release": ("patch", "pipelinerun", name, "--type=json",
+                    "-p", '[{"op": "remove", "path": "/spec/status"}]'),
+        "relabel": ("label", "pipelinerun", name, "--overwrite", "extra=mine"),
+        "annotate": ("annotate", "pipelinerun", name, "note=mine"),
+        "delete": ("delete", "pipelinerun", name, "--wait=false"),
+    }
+    for what, args in attempts.items():
+        result = control_plane.kubectl("-n", BUILD_NAMESPACE, *args, user=intruder_account,
+                                       check=False)
+        assert result.returncode != 0, (what, result.stdout)
+        assert DENIED in result.stderr, (what, result.stderr)
+        verb = "delete" if what == "delete" else "change"
+        assert f'user "{intruder}" may not {verb} the PipelineRun {name}: it belongs to the ' \
+               f"tool {owner}" in result.stderr, (what, result.stderr)
+    entries = live_suite.reviews(endpoint="validate-pipelineruns", name=name, user=intruder)
+    assert {e["operation"] for e in entries} == {"UPDATE", "DELETE"}, entries
+    assert {(e["decision"], e["reason"]) for e in entries} == {("denied", "RunNotOwned")}
+    after = stored(control_plane, name)
+    assert after["spec"] == before["spec"]
+    assert after["metadata"].get("labels", {}).get("extra") is None
+    assert "note" not in (after["metadata"].get("annotations") or {})
+
+    # Its own tool may do all of it.
+    for args in (attempts["annotate"], attempts["release"], attempts["cancel"]):
+        result = control_plane.kubectl("-n", BUILD_NAMESPACE, *args, user=owner_account,
+                                       check=False)
+        assert result.returncode == 0, (args, result.stderr)
+    assert stored(control_plane, name)["spec"]["status"] == "Cancelled"
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, *attempts["delete"],
+                                   user=owner_account, check=False)
+    assert result.returncode == 0, result.stderr
+
+
+def test_delete_all_by_another_tool_deletes_none_of_the_owners_runs(
+        control_plane: ControlPlane, live_suite: Suite, two_tools: Any) -> None:
+    owner, owner_account, _, intruder_account = two_tools
+    name = unique(f"{owner}-buildpacks-pipelinerun")
+    control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(name, owner)),
+                          user=owner_account)
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelineruns", "--all",
+                                   "--wait=false", user=intruder_account, check=False)
+    assert result.returncode != 0
+    assert DENIED in result.stderr, result.stderr
+    assert stored(control_plane, name)["metadata"]["name"] == name
+    assert "deletionTimestamp" not in stored(control_plane, name)["metadata"]
+
+
+def test_only_tekton_writes_a_runs_status_not_even_its_own_tool(
+        control_plane: ControlPlane, live_suite: Suite, two_tools: Any) -> None:
+    owner, owner_account, _, _ = two_tools
+    allow_status_writes(control_plane, owner)
+    name = unique(f"{owner}-buildpacks-pipelinerun")
+    control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(name, owner)),
+                          user=owner_account)
+    # Tekton's controller writes the status through the same webhook (pipelineruns/status).
+    wait_for(f"Tekton to write the status of {name}", lambda: stored(control_plane, name).get(
+        "status", {}).get("conditions"), 60)
+    tekton = live_suite.wait_review(endpoint="validate-pipelineruns", name=name,
+                                    operation="UPDATE", sub_resource="status")
+    assert tekton["decision"] == "allowed", tekton
+
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "patch", "pipelinerun", name,
+                                   "--subresource=status", "--type=merge", "-p", FINISHED,
+                                   user=owner_account, check=False)
+    assert result.returncode != 0
+    assert DENIED in result.stderr, result.stderr
+    assert "only the system users and the run managers (Tekton's controller) may write " \
+           "pipelineruns/status" in result.stderr
+    conditions = stored(control_plane, name)["status"]["conditions"]
+    assert all(c.get("message") != "forged" for c in conditions), conditions
+
+
+def test_a_run_in_a_tools_own_namespace_is_refused(
+        control_plane: ControlPlane, live_suite: Suite, mytool: pathlib.Path) -> None:
+    # tool_kubeconfig's RBAC lets mytool create PipelineRuns in tool-mytool.
+    name = unique("mytool-buildpacks-pipelinerun")
+    run = pipelinerun(name, "mytool", namespace="tool-mytool")
+    result = control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(run), user=mytool,
+                                   check=False)
+    assert result.returncode != 0
+    assert DENIED in result.stderr, result.stderr
+    assert ("PipelineRuns may only be created in the build namespace image-build, where the "
+            "registry credentials of their build pods are kept from the tool's code; not in "
+            "tool-mytool") in result.stderr
+    entry = live_suite.wait_review(endpoint="validate-pipelineruns", name=name)
+    assert (entry["decision"], entry["reason"]) == ("denied", "NamespaceNotForBuilds")
+    assert control_plane.get_json("-n", "tool-mytool", "pipelineruns")["items"] == []
