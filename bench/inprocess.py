@@ -137,7 +137,10 @@ def instructions(args: argparse.Namespace, names: list[str]) -> dict[str, float]
                     ["valgrind", "--tool=callgrind", f"--callgrind-out-file={scratch}/cg.out",
                      sys.executable, __file__, "--payloads", name, "--calls", str(calls),
                      "--repeats", "1", "--warmup", str(args.warmup)],
-                    capture_output=True, text=True, check=False)
+                    capture_output=True, text=True, check=False,
+                    # The same string hashes in every run: dict layouts, and so the counts,
+                    # do not move with the hash seed.
+                    env=dict(os.environ, PYTHONHASHSEED="0"))
                 match = re.search(r"Collected : (\d+)", result.stderr)
                 if result.returncode != 0 or match is None:
                     raise SystemExit(f"bench: callgrind failed:\n{result.stderr[-2000:]}")
