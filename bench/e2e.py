@@ -243,32 +243,43 @@ def latency_summary(seconds: list[float]) -> dict[str, float]:
     return quantiles([s * 1000 for s in seconds])
 
 
-def admission_calls(client: Client) -> dict[str, float]:
-    """The API server's own count of its admission calls for CREATE: to each webhook by
-    `<name> <HTTP code> allowed|rejected` (apiserver_admission_webhook_request_total), and to
-    each ValidatingAdmissionPolicy by `vap <policy> <enforcement action> <error type>`
-    (apiserver_validating_admission_policy_check_total); under "seconds" the time they took
-    as it measures them (the sums of the matching duration histograms)."""
+VAP_PLUGIN = "ValidatingAdmissionPolicy plugin, every CREATE"
+
+
+def admission_calls(client: Client, mode: str) -> dict[str, float]:
+    """The API server's own count of its admission calls for CREATE, from its metrics: to each
+    webhook by `<name> <HTTP code> allowed|rejected` (apiserver_admission_webhook_request_total),
+    with under "seconds" the time they took as it measures them (the sum of
+    apiserver_admission_webhook_admission_duration_seconds). In `vap` mode, the policy's
+    refusals (apiserver_validating_admission_policy_check_total: the API server counts a
+    policy's checks only when it refuses or fails, never an admission), and the
+    ValidatingAdmissionPolicy admission plugin's own calls and time
+    (apiserver_admission_controller_admission_duration_seconds: every CREATE of the window, the
+    pods and whatever kube-controller-manager created meanwhile)."""
     out: dict[str, float] = {}
     for line in client.request("GET", "/metrics").raw.decode().splitlines():
-        if line.startswith("#"):
+        if not line.startswith(("apiserver_admission_", "apiserver_validating_admission_")):
             continue
         labels, _, value = line.rpartition(" ")
         labels_of = dict(re.findall(r'(\w+)="([^"]*)"', labels))
+        if labels_of.get("operation", "CREATE") != "CREATE":
+            continue
+        metric = labels.partition("{")[0]
         key = None
-        if labels.startswith("apiserver_admission_webhook_request_total{"):
-            if labels_of.get("operation") == "CREATE":
-                answer = "rejected" if labels_of.get("rejected") == "true" else "allowed"
-                key = f"{labels_of.get('name')} {labels_of.get('code')} {answer}"
-        elif labels.startswith("apiserver_admission_webhook_admission_duration_seconds_sum{"):
-            if labels_of.get("operation") == "CREATE":
-                key = "seconds"
-        elif labels.startswith("apiserver_validating_admission_policy_check_total{"):
-            key = (f"vap {labels_of.get('policy')} {labels_of.get('enforcement_action')} "
-                   f"{labels_of.get('error_type')}")
-        elif labels.startswith(
-                "apiserver_validating_admission_policy_check_duration_seconds_sum{"):
+        if metric == "apiserver_admission_webhook_request_total":
+            answer = "rejected" if labels_of.get("rejected") == "true" else "allowed"
+            key = f"{labels_of.get('name')} {labels_of.get('code')} {answer}"
+        elif metric == "apiserver_admission_webhook_admission_duration_seconds_sum":
             key = "seconds"
+        elif mode == "vap" and metric == "apiserver_validating_admission_policy_check_total":
+            key = (f"{labels_of.get('policy')} {labels_of.get('enforcement_action')} "
+                   f"{labels_of.get('error_type')}")
+        elif mode == "vap" and labels_of.get("name") == "ValidatingAdmissionPolicy" \
+                and labels_of.get("type") == "validate":
+            if metric == "apiserver_admission_controller_admission_duration_seconds_count":
+                key = VAP_PLUGIN
+            elif metric == "apiserver_admission_controller_admission_duration_seconds_sum":
+                key = "seconds"
         if key is not None:
             out[key] = out.get(key, 0) + float(value)
     return out
@@ -405,7 +416,7 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                 if args.warmup:
                     run_parallel(args.clients, args.warmup, create(f"{tag}-warm"), pool, rate)
                 window = LogWindow(suite.log_path)
-                calls = admission_calls(admin)
+                calls = admission_calls(admin, mode)
                 port = env["ports"].get(mode, 0)
                 closed = time_wait(port)
                 before = cpu.sample()
@@ -417,7 +428,7 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                 used = Cpu.cores(before, cpu.sample(), wall)
                 memory = cpu.rss()
                 closed = len(time_wait(port) - closed)
-                after = admission_calls(admin)
+                after = admission_calls(admin, mode)
                 calls = {k: after[k] - calls.get(k, 0) for k in after
                          if after[k] - calls.get(k, 0) > 0}
                 seconds = calls.pop("seconds", 0.0)
