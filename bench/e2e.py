@@ -164,9 +164,14 @@ class Cpu:
         return out
 
     def rss(self) -> dict[str, float]:
-        """Resident memory (MB) of each group, its processes summed."""
-        return {name: round(sum(rss_mb(pid) for pid in pids()), 1)
-                for name, pids in self.groups.items() if pids()}
+        """Resident memory (MB) of each group, its processes summed; and for the suite its
+        largest gunicorn worker alone (the target is per worker)."""
+        out = {name: round(sum(rss_mb(pid) for pid in pids()), 1)
+               for name, pids in self.groups.items() if pids()}
+        workers = self.groups["suite"]()[1:]
+        if workers:
+            out["suite worker"] = round(max(rss_mb(pid) for pid in workers), 1)
+        return out
 
     @staticmethod
     def cores(before: dict[str, float], after: dict[str, float], wall: float,
