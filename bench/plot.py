@@ -62,6 +62,8 @@ def plot_e2e(data: dict, png: str) -> None:
     """Pod create latency percentiles per mode, one panel per regime (closed loop, open loop);
     PipelineRun review times."""
     regimes, runs = data["pods"], data.get("pipelineruns")
+    if "modes" in regimes:  # a result file from before the regimes: one closed loop
+        regimes = {"closed": {**regimes, "regime": "closed"}}
     panels = len(regimes) + (1 if runs else 0)
     fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False)
     quantiles = ["p50_ms", "p90_ms", "p99_ms", "p99.9_ms"]
