@@ -1,5 +1,6 @@
 """Plot latency against concurrency, ours vs the Go reference, from a run.py result file; or,
-from a bench/e2e.py result file, pod create latency with and without the suite.
+from a bench/e2e.py result file, pod create latency in every mode (no policy, the suite, the Go
+reference, ValidatingAdmissionPolicy, Kyverno) and both regimes.
 
 Runs in bench/.venv (matplotlib is not a dependency of the project).
 """
@@ -50,32 +51,42 @@ def main(result_file: str, png: str) -> None:
     fig.savefig(png, dpi=110)
 
 
+E2E_MODES = (("none", "no policy", "tab:gray"),
+             ("suite", "suite", "tab:blue"),
+             ("goref", "Go reference", "tab:orange"),
+             ("vap", "ValidatingAdmissionPolicy", "tab:green"),
+             ("kyverno", "Kyverno", "tab:purple"))
+
+
 def plot_e2e(data: dict, png: str) -> None:
-    """Pod create latency percentiles, no webhook vs the suite (vs the Go reference);
+    """Pod create latency percentiles per mode, one panel per regime (closed loop, open loop);
     PipelineRun review times."""
-    pods, runs = data["pods"], data.get("pipelineruns")
-    fig, axes = plt.subplots(1, 2 if runs else 1, figsize=(9 if runs else 5, 4), squeeze=False)
-    ax = axes[0][0]
+    regimes, runs = data["pods"], data.get("pipelineruns")
+    if "modes" in regimes:  # a result file from before the regimes: one closed loop
+        regimes = {"closed": {**regimes, "regime": "closed"}}
+    panels = len(regimes) + (1 if runs else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(5.2 * panels, 4.4), squeeze=False)
     quantiles = ["p50_ms", "p90_ms", "p99_ms", "p99.9_ms"]
-    modes = [m for m in (("none", "no webhook", "tab:gray"),
-                         ("suite", "suite registered", "tab:blue"),
-                         ("goref", "Go reference registered", "tab:orange"))
-             if m[0] in pods["modes"]]
-    width = 0.8 / len(modes)
-    for offset, (mode, label, color) in enumerate(modes):
-        values = [pods["modes"][mode][q] for q in quantiles]
-        shift = (offset - (len(modes) - 1) / 2) * width
-        ax.bar([i + shift for i in range(len(quantiles))], values, width,
-               label=f"{label} ({pods['modes'][mode]['creates_per_s']:.0f}/s)", color=color)
-    ax.set_xticks(range(len(quantiles)), [q.removesuffix("_ms") for q in quantiles])
-    ax.set_ylabel("pod create latency (ms)")
-    ratios = ", ".join(f"{pair} ×{r['p99']:.2f}" for pair, r in pods["ratios"].items())
-    ax.set_title(f"{pods['clients']} concurrent pod creates through kube-apiserver\n"
-                 f"p99 {ratios}", fontsize=9)
-    ax.legend(fontsize=7)
-    ax.grid(True, axis="y", alpha=0.3)
+    for ax, pods in zip(axes[0], regimes.values(), strict=False):
+        modes = [m for m in E2E_MODES if m[0] in pods["modes"]]
+        width = 0.8 / len(modes)
+        for offset, (mode, label, color) in enumerate(modes):
+            values = [pods["modes"][mode][q] for q in quantiles]
+            shift = (offset - (len(modes) - 1) / 2) * width
+            ax.bar([i + shift for i in range(len(quantiles))], values, width,
+                   label=f"{label} ({pods['modes'][mode]['creates_per_s']:.0f}/s)", color=color)
+        ax.set_xticks(range(len(quantiles)), [q.removesuffix("_ms") for q in quantiles])
+        ax.set_ylabel("pod create latency (ms)")
+        ratios = ", ".join(f"{pair.split('/')[0]} ×{r['p99']:.2f}"
+                           for pair, r in pods["ratios"].items() if pair.endswith("/none"))
+        how = (f"paced at {pods['rate']:g}/s" if pods.get("rate")
+               else f"{pods['clients']} clients, closed loop")
+        ax.set_title(f"pod creates through kube-apiserver, {how}\np99 / none: {ratios}",
+                     fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(True, axis="y", alpha=0.3)
     if runs:
-        ax = axes[0][1]
+        ax = axes[0][-1]
         rows = [("admitted", "client"), ("admitted", "suite"), ("denied", "client"),
                 ("denied", "suite")]
         for i, (kind, where) in enumerate(rows):

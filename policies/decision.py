@@ -41,8 +41,14 @@ class Decision:
     """For a mutation: the object as it should be stored; None when nothing changes."""
 
 
+ADMITTED = Decision(allowed=True)
+"""Admitted with nothing to say: most reviews end here, so rules share this one (it is frozen)."""
+
+
 def allow(*, warnings: Iterable[str] = (), audit: Iterable[tuple[str, str]] = ()) -> Decision:
     """Admit the object."""
+    if not warnings and not audit:
+        return ADMITTED
     return Decision(allowed=True, warnings=tuple(warnings), audit=tuple(audit))
 
 
@@ -55,7 +61,7 @@ def decide(findings: Iterable[Finding], mode: Mode, *, patched: object | None = 
     """Turn a rule's findings into a decision: every finding in one message, or as warnings."""
     found = tuple(findings)
     if not found:
-        return Decision(allowed=True, patched=patched)
+        return ADMITTED if patched is None else Decision(allowed=True, patched=patched)
     reason = found[0].reason
     audit = (("reason", reason), ("findings", str(len(found))))
     if mode == "warn":
@@ -102,6 +108,8 @@ def escape(value: object, limit: int = 80) -> str:
 
 def combine(*decisions: Decision) -> Decision:
     """One decision from several rules on one object: the first denial wins, warnings add up."""
+    if all(d == ADMITTED and d.patched is None for d in decisions):
+        return ADMITTED
     denied = next((d for d in decisions if not d.allowed), None)
     warnings = tuple(w for d in decisions for w in d.warnings)
     if denied is not None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 import datetime
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from functools import lru_cache
 from typing import Any
 
 from policies.allowlist import AllowList
@@ -172,12 +171,7 @@ def _judge(container: PodImage, allowed: AllowList) -> Finding | None:
 def _parse_image(value: object) -> ImageReference:
     if not isinstance(value, str):
         raise ImageReferenceError("the image is missing or not a string")
-    return _parse_image_text(value)
-
-
-# Pods of one tool keep using the same few images, so parsing is cached. Only successful parses
-# are kept, and parse_image refuses long input first, so the cache's memory stays bounded.
-_parse_image_text = lru_cache(maxsize=4096)(parse_image)
+    return parse_image(value)  # cached in policies.images
 
 
 def _describe(container: PodImage) -> str:

@@ -1,24 +1,25 @@
 """JSON Patches from an object and its mutated copy.
 
 `jsonpatch.make_patch` compares the two whole documents and, for lists, searches for the best
-alignment; on a Tekton pod that costs more than the mutation itself (bench/HISTORY.md, entry 6).
-A mutation changes a few branches, so the diff descends only where the two differ (`==` on equal
-subtrees is cheap), through mappings and through lists that kept their length. A list whose
-length changed is aligned item by item (difflib on each item's canonical JSON): what was removed
-or added is patched as such, and an item changed in place is descended into like any other
-branch.
+alignment; on a 45 KB Tekton pod that costs more than the mutation itself (bench/HISTORY.md,
+entries 6 and 13). A mutation changes a few branches, so the diff descends only where the two
+differ (identity or `==` on equal subtrees is cheap), through mappings and through lists that kept
+their length. A list whose length changed is compared between its common head and tail only, and
+that middle is aligned in one pass over each item's canonical JSON: what was removed or added is
+patched as such, and an item changed in place is descended into like any other branch.
 """
 
 from __future__ import annotations
 
-import difflib
+from collections import Counter
 from typing import Any
 
 import orjson
 
 ALIGNED_PAIRS_LIMIT = 1_000_000
-"""difflib's alignment is quadratic on lists that differ all along (bench/HISTORY.md, entry 6);
-lists with more item pairs than this are replaced whole instead."""
+"""A list whose differing middle has more item pairs than this is replaced whole: a removal and
+an addition for each of thousands of items would be a bigger patch than the list itself
+(bench/HISTORY.md, entry 6)."""
 
 
 def make_patch(old: Any, new: Any) -> list[dict[str, Any]]:
@@ -27,31 +28,57 @@ def make_patch(old: Any, new: Any) -> list[dict[str, Any]]:
 
 
 def _diff(old: Any, new: Any, path: str) -> list[dict[str, Any]]:
-    if _same(old, new):
+    if _same_item(old, new):
         return []
+    return _changes(old, new, path)
+
+
+def _changes(old: Any, new: Any, path: str) -> list[dict[str, Any]]:
+    """_diff of two values known to differ. Children are compared before their paths are
+    built: most of a mutated pod is the original's own objects, unchanged."""
     if isinstance(old, dict) and isinstance(new, dict):
         operations: list[dict[str, Any]] = []
         for key in old.keys() - new.keys():
             operations.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
         for key, value in new.items():
-            child = f"{path}/{_escape(key)}"
             if key not in old:
-                operations.append({"op": "add", "path": child, "value": value})
-            else:
-                operations.extend(_diff(old[key], value, child))
+                operations.append({"op": "add", "path": f"{path}/{_escape(key)}",
+                                   "value": value})
+            elif not _same_item(previous := old[key], value):
+                operations.extend(_changes(previous, value, f"{path}/{_escape(key)}"))
         return operations
     if isinstance(old, list) and isinstance(new, list):
         if len(old) == len(new):
             return [op for index, (a, b) in enumerate(zip(old, new, strict=True))
-                    for op in _diff(a, b, f"{path}/{index}")]
-        removed = _removed(old, new)
+                    if not _same_item(a, b) for op in _changes(a, b, f"{path}/{index}")]
+        # Only what lies between the common head and tail is compared: a mutation appends a
+        # volume or drops a few mounts, and the items it keeps are the original's own objects.
+        start, old_end, new_end = _common_ends(old, new)
+        if start == old_end:
+            return [{"op": "add", "path": f"{path}/{index}", "value": new[index]}
+                    for index in range(start, new_end)]
+        removed = _removed(old[start:old_end], new[start:new_end])
         if removed is not None:
             # Removed from the end first, so that each index still names its item.
-            return [{"op": "remove", "path": f"{path}/{index}"} for index in reversed(removed)]
-        return _aligned(old, new, path)
+            return [{"op": "remove", "path": f"{path}/{start + index}"}
+                    for index in reversed(removed)]
+        return _aligned(old, new, path, (start, old_end, new_end))
     if not path:
         raise ValueError("cannot patch a document into a different type")
     return [{"op": "replace", "path": path, "value": new}]
+
+
+def _common_ends(old: list[Any], new: list[Any]) -> tuple[int, int, int]:
+    """(start, old_end, new_end): old[:start] == new[:start] and the items after old_end and
+    after new_end are equal too, each side as long as it goes."""
+    limit = min(len(old), len(new))
+    start = 0
+    while start < limit and _same_item(old[start], new[start]):
+        start += 1
+    tail = 0
+    while tail < limit - start and _same_item(old[-1 - tail], new[-1 - tail]):
+        tail += 1
+    return start, len(old) - tail, len(new) - tail
 
 
 def _removed(old: list[Any], new: list[Any]) -> list[int] | None:
@@ -63,31 +90,53 @@ def _removed(old: list[Any], new: list[Any]) -> list[int] | None:
     removed: list[int] = []
     kept = 0
     for index, item in enumerate(old):
-        if kept < len(new) and (item is new[kept] or _same(item, new[kept])):
+        if kept < len(new) and _same_item(item, new[kept]):
             kept += 1
         else:
             removed.append(index)
     return removed if kept == len(new) else None
 
 
-def _aligned(old: list[Any], new: list[Any], path: str) -> list[dict[str, Any]]:
-    """Removals, additions and in-place changes that turn one list into the other."""
-    if len(old) * len(new) > ALIGNED_PAIRS_LIMIT:
+def _aligned(old: list[Any], new: list[Any], path: str,
+             span: tuple[int, int, int]) -> list[dict[str, Any]]:
+    """Removals, additions and in-place changes that turn old[start:old_end] into
+    new[start:new_end], span being (start, old_end, new_end): the items around are equal.
+
+    One pass from the front, in linear time: an item that comes later on the other side is
+    waited for (what stands before it was added, or removed), and two items that occur nowhere
+    on the other side are the same item changed in place. The operations apply in order: when
+    new[j] is due, new[:j] is in place and old[i] stands at index j.
+    """
+    start, old_end, new_end = span
+    if (old_end - start) * (new_end - start) > ALIGNED_PAIRS_LIMIT:
         return [{"op": "replace", "path": path, "value": new}]
-    matcher = difflib.SequenceMatcher(None, [_canonical(item) for item in old],
-                                      [_canonical(item) for item in new])
+    a = [_canonical(item) for item in old[start:old_end]]
+    b = [_canonical(item) for item in new[start:new_end]]
+    left_in_old, left_in_new = Counter(a), Counter(b)
     operations: list[dict[str, Any]] = []
-    # From the end of the list backwards, so that each index names the item it meant.
-    for tag, i1, i2, j1, j2 in reversed(matcher.get_opcodes()):
-        if tag == "equal":
-            continue
-        paired = min(i2 - i1, j2 - j1)  # a "replace" changes that many items in place
-        operations += [{"op": "remove", "path": f"{path}/{index}"}
-                       for index in reversed(range(i1 + paired, i2))]
-        operations += [{"op": "add", "path": f"{path}/{i1 + offset}", "value": new[j1 + offset]}
-                       for offset in range(paired, j2 - j1)]
-        for offset in range(paired):
-            operations += _diff(old[i1 + offset], new[j1 + offset], f"{path}/{i1 + offset}")
+    i = j = 0
+    while i < len(a) and j < len(b):
+        index = f"{path}/{start + j}"
+        if a[i] == b[j]:
+            left_in_old[a[i]] -= 1
+            left_in_new[b[j]] -= 1
+            i, j = i + 1, j + 1
+        elif left_in_old[b[j]] == 0 and left_in_new[a[i]] > 0:
+            operations.append({"op": "add", "path": index, "value": new[start + j]})
+            left_in_new[b[j]] -= 1
+            j += 1
+        elif left_in_new[a[i]] == 0 and left_in_old[b[j]] == 0:
+            operations += _changes(old[start + i], new[start + j], index)
+            left_in_old[a[i]] -= 1
+            left_in_new[b[j]] -= 1
+            i, j = i + 1, j + 1
+        else:  # old[i] is gone, or comes later (a move: removed here, added there)
+            operations.append({"op": "remove", "path": index})
+            left_in_old[a[i]] -= 1
+            i += 1
+    operations += [{"op": "remove", "path": f"{path}/{start + j}"} for _ in range(i, len(a))]
+    operations += [{"op": "add", "path": f"{path}/{start + k}", "value": new[start + k]}
+                   for k in range(j, len(b))]
     return operations
 
 
@@ -99,6 +148,10 @@ def _canonical(item: Any) -> bytes:
         # Nested deeper than orjson writes (255 levels; it reads 1024). The mutation shares the
         # items it keeps with the original, so the object itself still pairs them.
         return b"id:%d" % id(item)
+
+
+def _same_item(old: Any, new: Any) -> bool:
+    return old is new or _same(old, new)
 
 
 def _same(old: Any, new: Any) -> bool:

@@ -8,6 +8,7 @@ that each rule reads defensively.
 from __future__ import annotations
 
 import base64
+import functools
 from dataclasses import dataclass, field
 from typing import Any, Literal, NotRequired, TypedDict, cast
 
@@ -152,10 +153,16 @@ def _gvk(value: object, path: str, *, required: bool = False) -> GroupVersionKin
         return None
     if not isinstance(value, dict):
         raise BadReviewError(f"{path} must be an object")
-    parts = [value.get(k, "") for k in ("group", "version", "kind")]
-    if not all(isinstance(p, str) for p in parts) or not parts[2]:
+    group, version, kind = value.get("group", ""), value.get("version", ""), value.get("kind", "")
+    if not (isinstance(group, str) and isinstance(version, str) and isinstance(kind, str)
+            and kind):
         raise BadReviewError(f"{path} must have string group, version and kind")
-    return GroupVersionKind(*parts)
+    return _group_version_kind(group, version, kind)
+
+
+# Every review carries its kind twice (kind, requestKind), from the few kinds the webhook
+# configurations route here: the same frozen objects serve them all.
+_group_version_kind = functools.lru_cache(maxsize=256)(GroupVersionKind)
 
 
 def _user(value: object) -> User:

@@ -90,9 +90,19 @@ def test_invalid_references_are_refused_with_a_reason(text: str, why: str) -> No
         parse_image(text)
 
 
-def test_a_non_string_is_refused() -> None:
+@pytest.mark.parametrize("value", [None, {"image": "nginx"}, ["nginx"], 7])
+def test_a_non_string_is_refused(value: object) -> None:
+    # An unhashable value too: it must be refused before the parse cache sees it.
     with pytest.raises(ImageReferenceError):
-        parse_image(None)  # type: ignore[arg-type]
+        parse_image(value)  # type: ignore[arg-type]
+
+
+def test_parses_are_cached_and_refusals_are_not() -> None:
+    # Rules share one parse cache; a refusal is raised every time, with its reason.
+    assert parse_image("Harbor.Example/tool-a/web:1") is parse_image("Harbor.Example/tool-a/web:1")
+    for _ in range(2):
+        with pytest.raises(ImageReferenceError, match="lower case"):
+            parse_image("harbor.example/Tool-a/web:1")
 
 
 @pytest.mark.parametrize(("text", "canonical"), [

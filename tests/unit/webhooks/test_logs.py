@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import io
 import json
 import logging
@@ -50,3 +51,15 @@ def test_a_record_is_one_json_line_with_its_fields(configured: None) -> None:
     assert json.loads(line) == {"time": json.loads(line)["time"], "level": "warning",
                                 "logger": "webhooks", "message": "policy refused\nforged",
                                 "path": "/etc/policy.yaml"}
+
+
+@pytest.mark.parametrize("created", [0.0, 1_700_000_000.0, 1_700_000_000.0004, 1_700_000_000.999,
+                                     1_700_000_001.5, 1_699_999_999.0125])
+def test_the_time_is_utc_iso_8601_to_the_millisecond(created: float) -> None:
+    formatter = logs.JsonFormatter()
+    for moment in (created, created + 1, created):  # the cached second changes and comes back
+        record = logging.LogRecord("webhooks", logging.INFO, "", 0, "review", None, None)
+        record.created = moment
+        expected = datetime.datetime.fromtimestamp(moment, datetime.UTC).isoformat(
+            timespec="milliseconds")
+        assert json.loads(formatter.format(record))["time"] == expected

@@ -68,6 +68,30 @@ def test_a_list_that_only_lost_items_is_patched_with_removals(old: list[Any],
     assert jsonpatch.apply_patch({"l": old}, patch) == {"l": new}
 
 
+def test_a_renamed_item_among_removed_ones_is_changed_in_place() -> None:
+    # The stripped build step's volumeMounts: two credential mounts go, the HOME mount is renamed.
+    mounts = [{"name": n, "mountPath": f"/{n}"} for n in ("a", "creds", "b", "home", "c", "dkr")]
+    new_mounts = [mounts[0], mounts[2], {"name": "private-home", "mountPath": "/home"}, mounts[4]]
+    patch = make_patch({"m": mounts}, {"m": new_mounts})
+    assert patch == [{"op": "remove", "path": "/m/1"},
+                     {"op": "replace", "path": "/m/2/name", "value": "private-home"},
+                     {"op": "remove", "path": "/m/4"}]
+    assert jsonpatch.apply_patch({"m": mounts}, patch) == {"m": new_mounts}
+
+
+def test_items_added_to_the_end_are_additions_only() -> None:
+    volumes = [{"name": f"v{i}"} for i in range(30)]
+    patch = make_patch({"v": volumes}, {"v": [*volumes, {"name": "x"}, {"name": "y"}]})
+    assert patch == [{"op": "add", "path": "/v/30", "value": {"name": "x"}},
+                     {"op": "add", "path": "/v/31", "value": {"name": "y"}}]
+
+
+@given(old=st.lists(st.integers(0, 6), max_size=10), new=st.lists(st.integers(0, 6), max_size=10))
+@settings(max_examples=300, deadline=None)
+def test_lists_with_repeated_and_moved_items_round_trip(old: list[int], new: list[int]) -> None:
+    assert jsonpatch.apply_patch({"l": old}, make_patch({"l": old}, {"l": new})) == {"l": new}
+
+
 def test_thousands_of_removals_take_linear_time() -> None:
     old = {"args": [f"-basic-docker=s{i}=h" for i in range(40_000)] + ["--", "run"]}
     started = time.process_time()
