@@ -29,7 +29,8 @@ def free_port() -> int:
 
 
 def start_dev_server(*args: str, log: Path | None = None, timeout: float = 20) -> DevServer:
-    """Start `serve --dev` on a free loopback port with `args`; return once /readyz is 200.
+    """Start `serve --dev` on a free loopback port with `args`; return once /readyz is 200 (on
+    the `--status-bind` port when there is one).
 
     Without `log`, the server's log shares stdout with the CA line: for servers that log little.
     """
@@ -50,7 +51,9 @@ def start_dev_server(*args: str, log: Path | None = None, timeout: float = 20) -
     assert ca_file, "serve --dev did not print its CA"
     context = ssl.create_default_context(cafile=ca_file)
     deadline = time.monotonic() + timeout
-    while not _ready(port, context):
+    status = next((int(arg.rpartition(":")[2]) for arg in args
+                   if arg.startswith("--status-bind=")), port)
+    while not _ready(status, context):
         assert time.monotonic() < deadline, f"serve --dev was not ready in {timeout:g} s"
         time.sleep(0.1)
     return DevServer(process, port, ca_file)
