@@ -574,12 +574,14 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
     # -- waking up ------------------------------------------------------------------------------
 
     def _woken(self, _fileobj: object) -> None:
-        self.wake_pending = False  # before draining: a hand-back after this wakes again
-        try:
+        # Drain first, then clear: a thread that finds the flag set after this has its
+        # connection in the queue before `_take_back` reads it; one that finds it clear writes
+        # a byte that wakes the loop again. (Clearing first would let the drain swallow a byte
+        # written after the clear, leaving the flag set with nothing in the pipe.)
+        with contextlib.suppress(BlockingIOError):
             while os.read(self.wake_read, 4096):
                 pass
-        except BlockingIOError:
-            pass
+        self.wake_pending = False
 
     def _wake(self) -> None:
         if not self.wake_pending:
