@@ -57,7 +57,7 @@ import ssl
 import sys
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -544,17 +544,24 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
                 self._time_out(connection, TIMED_OUT[phase])
 
     def _time_out(self, connection: Connection, reason: str) -> None:
-        if connection.phase in (HEAD, BODY):
-            # The client is sending a request: tell it why it is closed, if it still reads.
-            self.metrics.connection_closed(reason)
-            self.buffered -= connection.reserved
-            connection.reserved = 0
-            _send_quietly(connection.sock, http1.refusal(
+        if connection.phase == LINGER:
+            self._close(connection, "")
+            return
+        if not self.alive and reason != "evicted":
+            reason = "stopped"
+        if connection.phase not in (HEAD, BODY):
+            self._close(connection, reason)
+            return
+        # The client is sending a request: tell it why it is closed, if it still reads.
+        self.metrics.connection_closed(reason)
+        self.buffered -= connection.reserved
+        connection.reserved = 0
+        answer = http1.refusal(503, "the server is stopping", date=self.date.now()) \
+            if reason == "stopped" else http1.refusal(
                 408, f"the request was not received in time ({reason.replace('_', ' ')})",
-                date=self.date.now()))
-            self._linger(connection)
-        else:
-            self._close(connection, "" if connection.phase == LINGER else reason)
+                date=self.date.now())
+        _send_quietly(connection.sock, answer)
+        self._linger(connection)
 
     def _close(self, connection: Connection, reason: str) -> None:
         if reason:
@@ -681,6 +688,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         for connections in self.timed.values():
             for connection in connections:
                 connection.deadline = min(connection.deadline, self.stop_deadline)
+        open_at_stop = dict(Counter(PHASES[connection.phase] for connection in self.connections))
         closed_before = dict(self.metrics.closed_counts())
         # Leave a margin before the master's SIGKILL at the graceful timeout.
         limit = started + max(1.0, self.cfg.graceful_timeout - 2.0)
@@ -696,7 +704,8 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
                   for reason, count in self.metrics.closed_counts().items()
                   if count > closed_before.get(reason, 0)}
         logger.info("worker stopped", extra={"fields": {
-            "seconds": round(time.monotonic() - started, 3), "closed": closed,
+            "seconds": round(time.monotonic() - started, 3), "open_at_stop": open_at_stop,
+            "closed": closed,
             "abandoned_in_progress": min(abandoned, self.in_flight)}})
         self._housekeeping()
 
