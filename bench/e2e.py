@@ -177,10 +177,12 @@ def quantiles(ms: list[float]) -> dict[str, float]:
     return {f"p{q:g}_ms": round(percentile(ms, q), 2) for q in QUANTILES}
 
 
-def time_wait(port: int) -> int:
+def time_wait(port: int, *, by_server: bool = False) -> int:
     """TCP connections to or from `port` in TIME_WAIT (state 06): those closed in the last
     60 s. The API server keeps a limited number of idle connections per webhook host; beyond
-    that each review pays a new (mutual) TLS handshake, which this shows."""
+    that each review pays a new (mutual) TLS handshake, which this shows. With `by_server`,
+    only those the server closed (TIME_WAIT is on the side that closed first: here, its port
+    is the local one)."""
     total = 0
     for table in ("/proc/net/tcp", "/proc/net/tcp6"):
         try:
@@ -189,10 +191,58 @@ def time_wait(port: int) -> int:
             continue
         for line in lines:
             fields = line.split()
-            ports = {int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)}
-            if fields[3] == "06" and port in ports:
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            ports = {local, int(fields[2].rsplit(":", 1)[1], 16)}
+            if fields[3] == "06" and port in ports and (local == port or not by_server):
                 total += 1
     return total
+
+
+class OpenConnections:
+    """Samples (every 20 ms, in a thread) how many connections the server on `port` holds."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.samples: list[int] = []
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> OpenConnections:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        self.thread.join()
+
+    def _run(self) -> None:
+        local = f":{self.port:04X} "
+        while not self.stopping.wait(0.02):
+            count = 0
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                try:
+                    text = Path(table).read_text()
+                except OSError:
+                    continue
+                for line in text.splitlines()[1:]:
+                    fields = line.split()
+                    if fields[3] == "01" and (fields[1] + " ").endswith(local):
+                        count += 1
+            self.samples.append(count)
+
+    def summary(self) -> dict[str, float]:
+        samples = self.samples or [0]
+        return {"peak": max(samples), "mean": round(statistics.fmean(samples), 1)}
+
+
+def suite_closes(suite: Suite) -> Counter[str]:
+    """The connections the suite says it closed, by reason (its own metric)."""
+    closed: Counter[str] = Counter()
+    for line in suite.metrics().splitlines():
+        if line.startswith("toolforge_admission_connections_closed_total{"):
+            reason = re.search(r'reason="([^"]*)"', line)
+            closed[reason.group(1) if reason else "?"] += round(float(line.rsplit(" ", 1)[1]))
+    return closed
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -271,11 +321,16 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
                 window = LogWindow(suite.log_path)
                 calls = webhook_calls(admin)
                 closed = time_wait(ports[mode])
+                closed_by_server = time_wait(ports[mode], by_server=True)
+                closes = suite_closes(suite)
                 before = cpu.sample()
-                results, wall = run_parallel(args.clients, args.creates, create(tag), pool,
-                                             args.rate)
+                with OpenConnections(ports[mode]) as held:
+                    results, wall = run_parallel(args.clients, args.creates, create(tag), pool,
+                                                 args.rate)
                 used = Cpu.cores(before, cpu.sample(), wall)
                 closed = time_wait(ports[mode]) - closed
+                closed_by_server = time_wait(ports[mode], by_server=True) - closed_by_server
+                closes = suite_closes(suite) - closes
                 after = webhook_calls(admin)
                 calls = {k: after[k] - calls.get(k, 0) for k in after
                          if after[k] - calls.get(k, 0) > 0}
@@ -294,6 +349,9 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
                        "cpu_ms_per_create": {k: round(v / len(ok) * wall * 1000, 2)
                                              for k, v in used.items() if k != "other" and ok},
                        "suite_reviews": len(reviews), "webhook_connections_closed": closed,
+                       "webhook_connections_closed_by_server": closed_by_server,
+                       "suite_closed_by_reason": dict(closes),
+                       "webhook_connections_open": held.summary(),
                        "webhook_calls": answers,
                        "webhook_call_mean_ms": round(seconds / sum(answers.values()) * 1000, 2)
                        if answers else None,
@@ -306,7 +364,9 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any]) -> dict[str, Any]:
                       f"p99 {row['p99_ms']:7.2f} ms  errors {sum(errors.values())}  "
                       f"cores: {', '.join(f'{k} {v:.2f}' for k, v in used.items())}; "
                       f"webhook calls {answers} (mean {row['webhook_call_mean_ms']} ms), "
-                      f"connections closed {closed}", flush=True)
+                      f"connections closed {closed} ({closed_by_server} by the server; the "
+                      f"suite's count by reason {dict(closes)}), open {held.summary()}",
+                      flush=True)
                 delete_all(admin, path, "bench=e2e")
                 wait_empty(admin, path, "bench=e2e")
     finally:
@@ -332,6 +392,8 @@ def summarise_pods(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict
             "cpu_ms_per_create": {k: statistics.median(r["cpu_ms_per_create"][k] for r in mine)
                                   for k in mine[0]["cpu_ms_per_create"]} if mine else {},
             "webhook_connections_closed": sum(r["webhook_connections_closed"] for r in mine),
+            "webhook_connections_closed_by_server": sum(
+                r.get("webhook_connections_closed_by_server", 0) for r in mine),
             "webhook_calls": dict(calls),
             "webhook_call_mean_ms": statistics.median(means) if means else None,
         }
@@ -464,7 +526,8 @@ def markdown(data: dict[str, Any]) -> str:
                                                         m["cpu_ms_per_create"].items())
                           for mode, m in pods["modes"].items())
               + ". Connections to the webhook closed during the measured creates: "
-              + ", ".join(f"{mode} {m['webhook_connections_closed']}"
+              + ", ".join(f"{mode} {m['webhook_connections_closed']} "
+                          f"({m.get('webhook_connections_closed_by_server', 0)} by the server)"
                           for mode, m in pods["modes"].items() if mode != "none") + "."]
     lines.append("")
     for pair, r in pods["ratios"].items():
