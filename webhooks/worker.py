@@ -426,7 +426,8 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             if not self._reserve(connection, head.content_length):
                 return True
             self._enter(connection, BODY, self.limits.body_seconds)
-            if head.expect_continue and len(buffer) < connection.body_start + 1:
+            if head.expect_continue and head.content_length and \
+                    len(buffer) == connection.body_start:
                 _send_quietly(connection.sock, http1.CONTINUE)
         head = connection.head
         end = connection.body_start + head.content_length

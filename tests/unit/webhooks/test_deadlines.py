@@ -13,6 +13,9 @@ import json
 import signal
 import socket
 import ssl
+import subprocess
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +23,7 @@ import pytest
 
 from tests.conftest import EXAMPLE_POLICY, make_review
 from tests.slow_clients import SLOW_BODY, SLOW_HEADER
-from tests.unit.webhooks.dev_server import DevServer, start_dev_server
+from tests.unit.webhooks.dev_server import DevServer, free_port, start_dev_server
 from tests.unit.webhooks.test_slow_clients import metric, scrape
 
 WAIT = 30.0
@@ -219,3 +222,72 @@ def test_stalled_clients_do_not_hold_up_a_stop(tmp_path: Path) -> None:
     assert stopped[0]["abandoned_in_progress"] == 0
     assert "SIGKILL" not in log
     assert "Worker exiting" in log
+
+
+SERVE_WITH_A_SMALL_BUDGET = """
+import dataclasses, os, sys, tempfile
+from pathlib import Path
+os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp()
+from webhooks.cli import _dev_certificate
+from webhooks.server import ServerOptions, WebhookServer
+from webhooks.worker import Limits
+bind = sys.argv[1]
+certs = _dev_certificate(bind)
+print(f"CA certificate: {certs / 'ca.crt'}", flush=True)
+WebhookServer(ServerOptions(
+    bind=bind, cert_file=certs / "tls.crt", key_file=certs / "tls.key",
+    policy_file=Path(sys.argv[2]), workers=1, cluster=False, state_dir=Path(tempfile.mkdtemp()),
+    limits=Limits(buffered_bytes=100_000))).run()
+"""
+
+
+def test_bodies_being_read_share_a_budget_and_the_slowest_makes_room(tmp_path: Path) -> None:
+    port = free_port()
+    with (tmp_path / "server.log").open("w") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-c", SERVE_WITH_A_SMALL_BUDGET, f"127.0.0.1:{port}",
+             str(EXAMPLE_POLICY)], stdout=subprocess.PIPE, stderr=log, text=True)
+    try:
+        assert process.stdout is not None
+        ca_file = next(line.split(": ", 1)[1].strip() for line in process.stdout
+                       if line.startswith("CA certificate: "))
+        server = DevServer(process, port, ca_file)
+        wait_for_readiness(server)
+        idle = tls(server)
+        first = tls(server)
+        first.sendall(b"POST /validate/policy HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n"
+                      b"Content-Type: application/json\r\n\r\n{")
+        assert answered(idle)  # the first body is under way (the server has read its head)
+        second = tls(server)
+        second.sendall(b"POST /validate/policy HTTP/1.1\r\nHost: x\r\nContent-Length: 60000\r\n"
+                       b"Content-Type: application/json\r\n\r\n{")
+        # 2 x 60,000 bytes do not fit in 100,000: the body under way longest is closed.
+        answer = read_until_closed(first)
+        assert answer.startswith(b"HTTP/1.1 408 Request Timeout\r\n"), answer
+        assert b"(evicted)" in answer
+        # The second goes on: its body is read and answered (a 400: it is not a review).
+        second.sendall(b" " * 59_999)
+        assert read_status(second) == 400
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=30)
+
+
+def wait_for_readiness(server: DevServer) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            sock = tls(server)
+        except OSError:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+            continue
+        sock.close()
+        return
+
+
+def read_status(sock: ssl.SSLSocket) -> int:
+    response = http.client.HTTPResponse(sock)  # type: ignore[arg-type]
+    response.begin()
+    response.read()
+    return response.status
