@@ -194,6 +194,8 @@ def test_a_full_worker_closes_the_connection_idle_longest(server: DevServer) -> 
 def test_stalled_clients_do_not_hold_up_a_stop(tmp_path: Path) -> None:
     dev = start_dev_server("--workers=1", log=tmp_path / "server.log")
     try:
+        # First, so that it is accepted before the TLS ones finish their handshakes.
+        silent = socket.create_connection(("127.0.0.1", dev.port))
         idle = tls(dev)
         assert answered(idle)
         stalled = [tls(dev) for _ in range(4)]
@@ -201,7 +203,12 @@ def test_stalled_clients_do_not_hold_up_a_stop(tmp_path: Path) -> None:
             sock.sendall(SLOW_BODY)
         for sock in stalled[2:]:
             sock.sendall(SLOW_HEADER)
-        silent = socket.create_connection(("127.0.0.1", dev.port))
+        # The server holds all six (the gauge is sampled every second, after what came was read).
+        context = ssl.create_default_context(cafile=dev.ca_file)
+        deadline = time.monotonic() + WAIT
+        while metric(scrape(dev.port, context), "toolforge_admission_open_connections") < 6:
+            assert time.monotonic() < deadline, "the server does not hold the connections"
+            time.sleep(0.2)
         dev.process.send_signal(signal.SIGTERM)
         # Within gunicorn's graceful timeout (25 s): the worker closes them after 2 s.
         dev.process.wait(timeout=25)
