@@ -192,7 +192,9 @@ def test_a_full_worker_closes_the_connection_idle_longest(server: DevServer) -> 
 
 
 def test_stalled_clients_do_not_hold_up_a_stop(tmp_path: Path) -> None:
-    dev = start_dev_server("--workers=1", log=tmp_path / "server.log")
+    # Deadlines far off: only the stop closes these connections.
+    dev = start_dev_server("--workers=1", "--header-timeout=60", "--body-timeout=60",
+                           log=tmp_path / "server.log")
     try:
         # First, so that it is accepted before the TLS ones finish their handshakes.
         silent = socket.create_connection(("127.0.0.1", dev.port))
