@@ -1,6 +1,6 @@
 """The worker's deadlines and bounds, against the real server (webhooks.worker).
 
-One worker with short deadlines (1 s for the headers, 1 s for the body), so that each test can
+One worker with short deadlines (2 s for the headers, 2 s for the body), so that each test can
 wait for a deadline to pass. The tests wait on what the server does (a 408, a close, a metric),
 not on time: each deadline has a partner that must not be affected by it (an idle connection
 outlives a slow one that was opened with it).
@@ -27,7 +27,7 @@ from tests.unit.webhooks.dev_server import DevServer, free_port, start_dev_serve
 from tests.unit.webhooks.test_slow_clients import metric, scrape
 
 WAIT = 30.0
-"""Seconds any one condition may take to become true (it takes about a second)."""
+"""Seconds any one condition may take to become true (it takes about two)."""
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +35,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServer]:
     directory = tmp_path_factory.mktemp("deadlines")
     policy = directory / "policy.yaml"
     policy.write_bytes(EXAMPLE_POLICY.read_bytes())
-    dev = start_dev_server("--workers=1", "--threads=2", "--header-timeout=1",
-                           "--body-timeout=1", "--max-connections=16", f"--policy={policy}",
+    dev = start_dev_server("--workers=1", "--threads=2", "--header-timeout=2",
+                           "--body-timeout=2", "--max-connections=16", f"--policy={policy}",
                            log=directory / "server.log")
     yield dev
     dev.process.send_signal(signal.SIGTERM)
