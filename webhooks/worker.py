@@ -228,15 +228,15 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         self.metrics.worker_started(len(self.threads))
         housekeeping = 0.0
         while self.alive:
-            self.notify()
             self._turn()
             now = time.monotonic()
-            if now >= housekeeping:
+            if now >= housekeeping:  # once a second, not once per event: each is a syscall
+                self.notify()  # the heartbeat the master watches (it allows 15 s)
                 self._housekeeping()
                 housekeeping = now + 1.0
-            if self.ppid != os.getppid():
-                logger.info("the gunicorn master is gone: stopping")
-                break
+                if self.ppid != os.getppid():
+                    logger.info("the gunicorn master is gone: stopping")
+                    break
         self._stop()
 
     def _turn(self) -> None:
