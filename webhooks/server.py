@@ -17,6 +17,7 @@ from __future__ import annotations
 import gc
 import os
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -125,19 +126,30 @@ def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
 
 def _serving_certificate(options: ServerOptions) -> Callable[[], Any]:
     # One ServingCertificate per worker process, created after the fork: the check interval and
-    # the last good context are per process, like the connections they serve.
+    # the last good context are per process, like the connections they serve. A worker with no
+    # usable pair tries again at most once a second (and logs why each time), not once per
+    # connection.
     cache: dict[int, Any] = {}
+    refused: dict[int, tuple[float, ssl.SSLError]] = {}
 
     def get() -> Any:
         pid = os.getpid()
         if pid not in cache:
             from webhooks.tls import ServingCertificate
 
+            if pid in refused and time.monotonic() - refused[pid][0] < 1.0:
+                raise refused[pid][1]
             cache.clear()
-            cache[pid] = ServingCertificate(
-                options.cert_file, options.key_file,
-                client_ca_file=str(options.client_ca_file) if options.client_ca_file else None,
-                last_good=options.state_dir / "last-good-certificate.pem")
+            refused.clear()
+            try:
+                cache[pid] = ServingCertificate(
+                    options.cert_file, options.key_file,
+                    client_ca_file=str(options.client_ca_file) if options.client_ca_file
+                    else None,
+                    last_good=options.state_dir / "last-good-certificate.pem")
+            except ssl.SSLError as error:
+                refused[pid] = (time.monotonic(), error)
+                raise
         return cache[pid]
 
     return get

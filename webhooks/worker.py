@@ -290,6 +290,11 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             try:
                 tls = self.served.tls_context().wrap_socket(
                     client, server_side=True, do_handshake_on_connect=False)
+            except ssl.SSLError as error:  # no usable certificate: the log said why
+                logger.error("cannot set up TLS for a connection: %s", error)
+                self.metrics.connection_closed("error")
+                client.close()
+                continue
             except Exception:
                 logger.exception("cannot set up TLS for a connection")
                 self.metrics.connection_closed("error")
