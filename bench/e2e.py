@@ -199,11 +199,15 @@ def time_wait(port: int, *, by_server: bool = False) -> int:
 
 
 class OpenConnections:
-    """Samples (every 20 ms, in a thread) how many connections the server on `port` holds."""
+    """Samples (every 20 ms, in a thread) how many connections the server on `port` holds, and
+    how many distinct ones it held over the run."""
 
     def __init__(self, port: int) -> None:
         self.port = port
         self.samples: list[int] = []
+        self.peers: set[str] = set()
+        self.first: set[str] | None = None
+        self.last: set[str] = set()
         self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
@@ -219,6 +223,7 @@ class OpenConnections:
         local = f":{self.port:04X} "
         while not self.stopping.wait(0.02):
             count = 0
+            now: set[str] = set()
             for table in ("/proc/net/tcp", "/proc/net/tcp6"):
                 try:
                     text = Path(table).read_text()
@@ -228,11 +233,20 @@ class OpenConnections:
                     fields = line.split()
                     if fields[3] == "01" and (fields[1] + " ").endswith(local):
                         count += 1
+                        now.add(fields[2])
             self.samples.append(count)
+            self.peers |= now
+            self.last = now
+            if self.first is None:
+                self.first = now
 
     def summary(self) -> dict[str, float]:
         samples = self.samples or [0]
-        return {"peak": max(samples), "mean": round(statistics.fmean(samples), 1)}
+        # Connections opened and closed meanwhile, by the client ends seen: whichever side
+        # closed, and however (a close that resets leaves no TIME_WAIT to count).
+        return {"peak": max(samples), "mean": round(statistics.fmean(samples), 1),
+                "opened": len(self.peers - (self.first or set())),
+                "closed": len(self.peers - self.last)}
 
 
 def suite_closes(suite: Suite) -> Counter[str]:
@@ -394,6 +408,8 @@ def summarise_pods(rows: list[dict[str, Any]], args: argparse.Namespace) -> dict
             "webhook_connections_closed": sum(r["webhook_connections_closed"] for r in mine),
             "webhook_connections_closed_by_server": sum(
                 r.get("webhook_connections_closed_by_server", 0) for r in mine),
+            "webhook_connections_replaced": sum(
+                r.get("webhook_connections_open", {}).get("closed", 0) for r in mine),
             "webhook_calls": dict(calls),
             "webhook_call_mean_ms": statistics.median(means) if means else None,
         }
@@ -525,9 +541,14 @@ def markdown(data: dict[str, Any]) -> str:
               + "; ".join(f"{MODES[mode]}: " + ", ".join(f"{k} {v:.2f}" for k, v in
                                                         m["cpu_ms_per_create"].items())
                           for mode, m in pods["modes"].items())
-              + ". Connections to the webhook closed during the measured creates: "
+              + ". Connections to the webhook closed during the measured creates, as seen "
+              "from the connections it held: "
+              + ", ".join(f"{mode} {m.get('webhook_connections_replaced', 0)}"
+                          for mode, m in pods["modes"].items() if mode != "none")
+              + "; as TIME_WAIT sockets (a close that resets leaves none): "
               + ", ".join(f"{mode} {m['webhook_connections_closed']} "
-                          f"({m.get('webhook_connections_closed_by_server', 0)} by the server)"
+                          f"({m.get('webhook_connections_closed_by_server', 0)} on the server's "
+                          "side)"
                           for mode, m in pods["modes"].items() if mode != "none") + "."]
     lines.append("")
     for pair, r in pods["ratios"].items():
