@@ -223,11 +223,13 @@ def quantiles(ms: list[float]) -> dict[str, float]:
     return {f"p{q:g}_ms": round(percentile(ms, q), 2) for q in QUANTILES}
 
 
-def time_wait(port: int) -> set[tuple[str, str]]:
+def time_wait(port: int, *, by_server: bool = False) -> set[tuple[str, str]]:
     """TCP connections to or from `port` in TIME_WAIT (state 06), by their two addresses: those
     closed in the last 60 s. The API server keeps a limited number of idle connections per
     webhook host; beyond that each review pays a new (mutual) TLS handshake. The connections
-    closed during a window are those in TIME_WAIT at its end that were not at its start."""
+    closed during a window are those in TIME_WAIT at its end that were not at its start. With
+    `by_server`, only those the server closed (TIME_WAIT is on the side that closed first: here,
+    its port is the local one)."""
     found: set[tuple[str, str]] = set()
     if not port:
         return found
@@ -238,10 +240,74 @@ def time_wait(port: int) -> set[tuple[str, str]]:
             continue
         for line in lines:
             fields = line.split()
-            ports = {int(fields[1].rsplit(":", 1)[1], 16), int(fields[2].rsplit(":", 1)[1], 16)}
-            if fields[3] == "06" and port in ports:
+            local = int(fields[1].rsplit(":", 1)[1], 16)
+            ports = {local, int(fields[2].rsplit(":", 1)[1], 16)}
+            if fields[3] == "06" and port in ports and (local == port or not by_server):
                 found.add((fields[1], fields[2]))
     return found
+
+
+class OpenConnections:
+    """Samples (every 20 ms, in a thread) how many connections the server on `port` holds, and
+    how many distinct ones it held over the run."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.samples: list[int] = []
+        self.peers: set[str] = set()
+        self.first: set[str] | None = None
+        self.last: set[str] = set()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> OpenConnections:
+        if self.port:
+            self.thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stopping.set()
+        if self.thread.is_alive():
+            self.thread.join()
+
+    def _run(self) -> None:
+        local = f":{self.port:04X} "
+        while not self.stopping.wait(0.02):
+            count = 0
+            now: set[str] = set()
+            for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+                try:
+                    text = Path(table).read_text()
+                except OSError:
+                    continue
+                for line in text.splitlines()[1:]:
+                    fields = line.split()
+                    if fields[3] == "01" and (fields[1] + " ").endswith(local):
+                        count += 1
+                        now.add(fields[2])
+            self.samples.append(count)
+            self.peers |= now
+            self.last = now
+            if self.first is None:
+                self.first = now
+
+    def summary(self) -> dict[str, float]:
+        samples = self.samples or [0]
+        # Connections opened and closed meanwhile, by the client ends seen: whichever side
+        # closed, and however (a close that resets leaves no TIME_WAIT to count).
+        return {"peak": max(samples), "mean": round(statistics.fmean(samples), 1),
+                "opened": len(self.peers - (self.first or set())),
+                "closed": len(self.peers - self.last)}
+
+
+def suite_closes(suite: Suite) -> Counter[str]:
+    """The connections the suite says it closed, by reason (its own metric)."""
+    closed: Counter[str] = Counter()
+    for line in suite.metrics().splitlines():
+        if line.startswith("toolforge_admission_connections_closed_total{"):
+            reason = re.search(r'reason="([^"]*)"', line)
+            closed[reason.group(1) if reason else "?"] += round(float(line.rsplit(" ", 1)[1]))
+    return closed
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -424,8 +490,12 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                 calls = admission_calls(admin, mode)
                 port = env["ports"].get(mode, 0)
                 closed = time_wait(port)
+                closed_by_server = time_wait(port, by_server=True)
+                closes = suite_closes(suite)
                 before = cpu.sample()
-                results, wall = run_parallel(args.clients, args.creates, create(tag), pool, rate)
+                with OpenConnections(port) as held:
+                    results, wall = run_parallel(args.clients, args.creates, create(tag), pool,
+                                                 rate)
                 if rate:  # (status, seconds, message), lag: from when the create was due
                     lags = [lag for _, lag in results]
                     results = [(status, seconds + lag, message)
@@ -433,6 +503,8 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                 used = Cpu.cores(before, cpu.sample(), wall)
                 memory = cpu.rss()
                 closed = len(time_wait(port) - closed)
+                closed_by_server = len(time_wait(port, by_server=True) - closed_by_server)
+                closes = suite_closes(suite) - closes
                 after = admission_calls(admin, mode)
                 calls = {k: after[k] - calls.get(k, 0) for k in after
                          if after[k] - calls.get(k, 0) > 0}
@@ -453,6 +525,9 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                                              for k, v in used.items() if k != "other" and ok},
                        "rss_mb": memory,
                        "suite_reviews": len(reviews), "webhook_connections_closed": closed,
+                       "webhook_connections_closed_by_server": closed_by_server,
+                       "suite_closed_by_reason": dict(closes),
+                       "webhook_connections_open": held.summary(),
                        "admission_calls": answers,
                        "admission_call_mean_ms": round(seconds / sum(answers.values()) * 1000,
                                                        3) if answers else None,
@@ -466,7 +541,8 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                       f"{sum(errors.values())}  cores: "
                       f"{', '.join(f'{k} {v:.2f}' for k, v in used.items())}; calls "
                       f"{answers} (mean {row['admission_call_mean_ms']} ms), connections "
-                      f"closed {closed}", flush=True)
+                      f"closed {closed} ({closed_by_server} by the server; the suite's count by "
+                      f"reason {dict(closes)}), open {held.summary()}", flush=True)
                 delete_all(admin, path, "bench=e2e")
                 wait_empty(admin, path, "bench=e2e")
     finally:
@@ -496,6 +572,10 @@ def summarise_pods(rows: list[dict[str, Any]], args: argparse.Namespace, regime:
             "rss_mb": {k: max(r["rss_mb"].get(k, 0) for r in mine)
                        for k in mine[0]["rss_mb"]} if mine else {},
             "webhook_connections_closed": sum(r["webhook_connections_closed"] for r in mine),
+            "webhook_connections_closed_by_server": sum(
+                r.get("webhook_connections_closed_by_server", 0) for r in mine),
+            "webhook_connections_replaced": sum(
+                r.get("webhook_connections_open", {}).get("closed", 0) for r in mine),
             "admission_calls": dict(calls),
             "admission_call_mean_ms": statistics.median(means) if means else None,
         }
@@ -655,10 +735,16 @@ def pods_markdown(pods: dict[str, Any]) -> list[str]:
                  "their latency counts from when they were due): " + ", ".join(
                      f"{mode} {m['late_creates']}" for mode, m in pods["modes"].items()) + ".",
                  ""] if pods["rate"] else []),
-              "Connections to the webhook closed during the measured creates: "
-              + ", ".join(f"{mode} {m['webhook_connections_closed']}"
-                          for mode, m in pods["modes"].items()
-                          if mode not in ("none", "vap")) + ".",
+              "Connections to the webhook closed during the measured creates, as seen from the "
+              "connections it held: "
+              + ", ".join(f"{mode} {m.get('webhook_connections_replaced', 0)}"
+                          for mode, m in pods["modes"].items() if mode not in ("none", "vap"))
+              + "; as TIME_WAIT sockets (a close that resets leaves none): "
+              + ", ".join(f"{mode} {m['webhook_connections_closed']} "
+                          f"({m.get('webhook_connections_closed_by_server', 0)} on the server's "
+                          "side)"
+                          for mode, m in pods["modes"].items() if mode not in ("none", "vap"))
+              + ".",
               ""]
     for pair, r in pods["ratios"].items():
         lines.append(f"- {pair}: p50 ×{r['p50']:.2f}, p99 ×{r['p99']:.2f} (per round "

@@ -45,6 +45,7 @@ ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(BENCH))
 
+from tests import slow_clients  # noqa: E402
 from tests.e2e import traffic  # noqa: E402
 
 import payloads  # noqa: E402
@@ -338,6 +339,70 @@ def measure(wrk: str, server: Server, args: argparse.Namespace, conns: int,
     return best
 
 
+# -- the hostile cell -------------------------------------------------------------------------
+
+HOSTILE = {"slow-header": 128, "slow-body": 128}
+"""The slow clients of the hostile cell (tests/slow_clients.py), opened again whenever the
+server closes one, so that the attack keeps its force whatever the server does with it."""
+
+
+def hostile(wrk: str, servers: list[Server], args: argparse.Namespace, context: ssl.SSLContext,
+            body: tuple[Path, str]) -> list[dict[str, Any]]:
+    """Normal pod reviews at 8 connections with and without HOSTILE slow clients, per server.
+
+    The attack runs in this process, pinned with wrk to the load CPU; each server keeps its
+    own pinning. Go's server gives each connection a goroutine and has no deadline here (goref
+    sets none), so it holds the attack for free; the suite closes each slow client at its
+    deadline and the attack opens it again (a TLS handshake each time).
+    """
+    rows = []
+    file, path = body
+    env = {"BENCH_BODY": str(file), "BENCH_PATH": path}
+    affinity = os.sched_getaffinity(0)
+    for server in servers:
+        for attack in ("none", "slow clients"):
+            if attack == "none":
+                cell = measure(wrk, server, args, 8, env)
+                held: dict[str, Any] = {}
+            else:
+                os.sched_setaffinity(0, {int(args.load_cpu)})  # the attack's thread inherits it
+                try:
+                    with slow_clients.SlowClients("127.0.0.1", server.port, context, HOSTILE,
+                                                  reconnect=True) as clients:
+                        cell = measure(wrk, server, args, 8, env)
+                        held = {"open_at_end": sum(clients.open_now().values()),
+                                "closed_by_server": sum(clients.closed_by_server.values()),
+                                "failed_opens": clients.failed_opens}
+                finally:
+                    os.sched_setaffinity(0, affinity)
+            cell.update(server=server.name, payload="pod", conns=8, attack=attack,
+                        slow_clients=sum(HOSTILE.values()) if held else 0, held=held)
+            rows.append(cell)
+            lat = cell["latency_ms"]
+            print(f"  hostile {server.name:4} {attack:12} {cell['rps']:8.0f} rps  p50 "
+                  f"{lat['p50']:6.2f}  p99 {lat['p99']:6.2f} ms  errors "
+                  f"{sum(cell['errors'].values())}  {held}", flush=True)
+    return rows
+
+
+def hostile_markdown(rows: list[dict[str, Any]]) -> str:
+    lines = ["", f"Hostile cell: pod reviews at 8 connections, without and with "
+                 f"{sum(HOSTILE.values())} slow clients "
+                 f"({', '.join(f'{n} {kind}' for kind, n in HOSTILE.items())}, opened again "
+                 "whenever the server closes one).", "",
+             "| server | slow clients | rps | p50 ms | p99 ms | errors | the slow clients: "
+             "open at the end; closed by the server |",
+             "|---|---|---|---|---|---|---|"]
+    for row in rows:
+        held = row["held"]
+        attack = f"{held['open_at_end']}; {held['closed_by_server']}" if held else "–"
+        lines.append(f"| {'ours' if row['server'] == 'ours' else 'Go'} | {row['slow_clients']} | "
+                     f"{row['rps']:.0f} | {row['latency_ms']['p50']:.2f} | "
+                     f"{row['latency_ms']['p99']:.2f} | {sum(row['errors'].values())} | "
+                     f"{attack} |")
+    return "\n".join(lines) + "\n"
+
+
 # -- report -----------------------------------------------------------------------------------
 
 def summarise(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -459,6 +524,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(RESULTS / "latest.json"))
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--label", default="", help="a note stored with the results")
+    parser.add_argument("--no-hostile", action="store_true",
+                        help="skip the hostile cell (pod reviews with and without slow clients)")
     parser.add_argument("--no-e2e", action="store_true",
                         help="skip the end-to-end stage (bench/e2e.py: pod creates through a "
                              "real kube-apiserver with and without the suite)")
@@ -504,6 +571,8 @@ def main() -> int:
                               f"errors {sum(cell['errors'].values())}  "
                               f"foreign {cell['foreign_cores']:.2f}", flush=True)
 
+        hostile_rows = [] if args.no_hostile or "pod" not in bodies else \
+            hostile(wrk, servers, args, context, bodies["pod"])
         workers = ours.workers()
         peak = {str(p): round(status_kb(p, "VmHWM") / 1024, 1) for p in workers}
         memory: dict[str, Any] = {"peak_rss_mb_per_worker": peak,
@@ -529,10 +598,11 @@ def main() -> int:
             "memory": memory,
         }
         summary = summarise(rows)
-        table = markdown(summary, meta)
+        table = markdown(summary, meta) + (hostile_markdown(hostile_rows) if hostile_rows else "")
         out = Path(args.out)
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=2))
+        out.write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows,
+                                   "hostile": hostile_rows}, indent=2))
         out.with_suffix(".md").write_text(table)
         print()
         print(table)

@@ -79,6 +79,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--client-name", action="append", dest="client_names", default=[],
                        metavar="NAME", help="with --client-ca: the client certificate's CN or "
                                             "a DNS name must be NAME (repeat for several)")
+    serve.add_argument("--status-bind", metavar="ADDRESS",
+                       help="a second address:port serving /healthz, /readyz and /metrics only, "
+                            "to clients without a certificate (needed with --client-ca, which "
+                            "closes them on the review port)")
+    serve.add_argument("--header-timeout", type=float, default=5.0, metavar="SECONDS",
+                       help="a request's line and headers must arrive within this long of its "
+                            "first byte, and a TLS handshake within this long of the connect "
+                            "(default 5)")
+    serve.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="a request's body must arrive within this long of its headers "
+                            "(default 10)")
+    serve.add_argument("--max-connections", type=int, default=512, metavar="N",
+                       help="connections per worker; beyond, the longest idle is closed "
+                            "(default 512)")
     serve.add_argument("--dev", action="store_true",
                        help="on 127.0.0.1 with a fresh self-signed certificate and the bundled "
                             "example policy")
@@ -198,11 +212,21 @@ def _serve(args: argparse.Namespace) -> int:
     if args.client_names and not args.client_ca:
         print("error: --client-name needs --client-ca", file=sys.stderr)
         return EXIT_BAD_INPUT
+    if args.client_ca and not args.status_bind:
+        print("error: --client-ca needs --status-bind: the review port then closes connections "
+              "without a client certificate, and probes and Prometheus have none",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if min(args.header_timeout, args.body_timeout) <= 0 or args.max_connections < 1:
+        print("error: timeouts must be positive and --max-connections at least 1",
+              file=sys.stderr)
+        return EXIT_BAD_INPUT
     # prometheus_client picks its multiprocess mode when it is first imported, so the directory
     # must exist before anything imports the app.
     state_dir = Path(tempfile.mkdtemp(prefix="toolforge-admission-"))
     os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(state_dir))
     from webhooks.server import ServerOptions, WebhookServer
+    from webhooks.worker import Limits
 
     cert_dir = Path(args.cert_dir)
     policy = Path(args.policy)
@@ -221,7 +245,9 @@ def _serve(args: argparse.Namespace) -> int:
         bind=bind, cert_file=cert_dir / "tls.crt", key_file=cert_dir / "tls.key",
         policy_file=policy, workers=args.workers, threads=args.threads,
         client_ca_file=Path(args.client_ca) if args.client_ca else None,
-        client_names=tuple(args.client_names),
+        client_names=tuple(args.client_names), status_bind=args.status_bind,
+        limits=Limits(header_seconds=args.header_timeout, body_seconds=args.body_timeout,
+                      max_connections=args.max_connections),
         state_dir=state_dir, cluster=not args.dev or bool(os.environ.get("KUBECONFIG")))
     WebhookServer(options).run()
     return EXIT_OK

@@ -7,9 +7,13 @@ in-process.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import glob
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
+from importlib import metadata
 from pathlib import Path
 
 import orjson
@@ -70,6 +74,60 @@ CERTIFICATE_RELOAD_ERRORS = Counter(
     f"{PREFIX}_certificate_reload_errors_total",
     "Certificate files that were refused (unreadable, or key and certificate do not match).",
 )
+BUILD_INFO = Gauge(
+    f"{PREFIX}_build_info",
+    "Always 1, labelled with the version of the server.",
+    ["version"],
+    multiprocess_mode="livemax",
+)
+POLICY_INFO = Gauge(
+    f"{PREFIX}_policy_info",
+    "1 for the policy in force, by the first 12 hex digits of its sha256 (as /readyz and the log "
+    "show it); 0 for a policy that was in force before.",
+    ["digest"],
+    multiprocess_mode="livemax",
+)
+OPEN_CONNECTIONS = Gauge(
+    f"{PREFIX}_open_connections",
+    "Client connections open (idle, being read, answered), sampled every second.",
+    multiprocess_mode="livesum",
+)
+THREADS = Gauge(
+    f"{PREFIX}_threads",
+    "Threads that answer requests.",
+    multiprocess_mode="livesum",
+)
+BUSY_THREADS = Gauge(
+    f"{PREFIX}_busy_threads",
+    "Threads answering a request, sampled every second.",
+    multiprocess_mode="livesum",
+)
+THREAD_BUSY_SECONDS = Counter(
+    f"{PREFIX}_thread_busy_seconds_total",
+    "Time the threads spent answering requests: its rate over the thread count is how saturated "
+    "the server is.",
+)
+CONNECTIONS_CLOSED = Counter(
+    f"{PREFIX}_connections_closed_total",
+    "Connections the server closed, by reason: a deadline missed (handshake_timeout, "
+    "header_timeout, body_timeout, write_timeout, idle_timeout); evicted (for a new connection, "
+    "or a body, when the worker is full) or full (a new connection refused); "
+    "no_client_certificate (mutual TLS); handshake_failed; refused_<status> (a request refused "
+    "before the application); error; stopped.",
+    ["reason"],
+)
+PROCESS_CPU_SECONDS = Counter(
+    f"{PREFIX}_process_cpu_seconds_total",
+    "CPU time (user and system) of the server's workers.",
+)
+PROCESS_RESIDENT_MEMORY = Gauge(
+    f"{PREFIX}_process_resident_memory_bytes",
+    "Resident memory of the server's workers, summed.",
+    multiprocess_mode="livesum",
+)
+
+_closed: dict[str, int] = {}
+_process_cpu = [0.0]
 
 
 # One labelled child per label set, looked up once: `labels()` takes a lock and builds a key on
@@ -87,12 +145,94 @@ def review_seconds(endpoint: str) -> Histogram:
     return REVIEW_SECONDS.labels(endpoint)
 
 
+@functools.cache
+def _closed_by(reason: str) -> Counter:
+    return CONNECTIONS_CLOSED.labels(reason)
+
+
+def connection_closed(reason: str) -> None:
+    """Count a connection the server closed (see CONNECTIONS_CLOSED for the reasons)."""
+    _closed_by(reason).inc()
+    _closed[reason] = _closed.get(reason, 0) + 1
+
+
+def closed_counts() -> dict[str, int]:
+    """This process's connections closed so far, by reason."""
+    return dict(_closed)
+
+
+def policy_in_force(digest: str, previous: str | None) -> None:
+    """The policy with this sha256 is in force (in place of `previous`)."""
+    if previous and previous != digest:
+        POLICY_INFO.labels(previous[:12]).set(0)
+    POLICY_INFO.labels(digest[:12]).set(1)
+
+
+def worker_started(threads: int) -> None:
+    """A worker is about to serve: its values are complete, so `/metrics` counts them now."""
+    try:
+        version = metadata.version("toolforge-admission")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    BUILD_INFO.labels(version).set(1)
+    THREADS.set(threads)
+    worker_state(connections=0, busy=0, busy_seconds=0.0)
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        with open(os.path.join(directory, f"serving-{os.getpid()}"), "w"):
+            pass
+
+
+def worker_state(*, connections: int, busy: int, busy_seconds: float) -> None:
+    """A worker's periodic sample: its connections and threads, its CPU and memory."""
+    OPEN_CONNECTIONS.set(connections)
+    BUSY_THREADS.set(busy)
+    if busy_seconds:
+        THREAD_BUSY_SECONDS.inc(busy_seconds)
+    cpu = time.process_time()
+    PROCESS_CPU_SECONDS.inc(max(0.0, cpu - _process_cpu[0]))
+    _process_cpu[0] = cpu
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            PROCESS_RESIDENT_MEMORY.set(int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+    except OSError:
+        pass
+
+
+def worker_stopped(pid: int) -> None:
+    """A worker is gone: its live values leave `/metrics` (prometheus_client's bookkeeping)."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(directory, f"serving-{pid}"))
+
+
+class _ServingWorkers(multiprocess.MultiProcessCollector):
+    """prometheus_client's multiprocess collector, reading the gauges only of the workers that
+    serve. A worker's gauges exist (at 0) from the moment it imports this module, before it has
+    loaded its certificate and policy; a minimum over all workers would then read 0 (an expiry
+    alert) on a scrape during a worker's start. Counters and histograms are read from every
+    file, as they must be to stay monotonic."""
+
+    def collect(self) -> Iterable[Metric]:
+        directory = self._path
+        serving = {name.rsplit("-", 1)[1] for name in os.listdir(directory)
+                   if name.startswith("serving-")}
+        files = [path for path in glob.glob(os.path.join(directory, "*.db"))
+                 if not os.path.basename(path).startswith("gauge_")
+                 or os.path.basename(path)[:-3].rsplit("_", 1)[1] in serving]
+        merged: Iterable[Metric] = self.merge(  # type: ignore[no-untyped-call]
+            files, accumulate=True)
+        return merged
+
+
 def exposition(audit_summary: str | os.PathLike[str] | None = None) -> tuple[bytes, str]:
-    """The metrics text for `/metrics`, summed over all workers when running under gunicorn,
-    with the last audit's counts when its summary file is there."""
+    """The metrics text for `/metrics`, summed over the serving workers when running under
+    gunicorn, with the last audit's counts when its summary file is there."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        _ServingWorkers(registry)  # type: ignore[no-untyped-call]
         text = generate_latest(registry)
     else:
         text = generate_latest(REGISTRY)

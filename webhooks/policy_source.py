@@ -105,9 +105,11 @@ class PolicySource:
             return True
 
     def _put_in_force(self, policy: Policy) -> None:
+        previous = self._policy.digest if self._policy is not None else None
         self._policy = policy
         self._generation += 1
         metrics.POLICY_GENERATION.set(self._generation)
+        metrics.policy_in_force(policy.digest, previous)
 
     def _load_last_good(self) -> None:
         if self.last_good is None or self._policy is not None:

@@ -1,38 +1,32 @@
 """gunicorn, configured for an admission webhook.
 
-- gthread workers: the API server keeps HTTPS connections alive and reuses them, which sync
-  workers cannot do (they would pay a TLS handshake per review).
+- the worker is webhooks.worker's `AdmissionWorker`: the API server keeps HTTPS connections
+  alive and reuses them, and a thread gets a request only once all of it has arrived, under
+  deadlines, so that no client can hold the threads that answer reviews.
 - keep-alive longer than the API server's 90 s idle timeout, so the API server always closes an
   idle connection first; a server-side close races with a reuse and fails a review.
-- on SIGTERM gunicorn stops accepting, finishes in-flight reviews within the graceful timeout and
-  answers them with `Connection: close`, so the API server moves to the other replicas.
-- a connection gets a thread only when its request arrives (`AdmissionWorker`).
+- on SIGTERM a worker stops accepting, answers what it has read with `Connection: close` (the
+  API server moves to the other replicas), closes the rest within a few seconds and says so.
+- with `status_bind`, a second port serves the probes and /metrics only: with mutual TLS the
+  review port closes every connection without a client certificate, and kubelet probes and
+  Prometheus have none.
 """
 
 from __future__ import annotations
 
-import email.utils
-import errno
 import gc
-import logging
 import os
-import queue
-import selectors
 import ssl
-import threading
 import time
 from collections.abc import Callable
-from concurrent import futures
-from dataclasses import dataclass
-from functools import partial
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gunicorn import http, sock, util
 from gunicorn.app.base import BaseApplication
-from gunicorn.workers.gthread import STOP_KEEPALIVE_LINGER, TConn, ThreadWorker
 
-KEEPALIVE_SECONDS = 120
+from webhooks.worker import AdmissionWorker, Limits
+
 GRACEFUL_SECONDS = 25
 
 
@@ -56,6 +50,11 @@ class ServerOptions:
     cluster: bool = True
     """Use the cluster (in-cluster config or KUBECONFIG) for the active-run check; without it
     the check is skipped with a warning, as in `--dev` mode with no KUBECONFIG."""
+    status_bind: str | None = None
+    """A second address that serves /healthz, /readyz and /metrics only, to clients without a
+    certificate; needed with a client CA (the review port then closes them)."""
+    limits: Limits = field(default_factory=Limits)
+    """Each worker's deadlines and bounds (webhooks.worker)."""
 
 
 class WebhookServer(BaseApplication):  # type: ignore[misc]
@@ -63,7 +62,18 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
 
     def __init__(self, options: ServerOptions) -> None:
         self.options = options
+        # What AdmissionWorker reads (webhooks.worker.Served).
+        self.limits = options.limits
+        self.client_certificates = options.client_ca_file is not None
+        self.status_port = int(options.status_bind.rpartition(":")[2]) \
+            if options.status_bind else None
+        self._serving = _serving_certificate(options)
         super().__init__()
+
+    def tls_context(self) -> ssl.SSLContext:
+        """The context for a new connection (the current serving certificate)."""
+        context: ssl.SSLContext = self._serving().context()
+        return context
 
     def load_config(self) -> None:
         for key, value in gunicorn_settings(self.options).items():
@@ -86,203 +96,20 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         })
 
 
-class AdmissionWorker(ThreadWorker):  # type: ignore[misc]
-    """gthread, except that a new connection waits for its first request in the poller.
-
-    Stock gthread hands a new connection to a pool thread, which does the TLS handshake and then
-    blocks until the first request comes. The API server's client dials spare connections in
-    bursts and may leave one idle for 90 s, and a client can also connect and send nothing, not
-    even a ClientHello; each such connection held a thread, and a few of them left a worker no
-    thread for reviews. Here the main thread does the handshake without blocking, as far as the
-    bytes that have arrived allow, and the connection then waits in the poller, as gthread's
-    kept-alive connections do, until request bytes are readable; only then does a thread take it.
-    The wait is bounded by the keep-alive timeout, and a stopping worker closes such connections
-    after the same short linger as its idle kept-alive ones. It builds on gthread's own pending
-    connections (gunicorn 27.0, pinned in setup.cfg).
-
-    Per request, stock gthread also wraps the connection in a Future, and the thread hands it
-    back to the main thread through a wake-up pipe to be put in the poller again: a pipe write,
-    a main-thread wake-up and two GIL hand-offs for every review. Here the threads take
-    connections from a plain queue and put a kept-alive connection back in the poller
-    themselves (epoll watches a descriptor registered from any thread at once); only closing a
-    connection, which touches the worker's connection count, goes through the main thread.
-    """
-
-    def init_process(self) -> None:
-        util.http_date = _HttpDate()  # this process's responses only
-        super().init_process()
-
-    def get_thread_pool(self) -> _ThreadPool:
-        return _ThreadPool(self.cfg.threads)
-
-    def enqueue_req(self, conn: TConn) -> None:
-        self.tpool.submit(self._serve, conn)
-
-    def _serve(self, conn: TConn) -> None:
-        """In a pool thread: answer the request, then hand the connection on."""
-        keepalive = self.handle(conn)
-        while keepalive is True and self.alive and conn.parser.unreader.buf.getvalue():
-            keepalive = self.handle(conn)  # the next request was read ahead with this one's body
-        if keepalive is not True or not self.alive:
-            self.method_queue.defer(self._finish, conn, keepalive)
-            return
-        conn.sock.setblocking(False)
-        conn.set_timeout()
-        # In the deque before the poller can see it: the readable callback removes it from there.
-        self.keepalived_conns.append(conn)
-        if not self.alive:  # the stop began meanwhile, maybe after its linger was applied
-            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
-        self.poller.register(conn.sock, selectors.EVENT_READ,
-                             partial(self.on_client_socket_readable, conn))
-
-    def _finish(self, conn: TConn, keepalive: object) -> None:
-        done: futures.Future[object] = futures.Future()
-        done.set_result(keepalive)
-        self.finish_request(conn, done)
-
-    def accept(self, listener: Any) -> None:
-        try:
-            client, address = listener.accept()
-        except OSError as error:
-            if error.errno not in (errno.EAGAIN, errno.ECONNABORTED, errno.EWOULDBLOCK):
-                raise
-            return
-        self.nr_conns += 1
-        conn = TConn(self.cfg, client, address, listener.getsockname())  # non-blocking
-        if not self.cfg.is_ssl:
-            self._wait_for_request(conn)
-            return
-        try:
-            conn.sock = sock.ssl_context(self.cfg).wrap_socket(
-                conn.sock, server_side=True, do_handshake_on_connect=False,
-                suppress_ragged_eofs=self.cfg.suppress_ragged_eofs)
-        except Exception:  # the main loop must survive anything one connection does
-            self.log.exception("cannot set up TLS for a connection")
-            self._drop(conn)
-            return
-        self._shake_hands(conn)
-
-    def _shake_hands(self, conn: TConn, _fileobj: object = None) -> None:
-        if _fileobj is not None:
-            self._unpark(conn)
-        try:
-            conn.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            self._park(conn, selectors.EVENT_READ, self._shake_hands)
-        except ssl.SSLWantWriteError:
-            self._park(conn, selectors.EVENT_WRITE, self._shake_hands)
-        except (ssl.SSLError, OSError) as error:
-            self.log.debug("TLS handshake failed: %s", error)
-            self._drop(conn)
-        except Exception:
-            self.log.exception("TLS handshake failed")
-            self._drop(conn)
-        else:
-            self._wait_for_request(conn)
-
-    def _wait_for_request(self, conn: TConn) -> None:
-        # With the parser in place, TConn.init in the thread neither wraps nor shakes hands.
-        # The context offers only HTTP/1.1 (webhooks.tls), so there is no HTTP/2 to set up.
-        conn.parser = http.get_parser(self.cfg, conn.sock, conn.client)
-        if isinstance(conn.sock, ssl.SSLSocket) and conn.sock.pending():
-            conn.data_ready = True  # decrypted already: the socket will not turn readable
-            self.enqueue_req(conn)
-        else:
-            self._park(conn, selectors.EVENT_READ, self.on_pending_socket_readable)
-
-    def _park(self, conn: TConn, events: int, callback: Callable[..., None]) -> None:
-        """Let the poller watch the connection, until the keep-alive timeout at most."""
-        conn.timeout = time.monotonic() + self.cfg.keepalive
-        if not self.alive:
-            conn.timeout = min(conn.timeout, time.monotonic() + STOP_KEEPALIVE_LINGER)
-        self.pending_conns.append(conn)
-        self.poller.register(conn.sock, events, partial(callback, conn))
-
-    def _unpark(self, conn: TConn) -> None:
-        self.poller.unregister(conn.sock)
-        self.pending_conns.remove(conn)
-
-    def _drop(self, conn: TConn) -> None:
-        self.nr_conns -= 1
-        conn.close()
-
-    def _cap_keepalive(self, deadline: float) -> None:
-        # Called when the worker stops: a connection that has sent no request yet can be closed
-        # as safely as an idle kept-alive one, and must not hold the stop for the whole grace.
-        # A copy of the deques, which pool threads may append to meanwhile.
-        for conn in [*self.keepalived_conns, *self.pending_conns]:
-            conn.timeout = min(conn.timeout, deadline)
-
-
-class _ThreadPool:
-    """The worker's threads, fed connections through one queue.
-
-    A thread needs nothing but the connection; concurrent.futures' Future, work item and
-    callbacks cost several microseconds per review for nothing here.
-    """
-
-    def __init__(self, size: int) -> None:
-        self.queue: queue.SimpleQueue[tuple[Callable[..., None], tuple[Any, ...]] | None] = \
-            queue.SimpleQueue()
-        self.threads = [threading.Thread(target=self._run, name=f"pool-{n}") for n in range(size)]
-        for thread in self.threads:
-            thread.start()
-
-    def submit(self, function: Callable[..., None], *args: Any) -> None:
-        self.queue.put((function, args))
-
-    def shutdown(self, wait: bool = True) -> None:
-        """Each thread ends after its current work; with `wait`, wait for that."""
-        for _ in self.threads:
-            self.queue.put(None)
-        if wait:
-            for thread in self.threads:
-                thread.join()
-
-    def _run(self) -> None:
-        while (work := self.queue.get()) is not None:
-            function, args = work
-            try:
-                function(*args)
-            except Exception:  # a thread must outlive any one request
-                logging.getLogger(__name__).exception("unexpected error in a worker thread")
-
-
-class _HttpDate:
-    """gunicorn's `util.http_date`, formatted once a second instead of for every response."""
-
-    def __init__(self) -> None:
-        self.formatted = (0, "")
-
-    def __call__(self, timestamp: float | None = None) -> str:
-        if timestamp is not None:
-            return email.utils.formatdate(timestamp, usegmt=True)
-        now = int(time.time())
-        second, text = self.formatted  # one tuple, so threads never see a torn pair
-        if second != now:
-            text = email.utils.formatdate(now, usegmt=True)
-            self.formatted = (now, text)
-        return text
-
-
 def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
     """The gunicorn settings for these options."""
-    serving = _serving_certificate(options)
-
-    def ssl_context(_config: Any, _default: Callable[[], Any]) -> Any:
-        return serving().context()
-
     return {
-        "bind": [options.bind],
+        "bind": [options.bind, *([options.status_bind] if options.status_bind else [])],
         "worker_class": AdmissionWorker,
         "workers": options.workers,
         "threads": options.threads,
-        "keepalive": KEEPALIVE_SECONDS,
+        "keepalive": int(options.limits.idle_seconds),
         "graceful_timeout": GRACEFUL_SECONDS,
         "timeout": 30,
+        # Only for gunicorn's own checks and log ("Listening at: https://..."): the worker
+        # wraps each connection itself (`WebhookServer.tls_context`).
         "certfile": str(options.cert_file),
         "keyfile": str(options.key_file),
-        "ssl_context": ssl_context,
         "accesslog": None,
         "errorlog": "-",
         "loglevel": options.log_level,
@@ -300,19 +127,30 @@ def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
 
 def _serving_certificate(options: ServerOptions) -> Callable[[], Any]:
     # One ServingCertificate per worker process, created after the fork: the check interval and
-    # the last good context are per process, like the connections they serve.
+    # the last good context are per process, like the connections they serve. A worker with no
+    # usable pair tries again at most once a second (and logs why each time), not once per
+    # connection.
     cache: dict[int, Any] = {}
+    refused: dict[int, tuple[float, ssl.SSLError]] = {}
 
     def get() -> Any:
         pid = os.getpid()
         if pid not in cache:
             from webhooks.tls import ServingCertificate
 
+            if pid in refused and time.monotonic() - refused[pid][0] < 1.0:
+                raise refused[pid][1]
             cache.clear()
-            cache[pid] = ServingCertificate(
-                options.cert_file, options.key_file,
-                client_ca_file=str(options.client_ca_file) if options.client_ca_file else None,
-                last_good=options.state_dir / "last-good-certificate.pem")
+            refused.clear()
+            try:
+                cache[pid] = ServingCertificate(
+                    options.cert_file, options.key_file,
+                    client_ca_file=str(options.client_ca_file) if options.client_ca_file
+                    else None,
+                    last_good=options.state_dir / "last-good-certificate.pem")
+            except ssl.SSLError as error:
+                refused[pid] = (time.monotonic(), error)
+                raise
         return cache[pid]
 
     return get
@@ -336,6 +174,6 @@ def _post_worker_init(_worker: Any) -> None:
 
 def _child_exit(_server: Any, worker: Any) -> None:
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        from prometheus_client import multiprocess
+        from webhooks import metrics
 
-        multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
+        metrics.worker_stopped(worker.pid)

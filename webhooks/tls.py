@@ -13,9 +13,10 @@ files. A saved pair that has expired is not served: no certificate is better tha
 client refuses, and the log then says why the worker has none.
 
 With a client CA (mutual TLS), a client certificate is asked for but not demanded: a certificate
-that is presented must verify against that CA or the handshake fails, and a connection without
-one is let through to the probes and /metrics (the kubelet and Prometheus have none). The
-admission paths then refuse any connection that `verified_client_names` finds no name on.
+that is presented must verify against that CA or the handshake fails. The same context serves
+the status port, where the kubelet and Prometheus connect without one; on the review port the
+worker closes a connection without one right after the handshake (webhooks.worker), and the
+admission paths also refuse any connection that `verified_client_names` finds no name on.
 """
 
 from __future__ import annotations
@@ -180,9 +181,10 @@ def _server_context(cert_file: Path, key_file: Path, client_ca_file: str | None,
     context.set_alpn_protocols(["http/1.1"])
     context.load_cert_chain(cert_file, key_file)
     if client_ca_file:
-        # Not CERT_REQUIRED: kubelet probes and Prometheus share the port and have no client
-        # certificate. A certificate that is sent is still verified (a wrong one fails the
-        # handshake), and the admission paths insist on one (webhooks.app).
+        # Not CERT_REQUIRED: the context also serves the status port, where kubelet probes and
+        # Prometheus connect without a client certificate. A certificate that is sent is still
+        # verified (a wrong one fails the handshake); the review port closes a connection
+        # without one (webhooks.worker), and the admission paths insist on one (webhooks.app).
         context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(client_ca_file)
     return context

@@ -10,8 +10,9 @@ cluster from KUBECONFIG) and registers the project's own webhook configurations 
 Mutual TLS is on, as production should run it: the API server presents a client certificate to
 webhooks (an AdmissionConfiguration whose kubeConfigFile names it, from a CA of its own), and the
 suite answers admission reviews only over connections that carry it (`serve --client-ca
---client-name`). Probes and /metrics need no certificate; `Suite.client_context()` is the API
-server's side, for a test that posts a review itself.
+--client-name`), closing any other right after the handshake. Probes and /metrics are on a second
+port (`--status-bind`) that needs no certificate; `Suite.client_context()` is the API server's
+side, for a test that posts a review itself.
 
 The flag sets come from `smoke_controlplane.py` (the manual check that they work here). Nothing
 listens beyond loopback. Every process is started here and stopped here by its PID.
@@ -655,6 +656,10 @@ class Suite:
         self.policy_path.write_text(self.default_policy)
         self.port = free_port()
         self.base_url = f"https://127.0.0.1:{self.port}"
+        # Probes and /metrics: with mutual TLS the review port closes clients without a
+        # certificate, and the tests read these as kubelet and Prometheus do, without one.
+        self.status_port = free_port()
+        self.status_url = f"https://127.0.0.1:{self.status_port}"
         self.log_path = workdir / "toolforge-admission.log"
         self.process: Process | None = None
         self.timings: dict[str, float] = {}
@@ -668,7 +673,8 @@ class Suite:
         return [*prefix, "serve", f"--bind=127.0.0.1:{self.port}",
                 f"--cert-dir={self.cert_dir}", f"--policy={self.policy_path}",
                 f"--workers={self.workers}", f"--threads={self.threads}",
-                f"--client-ca={self.cp.webhook_client_ca}", f"--client-name={WEBHOOK_CLIENT_NAME}"]
+                f"--client-ca={self.cp.webhook_client_ca}", f"--client-name={WEBHOOK_CLIENT_NAME}",
+                f"--status-bind=127.0.0.1:{self.status_port}"]
 
     def start(self) -> None:
         if self.process is not None and self.process.alive():
@@ -680,7 +686,7 @@ class Suite:
             "PYTHONUNBUFFERED": "1",
             "PYTHONPATH": str(REPO),
         })
-        took = wait_http(f"{self.base_url}/readyz", self._context, 60, self.process)
+        took = wait_http(f"{self.status_url}/readyz", self._context, 60, self.process)
         self.timings["suite"] = time.monotonic() - t0
         log(f"toolforge-admission ready after {took:.1f}s on {self.base_url} "
             f"(pid {self.process.pid}, log {self.log_path})")
@@ -707,7 +713,8 @@ class Suite:
 
     def client_context(self) -> ssl.SSLContext:
         """TLS as the API server connects: the suite's CA, and the webhook client certificate
-        that the suite requires on its admission paths. Probes and /metrics need none (`get`)."""
+        that the suite requires on its review port. Probes and /metrics need none on the status
+        port (`get`)."""
         context = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
         context.load_cert_chain(self.cp.webhook_client_cert, self.cp.webhook_client_key)
         return context
@@ -731,7 +738,7 @@ class Suite:
 
     def get(self, path: str) -> tuple[int, str]:
         try:
-            with urllib.request.urlopen(f"{self.base_url}{path}",
+            with urllib.request.urlopen(f"{self.status_url}{path}",
                                         context=self._context, timeout=5) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as error:

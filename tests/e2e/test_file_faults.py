@@ -548,8 +548,10 @@ def test_a_worker_restarted_while_the_certificate_is_bad_serves_the_last_good_on
             nonlocal connections
             assert_reviews_answered(server, served)
             connections += 2
+            # The new worker logs as it starts; it counts in /metrics once it serves.
             return connections >= 40 and bool(
-                entries_since(server.log_entries(), log_count, LAST_GOOD_SERVED))
+                entries_since(server.log_entries(), log_count, LAST_GOOD_SERVED)) and \
+                server.metric("toolforge_admission_threads") == 2 * server.workers
 
         wait_for("the new worker to serve the last good certificate", new_worker_served, 60,
                  interval=0)

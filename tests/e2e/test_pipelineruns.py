@@ -137,25 +137,17 @@ def test_simultaneous_creates_for_one_tool_admit_exactly_one(
     assert run_names(control_plane, tool) == [winner]
     refused = {name: result.stderr for name, result in results.items() if name != winner}
     assert len(refused) == 19
-    # Every refusal the API server got in time names the run that holds the slot. On a loaded
-    # host a few of the 20 may stall in the suite past the webhook's 5 s timeout; the API
-    # server then refuses them itself (fail closed), which is no second admission either.
-    timed_out = []
+    # Every one of the 19 got the suite's own refusal, naming the run that holds the slot: none
+    # waited in the suite past the webhook's timeout (requests are read off the threads, so 20
+    # at once on 2 x 2 threads only queue for milliseconds).
     for name, stderr in refused.items():
-        if "failed calling webhook" in stderr and "context deadline exceeded" in stderr:
-            timed_out.append(name)
-            continue
+        assert "failed calling webhook" not in stderr, (name, stderr)
         assert DENIED in stderr, (name, stderr)
         assert f"the tool {tool} already has 1 active PipelineRun(s) and may have at most 1: " \
                f"{BUILD_NAMESPACE}/{winner};" in stderr, (name, stderr)
         assert f"kubectl patch pipelinerun {winner} -n {BUILD_NAMESPACE}" in stderr
-    if timed_out:
-        # Seen on a loaded host: these requests were never logged by the suite either (they did
-        # not reach the rule): a stall in the server, not in the rule; see the commit message.
-        print(f"{len(timed_out)} of 20 creates timed out in the API server: {timed_out}")
-    assert len(timed_out) < len(refused), "no create got the suite's refusal in time"
-    # The suite's own record of every answered refusal names the winner's slot.
-    for name in set(refused) - set(timed_out):
+    # The suite's own record of every refusal names the winner's slot.
+    for name in refused:
         entry = live_suite.wait_review(endpoint="validate-pipelineruns", name=name,
                                        operation="CREATE")
         assert entry["decision"] == "denied", entry

@@ -318,9 +318,13 @@ def test_server_deployment(docs: tuple[Doc, ...]) -> None:
     assert "--cert-dir=/etc/webhook/certs" in container["args"]
     env = {item["name"]: item for item in container["env"]}
     assert env["POD_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
-    for probe, path in (("readinessProbe", "/readyz"), ("livenessProbe", "/healthz")):
+    # The probes use the status port, which serves them without a client certificate.
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert f"--status-bind=0.0.0.0:{ports['status']}" in container["args"]
+    for probe, path in (("startupProbe", "/healthz"), ("readinessProbe", "/readyz"),
+                        ("livenessProbe", "/healthz")):
         get = container[probe]["httpGet"]
-        assert (get["path"], get["scheme"]) == (path, "HTTPS"), probe
+        assert (get["path"], get["scheme"], get["port"]) == (path, "HTTPS", "status"), probe
     pre_stop = container["lifecycle"]["preStop"]["exec"]["command"]
     assert pre_stop[0] == "/bin/sleep"
     assert spec["terminationGracePeriodSeconds"] > int(pre_stop[1]) + GRACEFUL_SECONDS
@@ -350,9 +354,15 @@ def test_disruption_budget_and_service(docs: tuple[Doc, ...]) -> None:
     assert budget["selector"]["matchLabels"].items() <= labels.items()
     service = _one(docs, "Service", "toolforge-admission")["spec"]
     assert service["selector"].items() <= labels.items()
-    (port,) = service["ports"]
-    assert port["port"] == 443
-    assert port["targetPort"] in (8443, "https")
+    ports = {port["name"]: port for port in service["ports"]}
+    assert set(ports) == {"https", "status"}
+    assert ports["https"]["port"] == 443
+    assert ports["https"]["targetPort"] in (8443, "https")
+    # The ServiceMonitor scrapes /metrics through the status port, which needs no certificate.
+    monitor = yaml.safe_load((MANIFESTS / "monitoring" / "servicemonitor.yaml").read_text())
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert (endpoint["port"], endpoint["path"]) == ("status", "/metrics")
+    assert ports["status"]["targetPort"] == "status"
 
 
 def test_rotation_jobs(docs: tuple[Doc, ...]) -> None:
@@ -478,14 +488,16 @@ def test_network_policies_admit_only_the_webhook_port(docs: tuple[Doc, ...]) -> 
                set(p["spec"]["policyTypes"]) == {"Ingress", "Egress"} and
                not p["spec"].get("ingress") and not p["spec"].get("egress") for p in policies)
     (container,) = _server(docs)["spec"]["template"]["spec"]["containers"]
-    https = next(port for port in container["ports"] if port["name"] == "https")
+    served = [{"protocol": "TCP", "port": port["containerPort"]} for port in container["ports"]
+              if port["name"] in ("https", "status")]
+    assert len(served) == 2
     labels = _pod_labels(docs)
     admitted = set()
     for policy in policies:
         for rule in policy["spec"].get("ingress") or []:
-            # The API server (and Prometheus) call from node or host addresses that no pod or
+            # The API server and Prometheus call from node or host addresses that no pod or
             # namespace selector matches, so the port is what this rule narrows.
-            assert rule["ports"] == [{"protocol": "TCP", "port": https["containerPort"]}]
+            assert rule["ports"] in ([port] for port in served), rule
             admitted |= {name for name, pod in labels.items()
                          if _selected(policy["spec"]["podSelector"], pod)}
         for rule in policy["spec"].get("egress") or []:
@@ -549,9 +561,14 @@ def test_the_client_certificates_component_turns_on_mutual_tls(tmp_path: Path) -
     assert configmap["metadata"]["namespace"] == SUITE_NAMESPACE
     assert configmap["data"][client_ca.name].startswith("-----BEGIN CERTIFICATE-----")
     assert not volume["configMap"].get("optional")
-    # The probes need no client certificate: the server asks for one on the admission paths only.
+    # The probes need no client certificate: they use the status port, which asks for none
+    # (the https port closes a client without one).
+    status = next(port["containerPort"] for port in container["ports"]
+                  if port["name"] == "status")
+    assert args.status_bind == f"0.0.0.0:{status}"
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["scheme"] == "HTTPS", probe
+        assert container[probe]["httpGet"]["port"] == "status", probe
 
 
 # --- the policy ----------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ def free_port() -> int:
 
 
 def start_dev_server(*args: str, log: Path | None = None, timeout: float = 20) -> DevServer:
-    """Start `serve --dev` on a free loopback port with `args`; return once /readyz is 200.
+    """Start `serve --dev` on a free loopback port with `args`; return once /readyz is 200 (on
+    the `--status-bind` port when there is one).
 
     Without `log`, the server's log shares stdout with the CA line: for servers that log little.
     """
@@ -51,7 +52,9 @@ def start_dev_server(*args: str, log: Path | None = None, timeout: float = 20) -
     assert ca_file, "serve --dev did not print its CA"
     context = ssl.create_default_context(cafile=ca_file)
     deadline = time.monotonic() + timeout
-    while not _ready(port, context):
+    status = next((int(arg.rpartition(":")[2]) for arg in args
+                   if arg.startswith("--status-bind=")), port)
+    while not _ready(status, context):
         assert time.monotonic() < deadline, f"serve --dev was not ready in {timeout:g} s"
         time.sleep(0.1)
     return DevServer(process, port, ca_file)
@@ -111,3 +114,22 @@ def post_review(connection: http.client.HTTPSConnection, review: dict[str, objec
     response = connection.getresponse()
     assert response.status == 200
     return json.loads(response.read())
+
+
+def metric(text: str, name: str, **labels: str) -> float:
+    """The sum of the samples of `name` with these labels in a /metrics text."""
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+def scrape(port: int, context: ssl.SSLContext) -> str:
+    """The /metrics text of the server on `port`."""
+    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=10)
+    try:
+        connection.request("GET", "/metrics")
+        return connection.getresponse().read().decode()
+    finally:
+        connection.close()
