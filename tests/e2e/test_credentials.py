@@ -434,7 +434,7 @@ def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
     manifest["spec"]["pipelineRef"]["name"] = ELSEWHERE
     try:
         control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
-        pod_name = f"{run}-build-pod"
+        pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
         denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
                                    operation="CREATE")
         assert denied["user"] == TEKTON_CONTROLLER_USER

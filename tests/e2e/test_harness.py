@@ -188,7 +188,7 @@ def test_a_wrong_ca_bundle_or_path_makes_creates_fail(
     cases = {
         "wrong-ca": (live_suite.base_url, other_ca, "x509"),
         "wrong-path": (f"{live_suite.base_url}/no-such", live_suite.ca_pem,
-                       "could not find the requested resource"),
+                       "the probes /healthz and /readyz"),
     }
     try:
         for case, (url, ca_pem, expected) in cases.items():
