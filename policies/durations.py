@@ -9,6 +9,8 @@ tests/unit/policies/test_durations.py checks it against the Go toolchain's own P
 
 from __future__ import annotations
 
+import functools
+
 from policies.decision import quote
 
 NANOSECONDS_PER_SECOND = 1_000_000_000
@@ -45,6 +47,14 @@ def parse_duration(text: str) -> int:
     """
     if not isinstance(text, str):
         raise DurationError(f"a duration must be a string; {_HINT}")
+    return _parse_duration_text(text)
+
+
+# Runs name the same few timeouts (`1h`), and a parse makes its error before it knows whether it
+# needs it: successful parses are kept (an exception is not cached), 1,024 of at most
+# MAX_DURATION_CHARS each, whatever tenants send.
+@functools.lru_cache(maxsize=1024)
+def _parse_duration_text(text: str) -> int:
     # Go indexes strings by byte; a lone surrogate (only JSON escapes make one) is kept as bytes
     # that match no unit, as Go's U+FFFD would not either.
     s = text.encode("utf-8", "surrogatepass")

@@ -20,21 +20,15 @@ PROJECT_PLACEHOLDER = "{harborProject}"
 _SEPARATORS = "._-"
 _FILLER = "char.sep"
 _PROJECT_NAME = re.compile(r"[a-z0-9]+(?:[._-][a-z0-9]+)*")
-_FILLED = re.compile(rf"(?<=[{re.escape(_SEPARATORS)}]){re.escape(_FILLER)}"
-                     rf"(?=[{re.escape(_SEPARATORS)}])")
+_SEPARATOR_CLASS = f"[{re.escape(_SEPARATORS)}]"
+_BETWEEN_SEPARATORS = re.compile(f"(?<={_SEPARATOR_CLASS})(?={_SEPARATOR_CLASS})")
+"""Where Harbor's rule puts the filler: between two separators in a row."""
+_FILLED = re.compile(f"(?<={_SEPARATOR_CLASS}){re.escape(_FILLER)}(?={_SEPARATOR_CLASS})")
 
 
 def harbor_project(pattern: ToolPattern, tool: str) -> str:
     """The tool's Harbor project: the pattern expanded, with Harbor's separator rule applied."""
-    name = pattern.expand(tool)
-    out: list[str] = []
-    previous = ""
-    for char in name:
-        if char in _SEPARATORS and previous and previous in _SEPARATORS:
-            out.append(_FILLER)
-        out.append(char)
-        previous = char
-    return "".join(out)
+    return _BETWEEN_SEPARATORS.sub(_FILLER, pattern.expand(tool))
 
 
 def tool_of_project(pattern: ToolPattern, project: str) -> str | None:

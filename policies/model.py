@@ -340,9 +340,19 @@ class BuildsPolicy(_Section):
     mode: Mode = "enforce"
     """`enforce` refuses a run with findings; `warn` admits it and returns them as warnings."""
 
-    @property
+    @cached_property
     def pipeline_names(self) -> tuple[str, ...]:
         return tuple(p.name for p in self.pipelines)
+
+    @cached_property
+    def builder_canonicals(self) -> frozenset[str]:
+        """`builders`, normalised (`ImageReference.canonical`), as a run's are compared."""
+        return frozenset(b.canonical for b in self.builders)
+
+    @cached_property
+    def run_image_canonicals(self) -> frozenset[str]:
+        """`run_images`, normalised, as a run's RUN_IMAGE is compared."""
+        return frozenset(i.canonical for i in self.run_images)
 
     def pipeline(self, name: object) -> ApprovedPipeline | None:
         return next((p for p in self.pipelines if p.name == name), None)

@@ -19,6 +19,7 @@ conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/R
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -144,16 +145,15 @@ def tool_of_requester(policy: Policy, namespace: str, user: User,
 
 def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
     value = _params(_spec(run)).get(APP_IMAGE)
-    prefix = (f"system user {quote(user.username)} acts for the tool whose Harbor project "
-              f"{APP_IMAGE} names")
     if not isinstance(value, str):
-        return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but the run has no string "
-                                                  f"{APP_IMAGE} parameter"))
+        return Identity(None, Finding(NOT_A_TOOL, f"{_acts_for(user)}, but the run has no "
+                                                  f"string {APP_IMAGE} parameter"))
     try:
         image = parse_image(value)
     except ImageReferenceError as error:
-        return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {APP_IMAGE} {quote(value)} "
-                                                  f"is not an image reference: {error}"))
+        return Identity(None, Finding(NOT_A_TOOL, f"{_acts_for(user)}, but {APP_IMAGE} "
+                                                  f"{quote(value)} is not an image reference: "
+                                                  f"{error}"))
     project = image.path.split("/", 1)[0]
     tool = tool_of_project(builds.harbor_project, project)
     if tool is None:
@@ -162,10 +162,16 @@ def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: Use
         raw = builds.harbor_project.tool_of(project)
         hint = (f"; the tool {raw}'s Harbor project is {harbor_project(builds.harbor_project, raw)}"
                 if raw is not None else "")
-        return Identity(None, Finding(NOT_A_TOOL, f"{prefix}, but {quote(project)} in "
+        return Identity(None, Finding(NOT_A_TOOL, f"{_acts_for(user)}, but {quote(project)} in "
                                                   f"{APP_IMAGE} is not a tool's project "
                                                   f"({builds.harbor_project}){hint}"))
     return Identity(tool)
+
+
+def _acts_for(user: User) -> str:
+    # Messages are made only for a finding: most runs come from this user, and pass.
+    return (f"system user {quote(user.username)} acts for the tool whose Harbor project "
+            f"{APP_IMAGE} names")
 
 
 # --- What a new run may contain ---------------------------------------------------------------
@@ -179,9 +185,15 @@ class RunInput:
     run: Mapping[str, Any]
     builds: BuildsPolicy
 
-    @property
+    # Read once per review: every check reads the spec, and six read the params.
+    @functools.cached_property
     def spec(self) -> Mapping[str, Any]:
         return _spec(self.run)
+
+    @functools.cached_property
+    def params(self) -> Mapping[str, Any]:
+        """Each param's value by name (the first of a name)."""
+        return _params(self.spec)
 
     @property
     def labels(self) -> Mapping[str, Any]:
@@ -222,10 +234,9 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
 
 def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
     ref = run.spec.get("pipelineRef")
-    approved = ", ".join(run.builds.pipeline_names)
     if not isinstance(ref, Mapping):
         yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef must name one of the approved "
-                                            f"pipelines: {approved}")
+                                            f"pipelines: {', '.join(run.builds.pipeline_names)}")
         return
     for key, value in ref.items():
         if key != "name" and not _is_empty(value):
@@ -234,7 +245,7 @@ def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
     name = ref.get("name")
     if name not in run.builds.pipeline_names:
         yield Finding(PIPELINE_NOT_ALLOWED, f"pipeline {quote(name)} is not approved; use one "
-                                            f"of: {approved}")
+                                            f"of: {', '.join(run.builds.pipeline_names)}")
 
 
 def service_account_is_not_allowed(run: RunInput) -> Iterator[Finding]:
@@ -300,26 +311,31 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         if not isinstance(workspace, Mapping):
             yield Finding(SPEC_INVALID, f"spec.workspaces[{index}] must be an object")
             continue
-        where = f"workspace {quote(workspace.get('name', index))}"
-        extra = [key for key, value in workspace.items()
-                 if key not in _WORKSPACE_FIELDS and value is not None]
-        for key in extra:
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {escape(key)} is not allowed; use an "
-                                                 "emptyDir")
-        kinds = [key for key in _WORKSPACE_SOURCES if workspace.get(key) is not None]
-        if len(kinds) > 1:
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} names {len(kinds)} volumes "
-                                                 f"({', '.join(sorted(kinds))}); use one")
-        elif kinds:
-            why = _workspace_refusal(kinds[0], workspace[kinds[0]], run.builds.workspaces)
-            if why:
-                yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: {why}")
-        elif not extra:
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where} has no volume; use an emptyDir")
-        sub_path = workspace.get("subPath")
-        if not _is_empty(sub_path) and escapes(sub_path):
-            yield Finding(WORKSPACE_NOT_ALLOWED, f"{where}: subPath {quote(sub_path)} must be a "
-                                                 "relative path without ..")
+        for problem in _workspace_problems(workspace, run.builds.workspaces):
+            # The workspace's name is quoted only for a finding (most runs have none).
+            yield Finding(WORKSPACE_NOT_ALLOWED,
+                          f"workspace {quote(workspace.get('name', index))}{problem}")
+
+
+def _workspace_problems(workspace: Mapping[str, Any], allowed: WorkspacesPolicy,
+                        ) -> Iterator[str]:
+    """What is wrong with one workspace binding, each as the rest of a sentence about it."""
+    extra = [key for key, value in workspace.items()
+             if key not in _WORKSPACE_FIELDS and value is not None]
+    for key in extra:
+        yield f": {escape(key)} is not allowed; use an emptyDir"
+    kinds = [key for key in _WORKSPACE_SOURCES if workspace.get(key) is not None]
+    if len(kinds) > 1:
+        yield f" names {len(kinds)} volumes ({', '.join(sorted(kinds))}); use one"
+    elif kinds:
+        why = _workspace_refusal(kinds[0], workspace[kinds[0]], allowed)
+        if why:
+            yield f": {why}"
+    elif not extra:
+        yield " has no volume; use an emptyDir"
+    sub_path = workspace.get("subPath")
+    if not _is_empty(sub_path) and escapes(sub_path):
+        yield f": subPath {quote(sub_path)} must be a relative path without .."
 
 
 def _workspace_refusal(kind: str, source: object, allowed: WorkspacesPolicy) -> str:
@@ -442,7 +458,7 @@ def _rule(spec: ParamSpec) -> str:
 
 
 def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
-    value = _params(run.spec).get(APP_IMAGE)
+    value = run.params.get(APP_IMAGE)
     if not isinstance(value, str):
         return  # reported by params_are_not_allowed
     try:
@@ -461,22 +477,25 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
 def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
     approved run image or one of the tool's own: never another tool's private image."""
-    value = _params(run.spec).get(RUN_IMAGE)
+    value = run.params.get(RUN_IMAGE)
     if not isinstance(value, str) or value == "":
         return  # absent or empty: the builder's own run image (stack.toml), which is approved
-    approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
-    expected = f"an approved run image ({approved}) or an image in {_own_project_text(run)}"
     try:
         image = parse_image(value)
     except ImageReferenceError as error:
         yield Finding(RUN_IMAGE_NOT_ALLOWED, f"{RUN_IMAGE} {quote(value)} is not an image "
-                                             f"reference ({error}); use {expected}")
+                                             f"reference ({error}); use {_run_images_text(run)}")
         return
-    if image.canonical in {i.canonical for i in run.builds.run_images}:
+    if image.canonical in run.builds.run_image_canonicals:
         return
     if _not_in_own_project(run, image):
         yield Finding(RUN_IMAGE_NOT_ALLOWED, f"run image {quote(value)} is neither approved "
-                                             f"nor the tool's own; use {expected}")
+                                             f"nor the tool's own; use {_run_images_text(run)}")
+
+
+def _run_images_text(run: RunInput) -> str:
+    approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
+    return f"an approved run image ({approved}) or an image in {_own_project_text(run)}"
 
 
 def _own_project_text(run: RunInput) -> str:
@@ -496,23 +515,27 @@ def _not_in_own_project(run: RunInput, image: ImageReference) -> str:
 
 
 def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
-    value = _params(run.spec).get(BUILDER_IMAGE)
+    value = run.params.get(BUILDER_IMAGE)
     if not isinstance(value, str):
         return
-    approved = ", ".join(str(b) for b in run.builds.builders) or "(none configured)"
     try:
         image = parse_image(value)
     except ImageReferenceError as error:
         yield Finding(BUILDER_NOT_ALLOWED, f"{BUILDER_IMAGE} {quote(value)} is not an image "
-                                           f"reference ({error}); use one of: {approved}")
+                                           f"reference ({error}); use one of: "
+                                           f"{_builders_text(run)}")
         return
-    if image.canonical not in {b.canonical for b in run.builds.builders}:
+    if image.canonical not in run.builds.builder_canonicals:
         yield Finding(BUILDER_NOT_ALLOWED, f"builder {quote(value)} is not approved; use one "
-                                           f"of: {approved}")
+                                           f"of: {_builders_text(run)}")
+
+
+def _builders_text(run: RunInput) -> str:
+    return ", ".join(str(b) for b in run.builds.builders) or "(none configured)"
 
 
 def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
-    values = _params(run.spec).get(ENV_VARS)
+    values = run.params.get(ENV_VARS)
     if not isinstance(values, list):
         return
     for position, item in enumerate(values):
@@ -525,7 +548,7 @@ def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
 
 
 def path_param_escapes(run: RunInput) -> Iterator[Finding]:
-    for name, value in _params(run.spec).items():
+    for name, value in run.params.items():
         if is_path_param(name) and isinstance(value, str) and value and escapes(value):
             yield Finding(PARAM_INVALID, f"parameter {name} {quote(value)} must be a relative "
                                          "path inside the source, without ..")
