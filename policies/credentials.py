@@ -61,6 +61,7 @@ from policies.model import Policy, TrustedStep
 from policies.objects import mapping
 from policies.steps import (
     RegistryUse,
+    StepCommand,
     is_lifecycle_phase,
     registry_use,
     runs_entrypoint,
@@ -154,7 +155,9 @@ def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[s
     i = 0
     while i < len(flags):
         token = flags[i]
-        name, has_value, _ = _flag(token) if isinstance(token, str) else ("", False, "")
+        name, has_value = "", False
+        if isinstance(token, str) and token.startswith("-"):  # most tokens are values
+            name, has_value, _ = _flag(token)
         if name in CREDENTIAL_FLAGS:
             if has_value or i + 1 >= len(flags):
                 removed.append(str(token))
@@ -208,26 +211,64 @@ def trusted_step(container: Mapping[str, Any], policy: Policy) -> TrustedStep | 
     commands in the container), and where the entrypoint copies the credentials (HOME, or
     DOCKER_CONFIG) is written in the pod, not taken from envFrom, valueFrom or `$(VAR)`.
     """
-    name = container.get("name")
-    image_text = container.get("image")
-    args = container.get("args")
-    if not (isinstance(name, str) and name.startswith(STEP_PREFIX) and isinstance(image_text, str)
-            and isinstance(args, list) and runs_entrypoint(container)):
+    return _PodSteps(policy).trusted(container)
+
+
+class _PodSteps:
+    """What the containers of one pod run, and which are trusted steps, each worked out once.
+
+    A review asks about the same containers several times (the analysis, whether the pod needs
+    its PipelineRun, what its trusted steps push), and reading a step's args as the entrypoint
+    does is the costly part. One of these lives for one review of one pod; containers are known
+    by identity, which holds while the pod is being judged.
+    """
+
+    def __init__(self, policy: Policy) -> None:
+        self.policy = policy
+        self._commands: dict[int, StepCommand] = {}
+        self._trusted: dict[int, TrustedStep | None] = {}
+
+    def command(self, container: Mapping[str, Any]) -> StepCommand:
+        """`step_command` of the container's args (a list)."""
+        key = id(container)
+        command = self._commands.get(key)
+        if command is None:
+            command = self._commands[key] = step_command(container["args"])
+        return command
+
+    def trusted(self, container: Mapping[str, Any]) -> TrustedStep | None:
+        """`trusted_step` of the container."""
+        key = id(container)
+        if key not in self._trusted:
+            self._trusted[key] = self._trusted_entry(container)
+        return self._trusted[key]
+
+    def _trusted_entry(self, container: Mapping[str, Any]) -> TrustedStep | None:
+        name = container.get("name")
+        image_text = container.get("image")
+        args = container.get("args")
+        if not (isinstance(name, str) and name.startswith(STEP_PREFIX)
+                and isinstance(image_text, str) and isinstance(args, list)
+                and runs_entrypoint(container)):
+            return None
+        if any(container.get(key) is not None for key in RUNS_COMMANDS) \
+                or not _home_is_literal(container):
+            return None
+        step_name = name[len(STEP_PREFIX):]
+        entries = [entry for entry in self.policy.credentials.trusted_steps
+                   if entry.name == step_name]
+        if not entries:
+            return None
+        try:
+            image = parse_image(image_text)
+        except ImageReferenceError:
+            return None
+        entrypoint = self.command(container).entrypoint
+        for entry in entries:
+            if (entry.entrypoint == entrypoint
+                    and any(image_matches(allowed, image) for allowed in entry.images)):
+                return entry
         return None
-    if any(container.get(key) is not None for key in RUNS_COMMANDS) \
-            or not _home_is_literal(container):
-        return None
-    step_name = name[len(STEP_PREFIX):]
-    try:
-        image = parse_image(image_text)
-    except ImageReferenceError:
-        return None
-    entrypoint = entrypoint_of(args)
-    for entry in policy.credentials.trusted_steps:
-        if (entry.name == step_name and entry.entrypoint == entrypoint
-                and any(image_matches(allowed, image) for allowed in entry.images)):
-            return entry
-    return None
 
 
 def _home_is_literal(container: Mapping[str, Any]) -> bool:
@@ -295,12 +336,16 @@ def analyse(pod: Mapping[str, Any], policy: Policy, *, trust: bool = True) -> An
     With `trust` False (a pod Tekton did not make) no container is trusted, so every Secret the
     pod mounts or reads is a leak.
     """
+    return _analyse(pod, _PodSteps(policy), trust=trust)
+
+
+def _analyse(pod: Mapping[str, Any], steps: _PodSteps, *, trust: bool) -> Analysis:
     spec = mapping(pod.get("spec"))
     volumes = {v["name"]: v for v in _list(spec.get("volumes"))
                if isinstance(v, dict) and isinstance(v.get("name"), str)}
     all_containers = list(_containers(spec))
     trusted = [c for kind, _, c in all_containers
-               if trust and kind == "containers" and trusted_step(c, policy) is not None]
+               if trust and kind == "containers" and steps.trusted(c) is not None]
     trusted_names = {c.get("name") for c in trusted}
     trusted_ids = {id(c) for c in trusted}
 
@@ -321,8 +366,7 @@ def analyse(pod: Mapping[str, Any], policy: Policy, *, trust: bool = True) -> An
         if change.empty:
             continue
         changes.append(change)
-        args = container.get("args")
-        if isinstance(args, list) and entrypoint_of(args) == CREATOR:
+        if _may_run(container, CREATOR) and steps.command(container).entrypoint == CREATOR:
             refusals.append(Finding(SINGLE_PROCESS_BUILD, (
                 f"container {escape(change.name, 80)} runs {CREATOR}, which builds the tool's "
                 f"code and pushes the image in one process, so it cannot get registry credentials "
@@ -332,11 +376,19 @@ def analyse(pod: Mapping[str, Any], policy: Policy, *, trust: bool = True) -> An
                     trusted=tuple(str(n) for n in trusted_names))
 
 
+def _may_run(container: Mapping[str, Any], program: str) -> bool:
+    """False when the entrypoint cannot run `program`: its args are no list, or none holds its
+    path (the entrypoint takes it from `-entrypoint <path>` or `-entrypoint=<path>`), which is
+    cheaper to see than to parse the args."""
+    args = container.get("args")
+    return isinstance(args, list) and any(isinstance(a, str) and program in a for a in args)
+
+
 def _creds_dir_volumes(containers: Iterable[tuple[str, int, Mapping[str, Any]]]) -> set[str]:
     """Volumes any container mounts at or under /tekton/creds, where the entrypoint writes."""
     return {str(mount.get("name")) for _, _, container in containers
             for mount in _list(container.get("volumeMounts"))
-            if isinstance(mount, dict) and _under(mount.get("mountPath"), CREDS_DIR)}
+            if isinstance(mount, dict) and _in_creds_dir(mount.get("mountPath"))}
 
 
 def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:
@@ -409,8 +461,7 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
             continue
         path = str(mount.get("mountPath", ""))
         volume_name = str(mount.get("name", ""))
-        if (_under(path, CREDS_SECRETS_DIR) or _under(path, CREDS_DIR)
-                or volume_name in credential_volumes):
+        if _in_credential_dir(path) or volume_name in credential_volumes:
             mounts.append(path)
         elif volume_name in homes:
             volume = volumes.get(volume_name, {})
@@ -463,7 +514,7 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
     if operation != "CREATE" or not isinstance(pod, dict) \
             or not is_tekton_build_pod(pod, namespace, policy):
         return Decision(allowed=True)
-    analysis = analyse(pod, policy)
+    analysis = _analyse(pod, _PodSteps(policy), trust=True)
     mode = policy.credentials.mode
     stripped = [Finding(CREDENTIALS_STRIPPED, f"registry credentials "
                         f"{'would be' if mode == 'warn' else 'are'} removed from {c.describe()}")
@@ -490,12 +541,12 @@ def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
     """
     if not isinstance(pod, dict) or namespace != policy.builds.namespace:
         return Decision(allowed=True)
-    return decide(_leak_findings(pod, namespace, policy), policy.credentials.mode)
+    return decide(_leak_findings(pod, namespace, _PodSteps(policy)), policy.credentials.mode)
 
 
-def _leak_findings(pod: Mapping[str, Any], namespace: str, policy: Policy) -> list[Finding]:
-    tekton = is_tekton_build_pod(pod, namespace, policy)
-    analysis = analyse(pod, policy, trust=tekton)
+def _leak_findings(pod: Mapping[str, Any], namespace: str, steps: _PodSteps) -> list[Finding]:
+    tekton = is_tekton_build_pod(pod, namespace, steps.policy)
+    analysis = _analyse(pod, steps, trust=tekton)
     remedy = ("the build-pod mutating webhook must remove them before the pod is stored" if tekton
               else "only Tekton's build pods may carry Secrets in the build namespace")
     leaks = [Finding(CREDENTIAL_LEAK, f"untrusted container {c.describe()} can read registry "
@@ -507,9 +558,14 @@ def needs_build_run(pod: Mapping[str, Any] | None, namespace: str, operation: st
                     policy: Policy) -> bool:
     """Whether `check_build_pod` needs the pod's PipelineRun: a new Tekton pod in the build
     namespace in which a step keeps the credentials."""
+    return _needs_build_run(pod, namespace, operation, _PodSteps(policy))
+
+
+def _needs_build_run(pod: Mapping[str, Any] | None, namespace: str, operation: str,
+                     steps: _PodSteps) -> bool:
     return (operation == "CREATE" and isinstance(pod, dict)
-            and is_tekton_build_pod(pod, namespace, policy)
-            and any(trusted_step(c, policy) is not None
+            and is_tekton_build_pod(pod, namespace, steps.policy)
+            and any(steps.trusted(c) is not None
                     for c in _list(mapping(pod.get("spec")).get("containers"))
                     if isinstance(c, dict)))
 
@@ -525,15 +581,16 @@ def check_build_pod(pod: Mapping[str, Any] | None, namespace: str, operation: st
     if (not isinstance(pod, dict) or namespace != policy.builds.namespace
             or operation not in ("CREATE", "UPDATE")):
         return Decision(allowed=True)
+    steps = _PodSteps(policy)
     findings = [*check_pod_requester(operation, user, policy),
-                *_leak_findings(pod, namespace, policy)]
+                *_leak_findings(pod, namespace, steps)]
     warnings: list[str] = []
     if operation == "CREATE" and is_tekton_build_pod(pod, namespace, policy):
-        if run is None and needs_build_run(pod, namespace, operation, policy):
+        if run is None and _needs_build_run(pod, namespace, operation, steps):
             warnings.append("the PipelineRun of this pod was not looked up (no cluster "
                             "connection), so the images its trusted steps push to were not "
                             "compared with the run's")
-        findings += trusted_step_findings(pod, policy, run)
+        findings += _trusted_step_findings(pod, steps, run)
     decision = decide(findings, policy.credentials.mode)
     if warnings:
         decision = replace(decision, warnings=(*decision.warnings, *warnings))
@@ -549,11 +606,16 @@ def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,
     every image it pushes is the run's APP_IMAGE (also `-tag` and `-previous-image`), its run
     image the run's RUN_IMAGE and its build image the run's BUILDER_IMAGE.
     """
+    return _trusted_step_findings(pod, _PodSteps(policy), run)
+
+
+def _trusted_step_findings(pod: Mapping[str, Any], steps: _PodSteps,
+                           run: FoundRun | None) -> list[Finding]:
     findings: list[Finding] = []
     for container in _list(mapping(pod.get("spec")).get("containers")):
-        if not isinstance(container, dict) or trusted_step(container, policy) is None:
+        if not isinstance(container, dict) or steps.trusted(container) is None:
             continue
-        command = step_command(container["args"])
+        command = steps.command(container)
         if not is_lifecycle_phase(command.entrypoint):
             continue
         name = escape(container["name"], 80)
@@ -677,6 +739,28 @@ def _containers(spec: Mapping[str, Any]) -> Iterable[tuple[str, int, Mapping[str
         for index, container in enumerate(_list(spec.get(kind))):
             if isinstance(container, dict):
                 yield kind, index, container
+
+
+def _in_creds_dir(path: object) -> bool:
+    """`_under(path, CREDS_DIR)`: where the entrypoint writes a step's credentials."""
+    return isinstance(path, str) and _credential_dir_of(path) == CREDS_DIR
+
+
+def _in_credential_dir(path: str) -> bool:
+    """At or under CREDS_DIR or CREDS_SECRETS_DIR: mounts an untrusted container loses."""
+    return _credential_dir_of(path) is not None
+
+
+# Every mount of a build pod is looked at, and pods bring the same paths again: bounded, as
+# tenants choose the paths (the same bound as _normal_path's).
+@functools.lru_cache(maxsize=4096)
+def _credential_dir_of(path: str) -> str | None:
+    """CREDS_SECRETS_DIR or CREDS_DIR when the path is at or under it, else None."""
+    normal = _normal_path(path)
+    for directory in (CREDS_SECRETS_DIR, CREDS_DIR):
+        if normal == directory or normal.startswith(directory + "/"):
+            return directory
+    return None
 
 
 def _under(path: object, directory: str) -> bool:
