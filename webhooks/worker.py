@@ -25,8 +25,11 @@ costs neither descriptors nor memory without bound; the bodies being read share
 `buffered_bytes`, and when they would exceed it the slowest of them is closed.
 
 A thread takes a complete request from a queue, runs the WSGI application, writes the answer
-without blocking and hands the connection back through a queue and a wake-up; only the main loop
-touches the poller and closes connections. The request is parsed by webhooks.http1, a small strict
+without blocking and hands the connection back through a queue; only the main loop touches the
+poller and closes connections. The thread wakes the main loop (a byte in a pipe) only when the loop
+has something to do at once: an answer to finish, a connection to close. A kept-alive connection
+whose answer is out stays in the poller, and the client's next request wakes the loop, which then
+takes the connection back first. The request is parsed by webhooks.http1, a small strict
 HTTP/1.1 reader for what the API server, probes and Prometheus send, rather than by gunicorn's
 parser: the request is in memory already, and gunicorn's parser (a socket reader, a message
 object, an environ builder and a response writer: a quarter of a review's time in the profile of
@@ -139,7 +142,9 @@ class Connection:
         "done_at",
         "environ",
         "events",
+        "handed_back",
         "head",
+        "parked",
         "peer",
         "phase",
         "reserved",
@@ -169,6 +174,8 @@ class Connection:
         self.environ: dict[str, Any] = {}
         self.served_at = 0.0
         self.done_at = 0.0
+        self.handed_back = False
+        self.parked = False
 
 
 class AdmissionWorker(Worker):  # type: ignore[misc]
@@ -187,6 +194,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         os.set_blocking(self.wake_read, False)
         os.set_blocking(self.wake_write, False)
         self.wake_pending = False
+        self.handback = threading.Lock()
         self.returned: queue.SimpleQueue[Connection] = queue.SimpleQueue()
         self.connections: set[Connection] = set()
         # Connections by phase, each in the order of its deadline (a phase's timeout is the
@@ -269,6 +277,9 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
     # -- accepting -----------------------------------------------------------------------------
 
     def _accept(self, listener: socket.socket, status_only: bool) -> None:
+        # Connections already answered are idle before these: eviction closes the one idle
+        # longest, so they must be in the idle order first.
+        self._take_back()
         for _ in range(ACCEPTS_PER_EVENT):
             try:
                 client, address = listener.accept()
@@ -308,6 +319,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
     def _evict(self) -> bool:
         """Close the connection idle longest (else the one reading a request longest); False
         when every connection is being answered."""
+        self._take_back()  # answered ones are idle
         for phase in (IDLE, LINGER, HANDSHAKE, HEAD, BODY, WRITE):
             if self.timed[phase]:
                 self._close(next(iter(self.timed[phase])), "evicted")
@@ -346,9 +358,19 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         elif phase == LINGER:
             self._discard(connection)
         else:
-            # A thread has it; the client sent more (a pipelined request, or its close). The
-            # poller looks again once the answer is out.
-            self._watch(connection, 0)
+            # Busy: a thread has it, or has handed it back without waking this loop (the client's
+            # next request is what made it readable).
+            with self.handback:
+                if not connection.handed_back:
+                    # Still being answered, and the client sent more (a pipelined request, or
+                    # its close): the poller looks again once the answer is out, and the thread
+                    # wakes this loop for it.
+                    self._watch(connection, 0)
+                    connection.parked = True
+                    return
+            self._take_back()
+            if connection.phase == IDLE:
+                self._read(connection)
 
     def _handshake(self, connection: Connection) -> None:
         sock = connection.sock
@@ -372,6 +394,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             # Mutual TLS: not the API server. Closed before a byte of a request is read.
             self._close(connection, "no_client_certificate")
             return
+        self._take_back()  # as in _accept: the answered are idle longer than this one
         self._idle(connection)
 
     def _idle(self, connection: Connection) -> None:
@@ -446,6 +469,8 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
 
     def _reserve(self, connection: Connection, length: int) -> bool:
         """Room for a body among the bodies being read: the slowest ones are closed for it."""
+        if self.buffered + length > self.limits.buffered_bytes:
+            self._take_back()  # answered requests give their room back
         while self.buffered + length > self.limits.buffered_bytes:
             slowest = next((c for c in self.timed[BODY] if c is not connection), None)
             if slowest is None:
@@ -463,11 +488,11 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
 
     def _take_back(self) -> None:
         """Connections whose answer a thread has written (or tried to)."""
-        while True:
-            try:
-                connection = self.returned.get_nowait()
-            except queue.Empty:
-                return
+        # Only this loop takes from the queue, so one that is not empty has an item to get (an
+        # Empty raised at the end of every drain cost more than the check).
+        while not self.returned.empty():
+            connection = self.returned.get_nowait()
+            connection.handed_back = connection.parked = False
             self.in_flight -= 1
             self.busy_seconds += connection.done_at - connection.served_at
             self.buffered -= connection.reserved
@@ -591,8 +616,10 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         # connection in the queue before `_take_back` reads it; one that finds it clear writes
         # a byte that wakes the loop again. (Clearing first would let the drain swallow a byte
         # written after the clear, leaving the flag set with nothing in the pipe.)
+        # One read drains it: the flag lets a byte in only while none is pending, and signals
+        # add one each; a full read means there may be more.
         with contextlib.suppress(BlockingIOError):
-            while os.read(self.wake_read, 4096):
+            while len(os.read(self.wake_read, 4096)) == 4096:
                 pass
         self.wake_pending = False
 
@@ -613,8 +640,18 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
                 logger.exception("unexpected error in a worker thread")
                 connection.broken = True
             connection.done_at = time.monotonic()
-            self.returned.put(connection)
-            self._wake()
+            # The loop must come at once to finish an answer or to close; a kept-alive connection
+            # whose answer is out, still in the poller, waits for the client's next request, which
+            # wakes the loop itself: no wake-up (a pipe write and a thread switch) for it.
+            urgent = (connection.broken or bool(connection.answer) or connection.close_after
+                      or not self.alive)
+            with self.handback:
+                connection.handed_back = True
+                self.returned.put(connection)
+                urgent = urgent or connection.parked or \
+                    connection.events != selectors.EVENT_READ
+            if urgent:
+                self._wake()
 
     def _answer(self, connection: Connection) -> None:
         """In a pool thread: run the application, write its answer as far as the socket takes
@@ -685,6 +722,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
 
     def _stop(self) -> None:
         started = time.monotonic()
+        self._take_back()
         for listener in self.sockets:
             self.poller.unregister(listener)
             listener.close()
