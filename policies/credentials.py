@@ -227,6 +227,7 @@ class _PodSteps:
         self.policy = policy
         self._commands: dict[int, StepCommand] = {}
         self._trusted: dict[int, TrustedStep | None] = {}
+        self._stripped: dict[int, tuple[list[object], list[str]]] = {}
 
     def command(self, container: Mapping[str, Any]) -> StepCommand:
         """`step_command` of the container's args (a list)."""
@@ -235,6 +236,15 @@ class _PodSteps:
         if command is None:
             command = self._commands[key] = step_command(container["args"])
         return command
+
+    def stripped(self, container: Mapping[str, Any]) -> tuple[list[object], list[str]]:
+        """`strip_credential_flags` of the container's args (a list): what the analysis finds
+        and what the mutation writes."""
+        key = id(container)
+        stripped = self._stripped.get(key)
+        if stripped is None:
+            stripped = self._stripped[key] = strip_credential_flags(container["args"])
+        return stripped
 
     def trusted(self, container: Mapping[str, Any]) -> TrustedStep | None:
         """`trusted_step` of the container."""
@@ -362,7 +372,7 @@ def _analyse(pod: Mapping[str, Any], steps: _PodSteps, *, trust: bool) -> Analys
             continue
         change = _untrusted_changes(kind, index, container, volumes=volumes,
                                     credential_volumes=credential_volumes, homes=homes,
-                                    refusals=refusals)
+                                    refusals=refusals, steps=steps)
         if change.empty:
             continue
         changes.append(change)
@@ -388,7 +398,8 @@ def _creds_dir_volumes(containers: Iterable[tuple[str, int, Mapping[str, Any]]])
     """Volumes any container mounts at or under /tekton/creds, where the entrypoint writes."""
     return {str(mount.get("name")) for _, _, container in containers
             for mount in _list(container.get("volumeMounts"))
-            if isinstance(mount, dict) and _in_creds_dir(mount.get("mountPath"))}
+            if isinstance(mount, dict) and isinstance(path := mount.get("mountPath"), str)
+            and _credential_dir_of(path) == CREDS_DIR}
 
 
 def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:
@@ -451,9 +462,8 @@ def _covering_mount(container: Mapping[str, Any], path: str) -> Mapping[str, Any
 def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
                        volumes: Mapping[str, Mapping[str, Any]],
                        credential_volumes: set[str], homes: set[str],
-                       refusals: list[Finding]) -> ContainerChanges:
+                       refusals: list[Finding], steps: _PodSteps) -> ContainerChanges:
     name = str(container.get("name", f"{kind}[{index}]"))
-    own_homes = _home_paths(container)
     mounts: list[str] = []
     home_mounts: list[str] = []
     for mount in _list(container.get("volumeMounts")):
@@ -461,12 +471,13 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
             continue
         path = str(mount.get("mountPath", ""))
         volume_name = str(mount.get("name", ""))
-        if _in_credential_dir(path) or volume_name in credential_volumes:
+        if _credential_dir_of(path) is not None or volume_name in credential_volumes:
             mounts.append(path)
         elif volume_name in homes:
             volume = volumes.get(volume_name, {})
             fixable = ("emptyDir" in volume and not mount.get("subPath")
-                       and not mount.get("subPathExpr") and _normal_path(path) in own_homes)
+                       and not mount.get("subPathExpr")
+                       and _normal_path(path) in _home_paths(container))
             replacement = volumes.get(_home_volume_name(kind, index))
             if replacement is not None and replacement != _home_volume(kind, index):
                 fixable = False
@@ -478,10 +489,9 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
                     f"{escape(path, 120)}, where trusted steps "
                     f"keep their registry credentials ($HOME/.docker); keep HOME of trusted steps "
                     f"on a volume that only they mount (the task default is /tekton/home)")))
-    args = container.get("args")
     flags: list[str] = []
-    if isinstance(args, list):
-        _, flags = strip_credential_flags(args)
+    if isinstance(container.get("args"), list):
+        _, flags = steps.stripped(container)
     env = [str(e.get("name")) for e in _list(container.get("env"))
            if isinstance(e, dict) and _secret_ref(e.get("valueFrom"), "secretKeyRef") is not None]
     env_from = [ref for e in _list(container.get("envFrom"))
@@ -514,7 +524,8 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
     if operation != "CREATE" or not isinstance(pod, dict) \
             or not is_tekton_build_pod(pod, namespace, policy):
         return Decision(allowed=True)
-    analysis = _analyse(pod, _PodSteps(policy), trust=True)
+    steps = _PodSteps(policy)
+    analysis = _analyse(pod, steps, trust=True)
     mode = policy.credentials.mode
     stripped = [Finding(CREDENTIALS_STRIPPED, f"registry credentials "
                         f"{'would be' if mode == 'warn' else 'are'} removed from {c.describe()}")
@@ -527,7 +538,7 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
         return Decision(allowed=True)
     stripped_from = ",".join(escape(c.name, 80) for c in analysis.changes)
     audit = (("credentials-stripped", cap(stripped_from, MAX_MESSAGE_CHARS)),)
-    return Decision(allowed=True, audit=audit, patched=_apply(pod, analysis.changes))
+    return Decision(allowed=True, audit=audit, patched=_apply(pod, analysis.changes, steps))
 
 
 def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
@@ -679,7 +690,8 @@ def _literal_env(container: Mapping[str, Any]) -> dict[str, str]:
     return env
 
 
-def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[str, Any]:
+def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges],
+           steps: _PodSteps) -> dict[str, Any]:
     # Only the spec, the container lists and the containers that change are copied; the rest is
     # shared with `pod`. A deep copy of the whole pod would cost more than the mutation, and
     # fails on nesting deeper than Python's recursion limit, which any field could carry.
@@ -689,7 +701,7 @@ def _apply(pod: Mapping[str, Any], changes: Iterable[ContainerChanges]) -> dict[
         containers = spec[change.kind] = list(spec[change.kind])
         container = containers[change.index] = dict(containers[change.index])
         if change.flags:
-            container["args"], _ = strip_credential_flags(container["args"])
+            container["args"], _ = steps.stripped(pod["spec"][change.kind][change.index])
         if change.env:
             env = frozenset(change.env)
             container["env"] = [e for e in container["env"]
@@ -741,21 +753,12 @@ def _containers(spec: Mapping[str, Any]) -> Iterable[tuple[str, int, Mapping[str
                 yield kind, index, container
 
 
-def _in_creds_dir(path: object) -> bool:
-    """`_under(path, CREDS_DIR)`: where the entrypoint writes a step's credentials."""
-    return isinstance(path, str) and _credential_dir_of(path) == CREDS_DIR
-
-
-def _in_credential_dir(path: str) -> bool:
-    """At or under CREDS_DIR or CREDS_SECRETS_DIR: mounts an untrusted container loses."""
-    return _credential_dir_of(path) is not None
-
-
 # Every mount of a build pod is looked at, and pods bring the same paths again: bounded, as
 # tenants choose the paths (the same bound as _normal_path's).
 @functools.lru_cache(maxsize=4096)
 def _credential_dir_of(path: str) -> str | None:
-    """CREDS_SECRETS_DIR or CREDS_DIR when the path is at or under it, else None."""
+    """CREDS_SECRETS_DIR or CREDS_DIR when the path is at or under it, else None: a mount there
+    is one an untrusted container loses."""
     normal = _normal_path(path)
     for directory in (CREDS_SECRETS_DIR, CREDS_DIR):
         if normal == directory or normal.startswith(directory + "/"):
