@@ -261,13 +261,13 @@ class _PodSteps:
                 and isinstance(image_text, str) and isinstance(args, list)
                 and runs_entrypoint(container)):
             return None
-        if any(container.get(key) is not None for key in RUNS_COMMANDS) \
-                or not _home_is_literal(container):
-            return None
         step_name = name[len(STEP_PREFIX):]
         entries = [entry for entry in self.policy.credentials.trusted_steps
                    if entry.name == step_name]
-        if not entries:
+        if not entries:  # most steps: nothing else needs reading
+            return None
+        if any(container.get(key) is not None for key in RUNS_COMMANDS) \
+                or not _home_is_literal(container):
             return None
         try:
             image = parse_image(image_text)
@@ -526,11 +526,10 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
         return Decision(allowed=True)
     steps = _PodSteps(policy)
     analysis = _analyse(pod, steps, trust=True)
-    mode = policy.credentials.mode
-    stripped = [Finding(CREDENTIALS_STRIPPED, f"registry credentials "
-                        f"{'would be' if mode == 'warn' else 'are'} removed from {c.describe()}")
-                for c in analysis.changes]
-    if mode == "warn":
+    if policy.credentials.mode == "warn":
+        stripped = [Finding(CREDENTIALS_STRIPPED,
+                            f"registry credentials would be removed from {c.describe()}")
+                    for c in analysis.changes]
         return decide([*analysis.refusals, *stripped], "warn")
     if analysis.refusals:
         return decide(analysis.refusals, "enforce")
