@@ -35,6 +35,7 @@ from policies.decision import (
     combine,
     decide,
     deny,
+    escape,
 )
 from policies.model import Policy, PolicyError, parse_policy
 from policies.pipelinerun import (
@@ -297,9 +298,11 @@ def wrong_kind(endpoint: Endpoint, request: AdmissionRequest) -> str:
 
     expected = [named(*kind) for kind in endpoint.kinds]
     got = request.kind
-    version = f"{got.group}/{got.version}" if got.group else got.version
+    # A forged review (or a hand-written one, offline) may name any kind: escaped, as a name.
+    kind = escape(got.kind)
+    version = escape(f"{got.group}/{got.version}" if got.group else got.version, 300)
     return (f"{endpoint.name} expected {_article(expected[0]) if len(expected) == 1 else 'one of'} "
-            f"{', '.join(expected)}, got {_article(got.kind)} {got.kind} ({version}): the "
+            f"{', '.join(expected)}, got {_article(kind)} {kind} ({version}): the "
             "webhook configuration sends it to the wrong endpoint; the platform admins must fix it")
 
 

@@ -91,6 +91,9 @@ def test_unknown_paths_and_methods_get_a_json_status(client: FlaskClient, method
                  "mutate-build-pods expected a Pod, got a ConfigMap (v1)", id="configmap-to-mutate"),
     pytest.param("/validate/policy", "secrets", ("", "v1", "Secret"),
                  "validate-policy expected a ConfigMap, got a Secret (v1)", id="secret-to-policy"),
+    # A forged review names what it likes: the message stays one printable line.
+    pytest.param("/validate/pipelineruns", "pipelineruns", ("tekton\n.dev", "v1\x1b[2J", "Pipe\nRun"),
+                 'got a Pipe\\nRun (tekton\\n.dev/v1\\x1b[2J): the webhook', id="forged-kind-escaped"),
 ])
 def test_a_kind_the_endpoint_does_not_understand_is_refused_naming_it(
         client: FlaskClient, path: str, resource: str, kind: tuple[str, str, str],
