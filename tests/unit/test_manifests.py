@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
+from policies.configmap import POLICY_CONFIGMAP, POLICY_KEY
 from policies.model import parse_policy
 from webhooks import metrics
-from webhooks.admission import ENDPOINTS, POLICY_CONFIGMAP, POLICY_KEY
+from webhooks.admission import ENDPOINTS
 from webhooks.mounts import POLICY_FILE
 
 ROOT = Path(__file__).resolve().parents[2]

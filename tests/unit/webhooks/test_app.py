@@ -12,10 +12,11 @@ from flask.testing import FlaskClient
 
 from policies.decision import Decision
 from policies.model import Policy
+from policies.rule import Facts, Rule
 from tests.builders import make_review
-from webhooks.admission import ENDPOINTS, Context, Endpoint, answer
+from webhooks.admission import ENDPOINTS, Endpoint, answer
 from webhooks.app import create_app
-from webhooks.review import read_review
+from webhooks.review import build_response, read_review
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
@@ -116,9 +117,11 @@ def test_a_failing_rule_denies_instead_of_answering_500(example_policy: Policy) 
 
     review = make_review()
     request = read_review(review)
-    context = Context(policy=example_policy, now=datetime.datetime.now(datetime.UTC))
-    endpoint = Endpoint("broken", "/broken", False, broken_rule, (("", "Pod"),))
-    decision, payload = answer(endpoint, request, context)
+    facts = Facts(example_policy, datetime.datetime.now(datetime.UTC))
+    rule = Rule(broken_rule, operations=frozenset({"CREATE"}))
+    endpoint = Endpoint("broken", "/broken", False, (rule,), (("", "Pod"),))
+    decision, patch = answer(endpoint, request, facts)
+    payload = build_response(request.uid, decision, patch)
     assert decision.allowed is False
     assert payload["response"]["uid"] == review["request"]["uid"]
     assert review["request"]["uid"] in payload["response"]["status"]["message"]
