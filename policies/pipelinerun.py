@@ -23,6 +23,7 @@ conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/R
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -186,9 +187,15 @@ class RunInput:
     run: Mapping[str, Any]
     builds: BuildsPolicy
 
-    @property
+    # Read once per review, not once per check (bench/HISTORY.md, entry 18).
+    @functools.cached_property
     def spec(self) -> Mapping[str, Any]:
         return _spec(self.run)
+
+    @functools.cached_property
+    def params(self) -> dict[str, Any]:
+        """The params by name (the first of each name), as Tekton reads them."""
+        return _params(self.spec)
 
     @property
     def labels(self) -> Mapping[str, Any]:
@@ -449,7 +456,7 @@ def _rule(spec: ParamSpec) -> str:
 
 
 def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
-    value = _params(run.spec).get(APP_IMAGE)
+    value = run.params.get(APP_IMAGE)
     if not isinstance(value, str):
         return  # reported by params_are_not_allowed
     try:
@@ -468,7 +475,7 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
 def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
     approved run image or one of the tool's own: never another tool's private image."""
-    value = _params(run.spec).get(RUN_IMAGE)
+    value = run.params.get(RUN_IMAGE)
     if not isinstance(value, str) or value == "":
         return  # absent or empty: the builder's own run image (stack.toml), which is approved
     approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
@@ -503,7 +510,7 @@ def _not_in_own_project(run: RunInput, image: ImageReference) -> str:
 
 
 def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
-    value = _params(run.spec).get(BUILDER_IMAGE)
+    value = run.params.get(BUILDER_IMAGE)
     if not isinstance(value, str):
         return
     approved = ", ".join(str(b) for b in run.builds.builders) or "(none configured)"
@@ -519,7 +526,7 @@ def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
 
 
 def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
-    values = _params(run.spec).get(ENV_VARS)
+    values = run.params.get(ENV_VARS)
     if not isinstance(values, list):
         return
     for position, item in enumerate(values):
@@ -532,7 +539,7 @@ def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
 
 
 def path_param_escapes(run: RunInput) -> Iterator[Finding]:
-    for name, value in _params(run.spec).items():
+    for name, value in run.params.items():
         if is_path_param(name) and isinstance(value, str) and value and escapes(value):
             yield Finding(PARAM_INVALID, f"parameter {name} {quote(value)} must be a relative "
                                          "path inside the source, without ..")
