@@ -251,6 +251,15 @@ def test_rules(docs: tuple[Doc, ...]) -> None:
                                                 for operation in ("CREATE", "UPDATE")}
 
 
+def test_each_webhook_is_sent_the_operations_its_rules_judge(docs: tuple[Doc, ...]) -> None:
+    # An operation the rules declare but the webhook is not sent is never judged; one the webhook
+    # is sent but no rule judges costs a call for nothing.
+    for endpoint in ENDPOINTS:
+        sent = {operation for *_, operation in _rules(docs, endpoint.path)}
+        judged = {operation for rule in endpoint.rules for operation in rule.operations}
+        assert sent == judged, endpoint.path
+
+
 def test_match_conditions(docs: tuple[Doc, ...]) -> None:
     by_path = {webhook["clientConfig"]["service"]["path"]: webhook for _, webhook in _webhooks(docs)}
     policy = by_path["/validate/policy"]["matchConditions"]
