@@ -409,7 +409,8 @@ def pipeline_pushing_elsewhere(control_plane: ControlPlane,
     """An approved pipeline that hands its task a fixed APP_IMAGE: another tool's. An admin's
     mistake, or a compromised pipeline; a run admitted for its own APP_IMAGE then has an export
     step that would push to the other tool's project with the robot account."""
-    pipeline = yaml.safe_load((TEST_MANIFESTS / "image-build.yaml").read_text().split("---")[-1])
+    pipeline = next(document for document in yaml.safe_load_all(
+        (TEST_MANIFESTS / "image-build.yaml").read_text()) if document["kind"] == "Pipeline")
     pipeline["metadata"]["name"] = ELSEWHERE
     for param in pipeline["spec"]["tasks"][0]["params"]:
         if param["name"] == "APP_IMAGE":
@@ -434,7 +435,7 @@ def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
     manifest["spec"]["pipelineRef"]["name"] = ELSEWHERE
     try:
         control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
-        pod_name = f"{run}-build-pod"
+        pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
         denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
                                    operation="CREATE")
         assert denied["user"] == TEKTON_CONTROLLER_USER
