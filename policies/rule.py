@@ -101,13 +101,6 @@ def judge(rules: Sequence[Rule], review: Review, facts: Facts) -> Verdict:
                       if rule.covers(review, policy)])
 
 
-def settle(verdict: Verdict, answer: Callable[[Question], Answer]) -> Decision:
-    """The decision once `answer` has answered every question the rules asked, in turn."""
-    while isinstance(verdict, Ask):
-        verdict = verdict.then(answer(verdict.question))
-    return verdict
-
-
 def _together(verdicts: Sequence[Verdict]) -> Verdict:
     """One verdict from several rules' on one request: the first question first, then the
     decisions combined."""

@@ -14,7 +14,7 @@ from policies.decision import Decision
 from policies.identity import User
 from policies.model import Policy
 from policies.questions import Answer
-from policies.rule import Facts, Operation, Review, Rule, judge, settle
+from policies.rule import Ask, Facts, Operation, Review, Rule, judge
 
 EXAMPLE_POLICY = Path(__file__).parent.parent / "policies" / "example-policy.yaml"
 
@@ -86,4 +86,7 @@ def judged(rules: Sequence[Rule], review: Review, policy: Policy,
            now: datetime.datetime = NOW, answer: Answer = None) -> Decision:
     """The rules' decision on a review, every question they ask answered with `answer` (None:
     no cluster, as offline)."""
-    return settle(judge(rules, review, Facts(policy, now)), lambda _question: answer)
+    verdict = judge(rules, review, Facts(policy, now))
+    while isinstance(verdict, Ask):
+        verdict = verdict.then(answer)
+    return verdict

@@ -34,7 +34,7 @@ from policies.questions import (
     Unavailable,
 )
 from policies.registry import IMAGES
-from policies.rule import WITHOUT_POLICY, Facts, Rule, judge, settle
+from policies.rule import WITHOUT_POLICY, Ask, Facts, Rule, judge
 from policies.slots import Claim, Reservation
 from webhooks.patches import make_patch
 from webhooks.review import AdmissionRequest, Patch
@@ -174,8 +174,10 @@ def decision_for(endpoint: Endpoint, request: AdmissionRequest, facts: Facts | N
         # A webhook configuration that sends other objects here: a rule that does not know
         # them would find nothing wrong, so refuse (fail closed) and say what went where.
         return deny(UNSUPPORTED_KIND, wrong_kind(endpoint, request))
-    return settle(judge(endpoint.rules, request, facts),
-                  lambda question: cluster.answer(question, request))
+    verdict = judge(endpoint.rules, request, facts)
+    while isinstance(verdict, Ask):
+        verdict = verdict.then(cluster.answer(verdict.question, request))
+    return verdict
 
 
 def answer(endpoint: Endpoint, request: AdmissionRequest, facts: Facts | None,
