@@ -1,6 +1,6 @@
 """PipelineRuns: whose run it is, what it may contain, and how it may change.
 
-Four questions, each pure:
+Four questions, each pure, and the rule that asks them (`check_pipelinerun`, `PIPELINERUNS`):
 
 - `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
   and for system users the Harbor project the run pushes to). Labels, params and annotations
@@ -12,6 +12,10 @@ Four questions, each pure:
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
 
+A new run that passes them must also fit in its tool's active-run slots (`policies.slots`): the
+rule asks the cluster (`policies.questions.SlotClaim`), and takes a slot only for a run it will
+admit.
+
 Both Tekton shapes are read whatever `apiVersion` says: with `matchPolicy: Equivalent` and no
 conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/README.md).
 """
@@ -19,18 +23,22 @@ conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/R
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, escape, quote
+from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
 from policies.harbor import harbor_project, tool_of_project
 from policies.identity import User, is_tool_name
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 from policies.objects import mapping
+from policies.questions import Answer, SlotClaim, Unavailable
+from policies.rule import Ask, Facts, Review, Rule, Verdict
+from policies.slots import Claim, Reservation
 
 # Reasons, one per condition a check detects.
 NOT_A_TOOL = "NotATool"
@@ -179,9 +187,15 @@ class RunInput:
     run: Mapping[str, Any]
     builds: BuildsPolicy
 
-    @property
+    # Read once per review, not once per check (bench/HISTORY.md, entry 19).
+    @functools.cached_property
     def spec(self) -> Mapping[str, Any]:
         return _spec(self.run)
+
+    @functools.cached_property
+    def params(self) -> dict[str, Any]:
+        """The params by name (the first of each name), as Tekton reads them."""
+        return _params(self.spec)
 
     @property
     def labels(self) -> Mapping[str, Any]:
@@ -442,7 +456,7 @@ def _rule(spec: ParamSpec) -> str:
 
 
 def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
-    value = _params(run.spec).get(APP_IMAGE)
+    value = run.params.get(APP_IMAGE)
     if not isinstance(value, str):
         return  # reported by params_are_not_allowed
     try:
@@ -461,7 +475,7 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
 def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
     approved run image or one of the tool's own: never another tool's private image."""
-    value = _params(run.spec).get(RUN_IMAGE)
+    value = run.params.get(RUN_IMAGE)
     if not isinstance(value, str) or value == "":
         return  # absent or empty: the builder's own run image (stack.toml), which is approved
     approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
@@ -496,7 +510,7 @@ def _not_in_own_project(run: RunInput, image: ImageReference) -> str:
 
 
 def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
-    value = _params(run.spec).get(BUILDER_IMAGE)
+    value = run.params.get(BUILDER_IMAGE)
     if not isinstance(value, str):
         return
     approved = ", ".join(str(b) for b in run.builds.builders) or "(none configured)"
@@ -512,7 +526,7 @@ def builder_is_not_approved(run: RunInput) -> Iterator[Finding]:
 
 
 def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
-    values = _params(run.spec).get(ENV_VARS)
+    values = run.params.get(ENV_VARS)
     if not isinstance(values, list):
         return
     for position, item in enumerate(values):
@@ -525,7 +539,7 @@ def env_var_is_invalid(run: RunInput) -> Iterator[Finding]:
 
 
 def path_param_escapes(run: RunInput) -> Iterator[Finding]:
-    for name, value in _params(run.spec).items():
+    for name, value in run.params.items():
         if is_path_param(name) and isinstance(value, str) and value and escapes(value):
             yield Finding(PARAM_INVALID, f"parameter {name} {quote(value)} must be a relative "
                                          "path inside the source, without ..")
@@ -684,6 +698,58 @@ def status_change_is_allowed(old: object, new: object) -> bool:
     return old == PENDING and _is_empty(new)
 
 
+# --- The rule --------------------------------------------------------------------------------
+
+
+def check_pipelinerun(review: Review, facts: Facts) -> Verdict:
+    """PipelineRuns: own Harbor project, approved builders and pipelines, N active runs."""
+    policy = facts.policy
+    builds = policy.builds
+    run = review.object or {}
+    if review.operation in ("UPDATE", "DELETE"):
+        # Only the run's own tool, the system users and the run managers; a subresource (status)
+        # cannot change the spec, so only who writes it is judged.
+        stored = review.old_object or {}
+        refusal = run_access_refused(policy, review.namespace, review.user, stored,
+                                     operation=review.operation,
+                                     sub_resource=review.sub_resource)
+        findings = [refusal] if refusal is not None else []
+        if review.operation == "UPDATE" and not review.sub_resource:
+            findings += check_changed_run(stored, run, builds)
+        return decide(findings, builds.mode)
+    identity = tool_of_requester(policy, review.namespace, review.user, run)
+    if identity.tool is None:
+        return decide([f for f in (identity.finding,) if f is not None], builds.mode)
+    tool = identity.tool
+    found = list(check_new_run(tool, run, builds))
+    metadata = mapping(run.get("metadata"))
+    candidate = Reservation(uid=str(metadata.get("uid") or ""), namespace=review.namespace,
+                            name=review.name or str(metadata.get("name") or ""),
+                            reserved_at=facts.now)
+    # Reserve only for a run that will be admitted; otherwise just look, to report a full slot too.
+    reserve = not review.dry_run and (not found or builds.mode == "warn")
+    claim = SlotClaim(tool=tool, candidate=candidate, limit=builds.max_active_runs_for(tool),
+                      label=builds.tool_label, reserve=reserve)
+
+    def with_slots(answer: Answer) -> Decision:
+        if answer is None:
+            return merge_warnings(decide(found, builds.mode), (not_checked_warning(tool),))
+        if isinstance(answer, Unavailable):
+            return decide([*found, slots_unavailable(tool, answer.cause)], builds.mode)
+        if not isinstance(answer, Claim):
+            raise TypeError(f"SlotClaim answered with a {type(answer).__name__}")
+        if not answer.fits:
+            return decide([*found, too_many_runs(tool, answer.limit, answer.occupants)],
+                          builds.mode)
+        return decide(found, builds.mode)
+
+    return Ask(claim, with_slots)
+
+
+PIPELINERUNS = Rule(check_pipelinerun, operations=frozenset({"CREATE", "UPDATE", "DELETE"}),
+                    exempt_namespaces=True)
+
+
 # --- Messages about slots -------------------------------------------------------------------
 
 
@@ -699,6 +765,15 @@ def too_many_runs(tool: str, limit: int, occupants: Iterable[str]) -> Finding:
         f"the tool {tool} already has {len(held)} active PipelineRun(s) and may have at most "
         f"{limit}: {shown}; wait for one to finish or cancel it with: kubectl patch pipelinerun "
         f"{name} -n {namespace} --type merge -p '{{\"spec\":{{\"status\":\"Cancelled\"}}}}'"))
+
+
+def slots_unavailable(tool: str, cause: str) -> Finding:
+    """The finding for a run whose tool's active runs the cluster could not count in time."""
+    # What to do comes first (users read the start); the technical cause last, for admins.
+    return Finding(SLOTS_UNAVAILABLE, (
+        f"could not check how many PipelineRuns the tool {tool} has running, so this run was "
+        "not created: try again in a minute, and tell the platform admins if it keeps failing "
+        f"(cause: {cause})"))
 
 
 def not_checked_warning(tool: str) -> str:
