@@ -3,6 +3,7 @@
     .venv/bin/python bench/inprocess.py                     # CPU µs per call, each payload
     .venv/bin/python bench/inprocess.py --payloads pod --calls 3000 --repeats 7
     .venv/bin/python bench/inprocess.py --instructions      # callgrind: instructions per call
+    .venv/bin/python bench/inprocess.py --instructions --cluster   # ... as a served pod answers
     .venv/bin/python bench/inprocess.py --profile pipelinerun   # pyinstrument call tree
 
 What a gunicorn worker of `serve` runs per review, in this process: `create_app` with
@@ -17,6 +18,11 @@ of bench/HISTORY.md. On a shared machine pin it (`taskset -c 1`) and compare aga
 the previous commit in the same minute. `--instructions` runs this script under valgrind's
 callgrind twice per payload (with `--calls` and with none) and reports the difference divided
 by the calls: instructions are the same whatever else the machine runs, so small changes show.
+
+Without a cluster (as `serve --dev`) the PipelineRun rule's active-run question and the build-pod
+rule's run lookup are answered "no cluster". `--cluster` answers them from memory as a served pod
+would, without the API server's time: every run fits its slots, and the Tekton pod's TaskRun and
+PipelineRun (tests/buildruns.py `objects_of`) are found.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ import payloads  # noqa: E402
 POLICY = ROOT / "policies" / "example-policy.yaml"
 
 
-def make_app(workdir: Path) -> Callable[..., Iterable[bytes]]:
+def make_app(workdir: Path, *, cluster: bool = False) -> Callable[..., Iterable[bytes]]:
     """The WSGI callable of one worker, set up as `serve` sets it up."""
     os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(workdir / "prometheus")
     (workdir / "prometheus").mkdir(exist_ok=True)
@@ -59,7 +65,10 @@ def make_app(workdir: Path) -> Callable[..., Iterable[bytes]]:
     handler = logging.getLogger().handlers[0]
     assert isinstance(handler, logging.StreamHandler)
     handler.setStream(open(workdir / "reviews.log", "w"))  # noqa: SIM115 (lives as long as the app)
-    app = create_app({"POLICY_FILE": str(POLICY), "POLICY_RELOAD_SECONDS": 3600.0})
+    config: dict[str, Any] = {"POLICY_FILE": str(POLICY), "POLICY_RELOAD_SECONDS": 3600.0}
+    if cluster:
+        config |= cluster_answers()
+    app = create_app(config)
     deadline = time.monotonic() + 10
     source = app.extensions["toolforge-admission"].source
     while source.policy is None:
@@ -69,6 +78,25 @@ def make_app(workdir: Path) -> Callable[..., Iterable[bytes]]:
     gc.collect()
     gc.freeze()
     return app.wsgi_app
+
+
+class FreeSlots:
+    """Active-run slots in memory that always have room (`webhooks.admission.ActiveRuns`)."""
+
+    def claim(self, tool: str, candidate: Any, *, limit: int, label: str,
+              reserve: bool) -> Any:
+        from policies.slots import Claim
+
+        return Claim(fits=True, limit=limit, occupants=(), reservations=(), changed=False)
+
+
+def cluster_answers() -> dict[str, Any]:
+    """The app's ACTIVE_RUNS and BUILD_RUNS, answering from memory."""
+    from tests.buildruns import MemoryCluster, objects_of
+    from webhooks.runs import BuildRuns
+
+    pod = payloads.tekton_review()["request"]["object"]
+    return {"ACTIVE_RUNS": FreeSlots(), "BUILD_RUNS": BuildRuns(MemoryCluster(*objects_of(pod)))}
 
 
 def environ_for(path: str, body: bytes) -> Callable[[], dict[str, Any]]:
@@ -136,7 +164,8 @@ def instructions(args: argparse.Namespace, names: list[str]) -> dict[str, float]
                 result = subprocess.run(
                     ["valgrind", "--tool=callgrind", f"--callgrind-out-file={scratch}/cg.out",
                      sys.executable, __file__, "--payloads", name, "--calls", str(calls),
-                     "--repeats", "1", "--warmup", str(args.warmup)],
+                     "--repeats", "1", "--warmup", str(args.warmup),
+                     *(["--cluster"] if args.cluster else [])],
                     capture_output=True, text=True, check=False,
                     # The same string hashes in every run: dict layouts, and so the counts,
                     # do not move with the hash seed.
@@ -159,6 +188,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=200, help="calls before measuring")
     parser.add_argument("--instructions", action="store_true",
                         help="instructions per call under callgrind (slow: ~50x)")
+    parser.add_argument("--cluster", action="store_true",
+                        help="answer the rules' cluster questions from memory, as served")
     parser.add_argument("--profile", metavar="PAYLOAD",
                         help="print a pyinstrument call tree of --calls calls of one payload")
     args = parser.parse_args()
@@ -170,7 +201,7 @@ def main() -> int:
         return 0
     with tempfile.TemporaryDirectory(prefix="tfa-inprocess-") as scratch:
         workdir = Path(scratch)
-        app = make_app(workdir)
+        app = make_app(workdir, cluster=args.cluster)
         sent = bodies(workdir, [args.profile] if args.profile else names)
         makers = {name: environ_for(path, body) for name, (path, body) in sent.items()}
         for name, make in makers.items():

@@ -220,7 +220,7 @@ def tekton_mutated_review() -> dict[str, Any]:
     data = tekton_review()
     request = data["request"]
     policy = parse_policy((ROOT / "policies/example-policy.yaml").read_bytes())
-    decision = strip_build_credentials(request["object"], request["namespace"], "CREATE", policy)
+    decision = strip_build_credentials(request["object"], request["namespace"], policy)
     if decision.patched is not None:
         request["object"] = decision.patched
     return data

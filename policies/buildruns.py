@@ -12,6 +12,9 @@ make them. So in `builds.namespace`:
 - pods may be created, and their spec changed, only by the Tekton controller, and nobody gets a
   shell or a port into them (`exec`, `attach`, `portforward`).
 
+`TASKRUNS` and `BUILD_POD_ACCESS` are the rules (`policies.rule`); the pod rules are in
+`policies.credentials`, which also judges what a build pod may do with the credentials.
+
 RBAC should already keep tools away from all of this (docs/security.md); these rules hold when
 it does not.
 """
@@ -19,12 +22,14 @@ it does not.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import Finding, escape, quote
+from policies.decision import Decision, Finding, Mode, allow, decide, escape, quote
 from policies.identity import User
 from policies.model import Policy
+from policies.owners import PIPELINERUN, controller_owner
+from policies.questions import Answer, FoundRun, RunLookup, Unavailable
+from policies.rule import Ask, Facts, Review, Rule, Verdict
 
 RUN_NOT_FROM_CONTROLLER = "RunNotFromTektonController"
 RUN_WITHOUT_PIPELINERUN = "RunWithoutPipelineRun"
@@ -33,51 +38,8 @@ POD_NOT_FROM_CONTROLLER = "PodNotFromTektonController"
 POD_ACCESS_REFUSED = "BuildPodAccessRefused"
 RUNS_UNAVAILABLE = "BuildRunsUnavailable"
 
-TEKTON_GROUP = "tekton.dev"
-PIPELINERUN = "PipelineRun"
-TASKRUN = "TaskRun"
 RUN_KINDS = frozenset({"TaskRun", "CustomRun"})
 """What the Tekton controller makes for a PipelineRun's tasks."""
-
-
-@dataclass(frozen=True)
-class OwnerRef:
-    """A controlling owner reference to a Tekton object."""
-
-    kind: str
-    name: str
-    uid: str
-
-
-@dataclass(frozen=True)
-class FoundRun:
-    """What the cluster says about the PipelineRun an object belongs to."""
-
-    run: Mapping[str, Any] | None
-    problem: str = ""
-    """Why there is none (no owner, not found, another uid), for the message."""
-
-
-def controller_owner(obj: Mapping[str, Any] | None, kind: str) -> OwnerRef | None:
-    """The object's controlling owner reference, if it is a tekton.dev object of `kind`."""
-    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
-    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
-    for owner in owners if isinstance(owners, list) else ():
-        if not isinstance(owner, Mapping) or owner.get("controller") is not True:
-            continue
-        group = str(owner.get("apiVersion", "")).partition("/")[0]
-        name, uid = owner.get("name"), owner.get("uid")
-        if (group == TEKTON_GROUP and owner.get("kind") == kind and isinstance(name, str)
-                and name and isinstance(uid, str) and uid):
-            return OwnerRef(kind=kind, name=name, uid=uid)
-    return None
-
-
-def matches(obj: Mapping[str, Any] | None, owner: OwnerRef) -> bool:
-    """Whether a looked-up object is the one the reference names (same name, same uid)."""
-    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
-    return (isinstance(metadata, Mapping) and metadata.get("name") == owner.name
-            and metadata.get("uid") == owner.uid)
 
 
 def is_controller(user: User, policy: Policy) -> bool:
@@ -134,6 +96,46 @@ def check_pod_requester(operation: str, user: User, policy: Policy) -> tuple[Fin
         "builds run through PipelineRuns")),)
 
 
+def check_taskrun(review: Review, facts: Facts) -> Verdict:
+    """TaskRuns and CustomRuns in the build namespace: made by the Tekton controller for a
+    PipelineRun that exists; never changed or deleted by a tool."""
+    policy = facts.policy
+    kind = review.kind
+    mode = policy.builds.mode
+    if review.operation in ("UPDATE", "DELETE"):
+        return decide(check_run_change(kind, review.operation, review.user, policy), mode)
+    findings = check_new_taskrun(kind, review.user, review.object, policy)
+    owner = controller_owner(review.object, PIPELINERUN)
+    if findings or owner is None:
+        return decide(findings, mode)
+
+    def with_run(answer: Answer) -> Decision:
+        if answer is None:
+            return allow(warnings=(f"the PipelineRun {owner.name} of this {kind} was not looked "
+                                   "up (no cluster connection)",))
+        if isinstance(answer, Unavailable):
+            return runs_unavailable(kind, answer.cause, mode)
+        if not isinstance(answer, FoundRun):
+            raise TypeError(f"RunLookup answered with a {type(answer).__name__}")
+        return decide([] if answer.run is not None else [run_not_found(kind, answer)], mode)
+
+    return Ask(RunLookup(namespace=review.namespace, owner=owner), with_run)
+
+
+TASKRUNS = Rule(check_taskrun, operations=frozenset({"CREATE", "UPDATE", "DELETE"}),
+                kinds=RUN_KINDS, build_namespace=True)
+
+
+def runs_unavailable(what: str, cause: str, mode: Mode) -> Decision:
+    """The decision on a TaskRun, CustomRun or pod whose PipelineRun the cluster could not
+    look up in time."""
+    # Tekton retries a TaskRun it could not create; a refused pod fails its TaskRun for good.
+    again = "Tekton tries again" if what in RUN_KINDS else "start the build again"
+    return decide([Finding(RUNS_UNAVAILABLE, (
+        f"could not look up the PipelineRun this {what} belongs to, so it was not created: "
+        f"{again}; tell the platform admins if it keeps failing (cause: {cause})"))], mode)
+
+
 def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Finding, ...]:
     """`exec`, `attach` and `portforward` into a build pod: nobody's business but Tekton's.
 
@@ -147,6 +149,17 @@ def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Fin
         f"pods in the build namespace {policy.builds.namespace} hold other tools' builds and the "
         f"registry credentials; {escape(sub_resource or 'connect', 40)} into them is refused for "
         f"user {quote(user.username)}: read a build's logs instead")),)
+
+
+def check_build_pod_access(review: Review, facts: Facts) -> Decision:
+    """`exec`, `attach` and `portforward` into pods of the build namespace: refused."""
+    policy = facts.policy
+    return decide(check_pod_access(review.sub_resource, review.user, policy),
+                  policy.credentials.mode)
+
+
+BUILD_POD_ACCESS = Rule(check_build_pod_access, operations=frozenset({"CONNECT"}),
+                        build_namespace=True)
 
 
 def param(run: Mapping[str, Any] | None, name: str) -> object:

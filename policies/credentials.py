@@ -36,10 +36,11 @@ What counts as a credential, since a pod does not say which Secret holds what:
   mounts it exactly at its own HOME or DOCKER_CONFIG and the volume is an emptyDir; in any other
   shape (a PVC, a sub-path, a directory that also holds other data) the pod is refused.
 
-The mutation acts on CREATE; the validator (`find_credential_leaks`, `check_build_pod`) judges the
-pod as it would be stored on CREATE and UPDATE, so an ephemeral container or a changed image meets
-the same rules. What a trusted step does with the credentials is judged too: a lifecycle phase
-may push only to its PipelineRun's APP_IMAGE (`trusted_step_findings`).
+The mutation (`BUILD_POD_CREDENTIALS`) acts on CREATE; the validator (`BUILD_PODS`:
+`find_credential_leaks`, `check_build_pod`) judges the pod as it would be stored on CREATE and
+UPDATE, so an ephemeral container or a changed image meets the same rules. What a trusted step
+does with the credentials is judged too: a lifecycle phase may push only to its PipelineRun's
+APP_IMAGE (`trusted_step_findings`).
 
 Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
 untrusted step that needs the credentials itself (the `buildpacks` task's single
@@ -53,12 +54,15 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from policies.buildruns import FoundRun, check_pod_requester, param
+from policies.buildruns import check_pod_requester, param, runs_unavailable
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
 from policies.objects import mapping
+from policies.owners import TEKTON_GROUP
+from policies.questions import Answer, FoundRun, PodRunLookup, Unavailable
+from policies.rule import Ask, Facts, Review, Rule, Verdict
 from policies.steps import (
     RegistryUse,
     StepCommand,
@@ -86,7 +90,6 @@ BUILDER_IMAGE = "BUILDER_IMAGE"
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 TEKTON_MANAGER = "tekton-pipelines"
-TEKTON_GROUP = "tekton.dev"
 STEP_PREFIX = "step-"
 CREDS_SECRETS_DIR = "/tekton/creds-secrets"
 CREDS_DIR = "/tekton/creds"
@@ -513,7 +516,7 @@ def _secret_ref(holder: object, key: str) -> str | None:
 # --- the rules ---------------------------------------------------------------------------------
 
 
-def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, operation: str,
+def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str,
                             policy: Policy) -> Decision:
     """Mutate a Tekton build pod so that only trusted steps can read registry credentials.
 
@@ -521,8 +524,7 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
     parts with `pod`, which is never changed), or None when nothing changes. In warn mode the pod
     is admitted unchanged, with what would be stripped.
     """
-    if operation != "CREATE" or not isinstance(pod, dict) \
-            or not is_tekton_build_pod(pod, namespace, policy):
+    if not isinstance(pod, dict) or not is_tekton_build_pod(pod, namespace, policy):
         return Decision(allowed=True)
     steps = _PodSteps(policy)
     analysis = _analyse(pod, steps, trust=True)
@@ -538,6 +540,17 @@ def strip_build_credentials(pod: Mapping[str, Any] | None, namespace: str, opera
     stripped_from = ",".join(escape(c.name, 80) for c in analysis.changes)
     audit = (("credentials-stripped", cap(stripped_from, MAX_MESSAGE_CHARS)),)
     return Decision(allowed=True, audit=audit, patched=_apply(pod, analysis.changes, steps))
+
+
+def mutate_build_pod(review: Review, facts: Facts) -> Decision:
+    """Tekton build pods: registry credentials only in trusted steps."""
+    return strip_build_credentials(review.object, review.namespace, facts.policy)
+
+
+BUILD_POD_CREDENTIALS = Rule(mutate_build_pod, operations=frozenset({"CREATE"}),
+                             kinds=frozenset({"Pod"}), build_namespace=True)
+"""The mutation acts on CREATE only: a pod's containers cannot be changed afterwards, and what
+an UPDATE may add (an ephemeral container, a new image) `BUILD_PODS` judges."""
 
 
 def find_credential_leaks(pod: Mapping[str, Any] | None, namespace: str,
@@ -581,22 +594,29 @@ def _needs_build_run(pod: Mapping[str, Any] | None, namespace: str, operation: s
 
 
 def check_build_pod(pod: Mapping[str, Any] | None, namespace: str, operation: str, user: User,
-                    *, policy: Policy, run: FoundRun | None) -> Decision:
-    """A pod of the build namespace, as stored: who makes it, what it leaks, where it pushes.
+                    *, policy: Policy, run: FoundRun | None, run_unknown: bool = False,
+                    ) -> Decision:
+    """A pod of the build namespace, as stored on CREATE or UPDATE: who makes it, what it leaks,
+    where it pushes.
 
-    `run` is the PipelineRun the pod belongs to when `needs_build_run` asked for it; None when
-    it was not looked up (no cluster: the offline review), which skips only the comparison with
-    the run and says so.
+    `run` is the PipelineRun the pod belongs to when `needs_build_run` asked for it. With
+    `run_unknown` it was asked for but not looked up (no cluster: the offline review), which
+    skips only the comparison with the run and says so.
     """
-    if (not isinstance(pod, dict) or namespace != policy.builds.namespace
-            or operation not in ("CREATE", "UPDATE")):
+    if not isinstance(pod, dict):
         return Decision(allowed=True)
-    steps = _PodSteps(policy)
+    return _check_build_pod(pod, namespace, operation, user, _PodSteps(policy), run=run,
+                            run_unknown=run_unknown)
+
+
+def _check_build_pod(pod: Mapping[str, Any], namespace: str, operation: str, user: User,
+                     steps: _PodSteps, *, run: FoundRun | None, run_unknown: bool) -> Decision:
+    policy = steps.policy
     findings = [*check_pod_requester(operation, user, policy),
                 *_leak_findings(pod, namespace, steps)]
     warnings: list[str] = []
     if operation == "CREATE" and is_tekton_build_pod(pod, namespace, policy):
-        if run is None and _needs_build_run(pod, namespace, operation, steps):
+        if run_unknown:
             warnings.append("the PipelineRun of this pod was not looked up (no cluster "
                             "connection), so the images its trusted steps push to were not "
                             "compared with the run's")
@@ -605,6 +625,36 @@ def check_build_pod(pod: Mapping[str, Any] | None, namespace: str, operation: st
     if warnings:
         decision = replace(decision, warnings=(*decision.warnings, *warnings))
     return decision
+
+
+def check_build_namespace_pod(review: Review, facts: Facts) -> Verdict:
+    """Pods of the build namespace: only from the Tekton controller, no credential where it
+    does not belong, and trusted steps that push only their PipelineRun's image (which the
+    cluster is asked for)."""
+    policy = facts.policy
+    pod, namespace, operation = review.object, review.namespace, review.operation
+    if not isinstance(pod, dict):
+        return Decision(allowed=True)
+    # One reading of the steps for the whole review, the cluster's answer included: whether the
+    # run is needed, the analysis and the trusted steps' targets ask about the same containers.
+    steps = _PodSteps(policy)
+    if not _needs_build_run(pod, namespace, operation, steps):
+        return _check_build_pod(pod, namespace, operation, review.user, steps, run=None,
+                                run_unknown=False)
+
+    def with_run(answer: Answer) -> Decision:
+        if isinstance(answer, Unavailable):
+            return runs_unavailable("pod", answer.cause, policy.credentials.mode)
+        if answer is not None and not isinstance(answer, FoundRun):
+            raise TypeError(f"PodRunLookup answered with a {type(answer).__name__}")
+        return _check_build_pod(pod, namespace, operation, review.user, steps, run=answer,
+                                run_unknown=answer is None)
+
+    return Ask(PodRunLookup(namespace=namespace, pod=pod), with_run)
+
+
+BUILD_PODS = Rule(check_build_namespace_pod, operations=frozenset({"CREATE", "UPDATE"}),
+                  kinds=frozenset({"Pod"}), build_namespace=True)
 
 
 def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,

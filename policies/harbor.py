@@ -2,7 +2,7 @@
 
 Toolforge's builds API creates a tool's project from `builds.harborProject` (`tool-{tool}`) with
 Harbor's rule applied: Harbor allows no two separators in a row, so between two adjacent `-`,
-`_` or `.` it inserts the literal `char.sep` (`ToolNameToHarborProjectName`; toolforge.md §1).
+`_` or `.` it inserts the literal `char.sep` (the builds API's `ToolNameToHarborProjectName`).
 The tool `a--b` therefore pushes to `tool-a-char.sep-b`. The PipelineRun rule (where APP_IMAGE and
 RUN_IMAGE may point) and the registry rule (`{harborProject}` in `registries.allowed`) both ask
 this module, so a tool can run what it built whatever its name.

@@ -1,6 +1,6 @@
 """PipelineRuns: whose run it is, what it may contain, and how it may change.
 
-Four questions, each pure:
+Four questions, each pure, and the rule that asks them (`check_pipelinerun`, `PIPELINERUNS`):
 
 - `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
   and for system users the Harbor project the run pushes to). Labels, params and annotations
@@ -11,6 +11,10 @@ Four questions, each pure:
   and the run managers; its status only the latter two.
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
+
+A new run that passes them must also fit in its tool's active-run slots (`policies.slots`): the
+rule asks the cluster (`policies.questions.SlotClaim`), and takes a slot only for a run it will
+admit.
 
 Both Tekton shapes are read whatever `apiVersion` says: with `matchPolicy: Equivalent` and no
 conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/README.md).
@@ -25,13 +29,16 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, escape, quote
+from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
 from policies.harbor import harbor_project, tool_of_project
 from policies.identity import User, is_tool_name
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 from policies.objects import mapping
+from policies.questions import Answer, SlotClaim, Unavailable
+from policies.rule import Ask, Facts, Review, Rule, Verdict
+from policies.slots import Claim, Reservation
 
 # Reasons, one per condition a check detects.
 NOT_A_TOOL = "NotATool"
@@ -185,14 +192,14 @@ class RunInput:
     run: Mapping[str, Any]
     builds: BuildsPolicy
 
-    # Read once per review: every check reads the spec, and six read the params.
+    # Read once per review, not once per check (bench/HISTORY.md, entry 19).
     @functools.cached_property
     def spec(self) -> Mapping[str, Any]:
         return _spec(self.run)
 
     @functools.cached_property
-    def params(self) -> Mapping[str, Any]:
-        """Each param's value by name (the first of a name)."""
+    def params(self) -> dict[str, Any]:
+        """The params by name (the first of each name), as Tekton reads them."""
         return _params(self.spec)
 
     @property
@@ -707,6 +714,58 @@ def status_change_is_allowed(old: object, new: object) -> bool:
     return old == PENDING and _is_empty(new)
 
 
+# --- The rule --------------------------------------------------------------------------------
+
+
+def check_pipelinerun(review: Review, facts: Facts) -> Verdict:
+    """PipelineRuns: own Harbor project, approved builders and pipelines, N active runs."""
+    policy = facts.policy
+    builds = policy.builds
+    run = review.object or {}
+    if review.operation in ("UPDATE", "DELETE"):
+        # Only the run's own tool, the system users and the run managers; a subresource (status)
+        # cannot change the spec, so only who writes it is judged.
+        stored = review.old_object or {}
+        refusal = run_access_refused(policy, review.namespace, review.user, stored,
+                                     operation=review.operation,
+                                     sub_resource=review.sub_resource)
+        findings = [refusal] if refusal is not None else []
+        if review.operation == "UPDATE" and not review.sub_resource:
+            findings += check_changed_run(stored, run, builds)
+        return decide(findings, builds.mode)
+    identity = tool_of_requester(policy, review.namespace, review.user, run)
+    if identity.tool is None:
+        return decide([f for f in (identity.finding,) if f is not None], builds.mode)
+    tool = identity.tool
+    found = list(check_new_run(tool, run, builds))
+    metadata = mapping(run.get("metadata"))
+    candidate = Reservation(uid=str(metadata.get("uid") or ""), namespace=review.namespace,
+                            name=review.name or str(metadata.get("name") or ""),
+                            reserved_at=facts.now)
+    # Reserve only for a run that will be admitted; otherwise just look, to report a full slot too.
+    reserve = not review.dry_run and (not found or builds.mode == "warn")
+    claim = SlotClaim(tool=tool, candidate=candidate, limit=builds.max_active_runs_for(tool),
+                      label=builds.tool_label, reserve=reserve)
+
+    def with_slots(answer: Answer) -> Decision:
+        if answer is None:
+            return merge_warnings(decide(found, builds.mode), (not_checked_warning(tool),))
+        if isinstance(answer, Unavailable):
+            return decide([*found, slots_unavailable(tool, answer.cause)], builds.mode)
+        if not isinstance(answer, Claim):
+            raise TypeError(f"SlotClaim answered with a {type(answer).__name__}")
+        if not answer.fits:
+            return decide([*found, too_many_runs(tool, answer.limit, answer.occupants)],
+                          builds.mode)
+        return decide(found, builds.mode)
+
+    return Ask(claim, with_slots)
+
+
+PIPELINERUNS = Rule(check_pipelinerun, operations=frozenset({"CREATE", "UPDATE", "DELETE"}),
+                    exempt_namespaces=True)
+
+
 # --- Messages about slots -------------------------------------------------------------------
 
 
@@ -722,6 +781,15 @@ def too_many_runs(tool: str, limit: int, occupants: Iterable[str]) -> Finding:
         f"the tool {tool} already has {len(held)} active PipelineRun(s) and may have at most "
         f"{limit}: {shown}; wait for one to finish or cancel it with: kubectl patch pipelinerun "
         f"{name} -n {namespace} --type merge -p '{{\"spec\":{{\"status\":\"Cancelled\"}}}}'"))
+
+
+def slots_unavailable(tool: str, cause: str) -> Finding:
+    """The finding for a run whose tool's active runs the cluster could not count in time."""
+    # What to do comes first (users read the start); the technical cause last, for admins.
+    return Finding(SLOTS_UNAVAILABLE, (
+        f"could not check how many PipelineRuns the tool {tool} has running, so this run was "
+        "not created: try again in a minute, and tell the platform admins if it keeps failing "
+        f"(cause: {cause})"))
 
 
 def not_checked_warning(tool: str) -> str:

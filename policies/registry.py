@@ -10,11 +10,11 @@ On UPDATE only images that are new or changed at their container are judged. An 
 leaves every image alone (a label, a finalizer, `kubectl scale`) therefore always passes, so
 shrinking the allow-list never locks existing workloads out of ordinary edits.
 
-Which namespaces are checked is the webhook configuration's `namespaceSelector`; this rule checks
-every namespace it is sent except `exemptNamespaces`. Entries with `{tool}` (the tool's name) or
+Which namespaces are checked is the webhook configuration's `namespaceSelector`; this rule
+(`IMAGES`) judges every namespace it is sent except `exemptNamespaces`, and only CREATE and
+UPDATE of the kinds in `POD_SPEC_PATHS`. Entries with `{tool}` (the tool's name) or
 `{harborProject}` (its Harbor project, `policies.harbor`) are expanded in tool namespaces and
-dropped elsewhere. Objects of other kinds carry no pod spec this rule knows and
-are admitted (`pods/eviction` or `deployments/scale` must never be blocked by an image rule).
+dropped elsewhere.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from policies.decision import (
 )
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy
+from policies.rule import Facts, Review, Rule
 
 IMAGE_NOT_ALLOWED = "ImageNotAllowed"
 """An image is valid but no allowed prefix of its namespace covers it."""
@@ -78,18 +79,15 @@ class PodImage:
     """The raw `image` value; not trusted to be a string."""
 
 
-def check_pod_images(*, kind: str, operation: str, namespace: str,
-                     obj: Mapping[str, Any] | None, old_obj: Mapping[str, Any] | None,
-                     policy: Policy, now: datetime.datetime) -> Decision:
+def check_pod_images(review: Review, facts: Facts) -> Decision:
     """Admit an object only if every new or changed image comes from an allowed prefix."""
-    if operation not in ("CREATE", "UPDATE") or kind not in POD_SPEC_PATHS:
-        return allow()
-    if namespace in policy.exempt_namespaces:
-        return allow()
-    images = images_to_judge(kind, obj, old_obj if operation == "UPDATE" else None)
+    old = review.old_object if review.operation == "UPDATE" else None
+    images = images_to_judge(review.kind, review.object, old)
     if not images:
         return allow()
-    allowed = allow_list(policy, namespace, _utc_day(now))
+    policy = facts.policy
+    namespace = review.namespace
+    allowed = allow_list(policy, namespace, _utc_day(facts.now))
     findings = [f for f in (_judge(c, allowed) for c in images) if f is not None]
     decision = decide(findings, policy.registries.mode)
     if not findings:
@@ -99,6 +97,12 @@ def check_pod_images(*, kind: str, operation: str, namespace: str,
         return replace(decision, warnings=(*decision.warnings, hint))
     message = _denial(namespace, findings, allowed)
     return replace(decision, message=cap(message, MAX_MESSAGE_CHARS))
+
+
+IMAGES = Rule(check_pod_images, operations=frozenset({"CREATE", "UPDATE"}),
+              kinds=frozenset(POD_SPEC_PATHS), exempt_namespaces=True)
+"""CREATE and UPDATE only: `pods/eviction`, `deployments/scale` or a DELETE carry no pod spec,
+and must never be blocked by an image rule."""
 
 
 def images_to_judge(kind: str, obj: Mapping[str, Any] | None,

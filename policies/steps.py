@@ -1,7 +1,8 @@
 """What a Tekton step container runs, read as Tekton's entrypoint and the CNB lifecycle read it.
 
 Tekton rewrites every step to `command: [/tekton/bin/entrypoint]` with `args: [<entrypoint
-flags>, --, <the step's own args>]` (tekton.md §3). The entrypoint (cmd/entrypoint, v1.15):
+flags>, --, <the step's own args>]` (real pods in tests/fixtures/tekton/). The entrypoint
+(cmd/entrypoint, v1.15):
 
 - splits its arguments at the first `--`, if that is not the first argument, and parses only
   those before it with Go's `flag` package (`extractArgs`); a parse error ends the step;

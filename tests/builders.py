@@ -1,13 +1,25 @@
-"""Builders of test inputs that several test modules use: admission reviews, the example policy."""
+"""Builders of test inputs that several test modules use: admission reviews, the reviews rules
+receive, the example policy."""
 
 from __future__ import annotations
 
 import copy
+import datetime
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from policies.decision import Decision
+from policies.identity import User
+from policies.model import Policy
+from policies.questions import Answer
+from policies.rule import Ask, Facts, Operation, Review, Rule, judge
+
 EXAMPLE_POLICY = Path(__file__).parent.parent / "policies" / "example-policy.yaml"
+
+NOW = datetime.datetime(2026, 6, 1, 12, 0, tzinfo=datetime.UTC)
+TOOL_USER = User("mytool", ("toolforge", "system:authenticated"))
 
 KINDS = {
     "pods": ("", "v1", "Pod"),
@@ -58,3 +70,23 @@ def make_review(
         request["subResource"] = sub_resource
         request["requestSubResource"] = sub_resource
     return {"kind": "AdmissionReview", "apiVersion": "admission.k8s.io/v1", "request": request}
+
+
+def rule_review(obj: dict[str, Any] | None = None, *, kind: str = "Pod",
+                operation: Operation = "CREATE", namespace: str = "tool-mytool",
+                user: User = TOOL_USER,
+                old: dict[str, Any] | None = None, name: str = "", sub_resource: str = "",
+                dry_run: bool = False) -> Review:
+    """A request as a rule receives it (`policies.rule.Review`), without the wire envelope."""
+    return Review(operation=operation, namespace=namespace, name=name, user=user, kind=kind,
+                  sub_resource=sub_resource, object=obj, old_object=old, dry_run=dry_run)
+
+
+def judged(rules: Sequence[Rule], review: Review, policy: Policy,
+           now: datetime.datetime = NOW, answer: Answer = None) -> Decision:
+    """The rules' decision on a review, every question they ask answered with `answer` (None:
+    no cluster, as offline)."""
+    verdict = judge(rules, review, Facts(policy, now))
+    while isinstance(verdict, Ask):
+        verdict = verdict.then(answer)
+    return verdict

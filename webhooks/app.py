@@ -14,9 +14,10 @@ from werkzeug.exceptions import ClientDisconnected, HTTPException, RequestEntity
 from werkzeug.http import HTTP_STATUS_CODES, parse_options_header
 from werkzeug.wsgi import get_input_stream
 
-from policies.decision import Decision, deny
+from policies.decision import Decision
+from policies.rule import Facts
 from webhooks import metrics
-from webhooks.admission import ENDPOINTS, ActiveRuns, BuildRunReader, Context, Endpoint, answer
+from webhooks.admission import ENDPOINTS, ActiveRuns, BuildRunReader, Cluster, Endpoint, answer
 from webhooks.errors import (
     BadReviewError,
     BodyTooLargeError,
@@ -44,7 +45,6 @@ DEFAULTS: Mapping[str, Any] = {
     "CLIENT_CERTIFICATES": False,
     "CLIENT_NAMES": (),
 }
-NO_POLICY = "NoPolicy"
 EXTENSION = "toolforge-admission"
 
 
@@ -56,8 +56,7 @@ class Service:
                  ) -> None:
         self.source = source
         self.clock = clock
-        self.active_runs = active_runs
-        self.build_runs = build_runs
+        self.cluster = Cluster(active_runs=active_runs, build_runs=build_runs)
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> Flask:
@@ -175,16 +174,10 @@ def _review(endpoint: Endpoint, body: bytes, service: Service, started: float) -
     """Answer one review body: the JSON reply; raises WebhookError for a bad request."""
     review = parse_review(body)
     policy = service.source.policy
-    if policy is None:
-        decision = deny(NO_POLICY, "toolforge-admission has no valid policy loaded, so it "
-                                   "refuses everything; a platform admin must fix the policy")
-        payload = build_response(review.uid, decision)
-    else:
-        context = Context(policy=policy, now=service.clock(), active_runs=service.active_runs,
-                          build_runs=service.build_runs)
-        decision, payload = answer(endpoint, review, context)
+    facts = Facts(policy, service.clock()) if policy is not None else None
+    decision, patch = answer(endpoint, review, facts, service.cluster)
     _record(endpoint.name, review, decision, time.perf_counter() - started)
-    return orjson.dumps(payload)
+    return orjson.dumps(build_response(review.uid, decision, patch))
 
 
 def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds: float) -> None:
@@ -203,7 +196,7 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
         "endpoint": endpoint,
         "operation": review.operation,
         "sub_resource": review.sub_resource,
-        "kind": review.kind.kind,
+        "kind": review.kind,
         "namespace": review.namespace,
         "name": review.name,
         "user": review.user.username,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, TextIO
 
 import orjson
@@ -120,7 +120,7 @@ def judge(document: Document, policy: Policy, options: BatchOptions) -> Judged:
     return Judged(document, outcome)
 
 
-def _answer(item: Judged) -> dict[str, Any]:
+def _answer(item: Judged) -> Mapping[str, Any]:
     if item.outcome is not None:
         return item.outcome.review
     reason = "BadInput" if item.error else "NotReviewed"
@@ -150,7 +150,7 @@ def _write_table(judged: Sequence[Judged], options: BatchOptions, out: TextIO) -
         outcome = item.outcome
         if outcome is None or outcome.mutated is None:
             continue
-        label = f"{outcome.request.kind.kind} {_name(item)}"
+        label = f"{outcome.request.kind} {_name(item)}"
         out.write(f"\n# {label} ({item.document.origin})\n")
         if options.show_mutated == "object":
             out.write(as_yaml(outcome.mutated))
@@ -164,7 +164,7 @@ def _row(item: Judged) -> tuple[str, str, str, str, str]:
         kind = item.document.body.get("kind") if isinstance(item.document.body, dict) else None
         return (kind if isinstance(kind, str) else "-", _name(item), "-", item.verdict,
                 one_line(item.error or item.not_reviewed))
-    return (outcome.request.kind.kind, _name(item), ",".join(outcome.endpoints), item.verdict,
+    return (outcome.request.kind, _name(item), ",".join(outcome.endpoints), item.verdict,
             one_line(outcome.message))
 
 

@@ -369,7 +369,7 @@ def _test(args: argparse.Namespace) -> int:
 def _audit(args: argparse.Namespace) -> int:
     import orjson
 
-    from webhooks.admission import POLICY_CONFIGMAP
+    from policies.configmap import POLICY_CONFIGMAP
     from webhooks.audit import AuditError, audit, audit_document, audit_table, summary_text
     from webhooks.inventory import CONFIGMAPS, ApiError, KubernetesApi
     from webhooks.policy_files import InputError, PolicyFileError, policy_from_configmap

@@ -18,10 +18,17 @@ from typing import Any, Literal
 
 from policies.decision import Decision, combine
 from policies.model import Policy
-from webhooks.admission import ENDPOINTS, ENDPOINTS_BY_NAME, Context, Endpoint, answer
+from policies.rule import Facts
+from webhooks.admission import ENDPOINTS, ENDPOINTS_BY_NAME, Endpoint, answer
 from webhooks.errors import WebhookError
 from webhooks.patches import make_patch
-from webhooks.review import API_VERSION, AdmissionRequest, build_response, read_review
+from webhooks.review import (
+    API_VERSION,
+    AdmissionRequest,
+    ReviewPayload,
+    build_response,
+    read_review,
+)
 
 # kind -> (API group, resource): how to address a manifest's kind in an AdmissionReview.
 RESOURCES = {
@@ -71,7 +78,7 @@ class OfflineOutcome:
 
     request: AdmissionRequest
     decision: Decision
-    review: dict[str, Any]
+    review: ReviewPayload
     """The AdmissionReview: the request as sent and the merged response."""
     endpoints: tuple[str, ...]
     notes: tuple[str, ...]
@@ -125,13 +132,13 @@ def review_request(request: AdmissionRequest, policy: Policy, *, endpoint: str |
     if endpoint:
         endpoints: tuple[Endpoint, ...] = (ENDPOINTS_BY_NAME[endpoint],)
     else:
-        endpoints = endpoints_for(request.kind.group, request.kind.kind)
+        endpoints = endpoints_for(request.group_version_kind.group, request.kind)
     if not endpoints:
         raise NotReviewedError(f"no webhook of the suite reviews {_kind_text(request)} objects")
-    context = Context(policy=policy, now=now, active_runs=None)
+    facts = Facts(policy, now)
     current, decisions, notes = request, [], []
     for called in endpoints:
-        decision, _ = answer(called, current, context)
+        decision, _ = answer(called, current, facts)
         decisions.append(decision)
         notes.append(_note(called.name, decision))
         if isinstance(decision.patched, dict):
@@ -141,15 +148,13 @@ def review_request(request: AdmissionRequest, policy: Policy, *, endpoint: str |
     if verdict.allowed and current.object != request.object:
         mutated = current.object
         patch = make_patch(request.object, current.object)
-    response = build_response(request.uid, verdict, patch)
-    review = {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": request.raw,
-              "response": response["response"]}
+    review = build_response(request.uid, verdict, patch, request=request.raw)
     return OfflineOutcome(request, verdict, review, tuple(e.name for e in endpoints),
                           tuple(notes), mutated)
 
 
 def _kind_text(request: AdmissionRequest) -> str:
-    kind = request.kind
+    kind = request.group_version_kind
     return f"{kind.kind} ({kind.group}/{kind.version})" if kind.group else \
         f"{kind.kind} ({kind.version})"
 

@@ -11,8 +11,8 @@ from typing import Any
 
 import yaml
 
+from policies.configmap import POLICY_CONFIGMAP, POLICY_KEY
 from policies.model import Policy, PolicyError, parse_policy
-from webhooks.admission import POLICY_CONFIGMAP, POLICY_KEY
 
 
 class InputError(ValueError):

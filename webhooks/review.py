@@ -2,7 +2,8 @@
 
 Only `admission.k8s.io/v1` is spoken; the webhook configurations ask for nothing else. Parsing
 checks the envelope's types so that rules can trust them; the object itself stays a plain dict
-that each rule reads defensively.
+that each rule reads defensively. Every AdmissionReview the suite answers, served or offline, is
+built by `build_response`.
 """
 
 from __future__ import annotations
@@ -16,13 +17,15 @@ import orjson
 
 from policies.decision import Decision
 from policies.identity import User
+from policies.rule import Operation, Review
 from webhooks.errors import BadReviewError
 
 API_VERSION = "admission.k8s.io/v1"
 OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
 MAX_BODY_BYTES = 3 * 1024 * 1024
 
-Operation = Literal["CREATE", "UPDATE", "DELETE", "CONNECT"]
+Patch = list[dict[str, Any]]
+"""A JSON patch (RFC 6902), as `webhooks.patches.make_patch` writes it."""
 
 
 class StatusPayload(TypedDict):
@@ -44,6 +47,7 @@ class ResponsePayload(TypedDict):
 class ReviewPayload(TypedDict):
     apiVersion: str
     kind: Literal["AdmissionReview"]
+    request: NotRequired[dict[str, Any]]
     response: ResponsePayload
 
 
@@ -54,22 +58,16 @@ class GroupVersionKind:
     kind: str
 
 
-@dataclass(frozen=True)
-class AdmissionRequest:
-    """One admission request, with the envelope checked and names in snake_case."""
+@dataclass(frozen=True, kw_only=True)
+class AdmissionRequest(Review):
+    """One admission request, with the envelope checked and names in snake_case: the `Review`
+    the rules judge, and what only the edge reads."""
 
     uid: str
-    kind: GroupVersionKind
+    group_version_kind: GroupVersionKind
+    """The object's `kind`; `Review.kind` is its kind alone."""
     resource: str
-    operation: Operation
-    user: User
-    namespace: str = ""
-    name: str = ""
-    sub_resource: str = ""
     request_kind: GroupVersionKind | None = None
-    object: dict[str, Any] | None = None
-    old_object: dict[str, Any] | None = None
-    dry_run: bool = False
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
     """The `request` mapping as received, for tools that echo it (the offline `review`)."""
 
@@ -108,7 +106,8 @@ def read_review(document: object) -> AdmissionRequest:
     assert kind is not None  # required=True raises instead
     return AdmissionRequest(
         uid=uid,
-        kind=kind,
+        group_version_kind=kind,
+        kind=kind.kind,
         resource=resource["resource"],
         operation=cast(Operation, operation),
         user=_user(request.get("userInfo")),
@@ -123,9 +122,10 @@ def read_review(document: object) -> AdmissionRequest:
     )
 
 
-def build_response(uid: str, decision: Decision, patch: list[dict[str, Any]] | None = None,
-                   ) -> ReviewPayload:
-    """The AdmissionReview the API server expects back for a decision."""
+def build_response(uid: str, decision: Decision, patch: Patch | None = None, *,
+                   request: dict[str, Any] | None = None) -> ReviewPayload:
+    """The AdmissionReview the API server expects back for a decision; with `request`, the
+    request too (the offline `review` shows both)."""
     response: ResponsePayload = {"uid": uid, "allowed": decision.allowed}
     if not decision.allowed:
         response["status"] = {"code": 403, "reason": "Forbidden", "message": decision.message}
@@ -136,6 +136,9 @@ def build_response(uid: str, decision: Decision, patch: list[dict[str, Any]] | N
     if patch and decision.allowed:
         response["patchType"] = "JSONPatch"
         response["patch"] = base64.b64encode(orjson.dumps(patch)).decode("ascii")
+    if request is not None:
+        return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "request": request,
+                "response": response}
     return {"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response}
 
 

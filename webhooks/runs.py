@@ -19,7 +19,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
-from policies.buildruns import PIPELINERUN, TASKRUN, FoundRun, OwnerRef, controller_owner, matches
+from policies.owners import PIPELINERUN, TASKRUN, OwnerRef, controller_owner, matches
+from policies.questions import FoundRun
 from webhooks.cluster import api_client, unavailable
 
 DEFAULT_BUDGET_SECONDS = 1.5

@@ -409,9 +409,8 @@ def pipeline_pushing_elsewhere(control_plane: ControlPlane,
     """An approved pipeline that hands its task a fixed APP_IMAGE: another tool's. An admin's
     mistake, or a compromised pipeline; a run admitted for its own APP_IMAGE then has an export
     step that would push to the other tool's project with the robot account."""
-    pipeline = next(document for document in
-                    yaml.safe_load_all((TEST_MANIFESTS / "image-build.yaml").read_text())
-                    if document["kind"] == "Pipeline")
+    pipeline = next(document for document in yaml.safe_load_all(
+        (TEST_MANIFESTS / "image-build.yaml").read_text()) if document["kind"] == "Pipeline")
     pipeline["metadata"]["name"] = ELSEWHERE
     for param in pipeline["spec"]["tasks"][0]["params"]:
         if param["name"] == "APP_IMAGE":

@@ -1,8 +1,8 @@
 """Fuzz target: any bytes as an AdmissionReview body, judged by each endpoint's rule.
 
 The first byte picks the endpoint, the rest is the body. Invariant: the body is refused with a
-BadReviewError, or the rule (called directly, so that an exception is a crash rather than the
-RuleFailed denial the service would send) returns a decision whose reply serialises, echoes the
+BadReviewError, or the rules (called through `decision_for`, so that an exception is a crash
+rather than the RuleFailed denial the service would send) return a decision whose reply serialises, echoes the
 uid, carries a printable, capped message, and whose patch turns the object into the mutated one.
 """
 
@@ -20,11 +20,12 @@ import orjson
 
 from policies.decision import MAX_MESSAGE_CHARS, MAX_WARNING_CHARS
 from policies.model import parse_policy
+from policies.rule import Facts
 from policies.slots import Claim, Reservation
 from tests.builders import EXAMPLE_POLICY, make_review
 from tests.buildruns import CONTROLLER, MemoryCluster, captured_pod, new_taskrun, objects_of
 from tests.pipelineruns import make_run
-from webhooks.admission import ENDPOINTS, Context
+from webhooks.admission import ENDPOINTS, Cluster, decision_for
 from webhooks.errors import BadReviewError
 from webhooks.patches import make_patch
 from webhooks.review import build_response, parse_review
@@ -44,9 +45,9 @@ class Fits:
 
 
 RUN, TASKRUN = objects_of(captured_pod())
-CONTEXT = Context(policy=parse_policy(EXAMPLE_POLICY.read_bytes()),
-                  now=datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC),
-                  active_runs=Fits(), build_runs=BuildRuns(MemoryCluster(RUN, TASKRUN)))
+FACTS = Facts(parse_policy(EXAMPLE_POLICY.read_bytes()),
+              datetime.datetime(2026, 11, 22, 12, 0, tzinfo=datetime.UTC))
+CLUSTER = Cluster(active_runs=Fits(), build_runs=BuildRuns(MemoryCluster(RUN, TASKRUN)))
 
 
 def check(data: bytes) -> None:
@@ -58,7 +59,7 @@ def check(data: bytes) -> None:
     except BadReviewError as error:
         check_text(str(error), MAX_MESSAGE_CHARS)
         return
-    decision = endpoint.rule(request, CONTEXT)
+    decision = decision_for(endpoint, request, FACTS, CLUSTER)
     patch = None
     if endpoint.mutating and decision.allowed and decision.patched is not None:
         patch = make_patch(request.object, decision.patched)

@@ -3,7 +3,8 @@
 Every `toolforge-admission` command in a `sh` block of those pages is run (from the repository
 root, as the pages assume) except those that need a server or a cluster (`serve`, `audit`,
 `certs`); none may end in bad input (exit 2). The samples agree with each other, and the
-AdmissionReview the README posts is answered.
+AdmissionReview the README posts is answered. The example rule of docs/adding-a-rule.md runs as
+the page says, against the current `policies.rule` API.
 """
 
 from __future__ import annotations
@@ -11,12 +12,21 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import textwrap
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
 
 import pytest
 import yaml
 from flask.testing import FlaskClient
 
+from policies import buildruns, configmap, credentials, pipelinerun, registry
+from policies.model import Policy, parse_policy
+from policies.rule import Rule
+from tests.builders import EXAMPLE_POLICY, judged, rule_review
+from tests.buildruns import captured_pod
+from webhooks.admission import ENDPOINTS_BY_NAME
 from webhooks.cli import EXIT_BAD_INPUT, main
 
 ROOT = Path(__file__).resolve().parents[1].parent
@@ -91,3 +101,77 @@ def client(tmp_path: Path) -> FlaskClient:
     app = create_app({"POLICY_FILE": str(ROOT / "policies" / "example-policy.yaml"),
                       "POLICY_RELOAD_SECONDS": 0, "TESTING": True})
     return app.test_client()
+
+
+# --- docs/adding-a-rule.md: its example runs, and what it names exists ------------------------
+
+GUIDE = ROOT / "docs" / "adding-a-rule.md"
+GUIDE_ADDS = {"policies/build_resources.py", "tests/unit/policies/test_build_resources.py"}
+"""The files the guide's example would add; every other file it names must exist."""
+
+
+def _guide_blocks(language: str) -> list[str]:
+    # Blocks inside a list item are indented with it.
+    return [textwrap.dedent(block)
+            for block in re.findall(rf"```{language}\n(.*?)```", GUIDE.read_text(), re.DOTALL)]
+
+
+def test_the_files_the_rule_guide_names_exist() -> None:
+    named = set(re.findall(r"`((?:policies|webhooks|tests|manifests|docs|examples|bench)/[\w./-]*)`",
+                           GUIDE.read_text()))
+    assert len(named) > 20
+    assert sorted(p for p in named - GUIDE_ADDS if not (ROOT / p).exists()) == []
+
+
+def test_the_rule_the_guide_builds_works_as_the_guide_says() -> None:
+    blocks = _guide_blocks("python")
+    module: dict[str, Any] = {"__name__": "build_resources"}
+    source = next(b for b in blocks if b.startswith('"""Build pods request'))
+    exec(compile(source, str(GUIDE), "exec"), module)
+    rule = module["BUILD_POD_CPU"]
+    example = parse_policy(EXAMPLE_POLICY.read_bytes())
+    # The key the guide adds, on a stand-in for the policy: the model has no such key.
+    builds = SimpleNamespace(namespace=example.builds.namespace, mode="enforce", max_pod_cpu=4000)
+    policy = cast(Policy, SimpleNamespace(exempt_namespaces=example.exempt_namespaces,
+                                          builds=builds))
+    scope = {**module, "captured_pod": captured_pod, "judged": judged,
+             "rule_review": rule_review, "POLICY": policy}
+    exec(compile(next(b for b in blocks if b.startswith("def test_")), str(GUIDE), "exec"),
+         scope)
+    tests = [test for name, test in scope.items() if name.startswith("test_")]
+    assert tests
+    for test in tests:
+        test()
+
+    def pod_requesting(*cpus: object) -> dict[str, Any]:
+        pod = captured_pod()
+        for container, cpu in zip(pod["spec"]["containers"], cpus, strict=False):
+            container["resources"] = {"requests": {"cpu": cpu}}
+        return pod
+
+    build = example.builds.namespace
+    assert judged((rule,), rule_review(pod_requesting("3", "1000m"), namespace=build),
+                  policy).allowed
+    unreadable = judged((rule,), rule_review(pod_requesting("1.5"), namespace=build), policy)
+    assert (unreadable.allowed, unreadable.reason) == (False, module["CPU_REQUEST_UNREADABLE"])
+    assert 'requests CPU "1.5": write whole cores' in unreadable.message
+    assert not judged((rule,), rule_review(pod_requesting(4), namespace=build), policy).allowed
+    too_much = pod_requesting("5")
+    assert not judged((rule,), rule_review(too_much, namespace=build, operation="UPDATE"),
+                      policy).allowed
+    for elsewhere in (rule_review(too_much, namespace="tool-mytool"),
+                      rule_review(too_much, namespace=build, operation="DELETE")):
+        assert judged((rule,), elsewhere, policy).allowed
+
+
+def test_the_guide_adds_its_rule_after_the_rules_the_endpoint_has() -> None:
+    shown = re.search(r'Endpoint\("validate-pods", "/validate/pods", False, \(([\w, ]+)\)',
+                      GUIDE.read_text())
+    assert shown is not None
+    names = shown.group(1).split(", ")
+    assert names[-1] == "BUILD_POD_CPU"
+    rules = {name: value for module in (registry, credentials, buildruns, pipelinerun, configmap)
+             for name, value in vars(module).items() if isinstance(value, Rule)}
+    assert tuple(rules[name] for name in names[:-1]) == ENDPOINTS_BY_NAME["validate-pods"].rules
+    for block in _guide_blocks("yaml"):
+        assert yaml.safe_load(block)

@@ -20,9 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
+from policies.configmap import POLICY_CONFIGMAP, POLICY_KEY
 from policies.model import parse_policy
 from webhooks import metrics
-from webhooks.admission import ENDPOINTS, POLICY_CONFIGMAP, POLICY_KEY
+from webhooks.admission import ENDPOINTS
 from webhooks.mounts import POLICY_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -248,6 +249,15 @@ def test_rules(docs: tuple[Doc, ...]) -> None:
         ("", "v1", f"pods/{sub}", "CONNECT") for sub in ("exec", "attach", "portforward")}
     assert _rules(docs, "/validate/policy") == {("", "v1", "configmaps", operation)
                                                 for operation in ("CREATE", "UPDATE")}
+
+
+def test_each_webhook_is_sent_the_operations_its_rules_judge(docs: tuple[Doc, ...]) -> None:
+    # An operation the rules declare but the webhook is not sent is never judged; one the webhook
+    # is sent but no rule judges costs a call for nothing.
+    for endpoint in ENDPOINTS:
+        sent = {operation for *_, operation in _rules(docs, endpoint.path)}
+        judged = {operation for rule in endpoint.rules for operation in rule.operations}
+        assert sent == judged, endpoint.path
 
 
 def test_match_conditions(docs: tuple[Doc, ...]) -> None:

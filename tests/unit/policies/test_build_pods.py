@@ -11,19 +11,21 @@ from typing import Any
 import jsonpatch
 import pytest
 
-from policies.buildruns import POD_NOT_FROM_CONTROLLER, FoundRun
+from policies.buildruns import POD_NOT_FROM_CONTROLLER
 from policies.credentials import (
+    BUILD_PODS,
     BUILD_RUN_UNKNOWN,
     CREDENTIAL_LEAK,
     TRUSTED_STEP_TARGET,
-    check_build_pod,
     needs_build_run,
     strip_build_credentials,
     trusted_step_findings,
 )
 from policies.identity import User
 from policies.model import Policy, parse_policy
-from tests.builders import EXAMPLE_POLICY
+from policies.questions import FoundRun
+from policies.rule import Operation
+from tests.builders import EXAMPLE_POLICY, judged, rule_review
 from tests.buildruns import (
     APP_IMAGE,
     CONTROLLER,
@@ -44,7 +46,7 @@ VICTIM_IMAGE = "tools-harbor.wmcloud.org/tool-victim/victim:latest"
 def stored(scenario: str = PIPELINERUN_POD, policy: Policy = POLICY) -> dict[str, Any]:
     """The captured pod, with the build-pod mutation applied (as the validator sees it)."""
     pod = captured_pod(scenario)
-    decision = strip_build_credentials(pod, policy.builds.namespace, "CREATE", policy)
+    decision = strip_build_credentials(pod, policy.builds.namespace, policy)
     assert decision.allowed
     assert decision.patched is not None
     patched: dict[str, Any] = jsonpatch.make_patch(pod, decision.patched).apply(pod)
@@ -61,9 +63,12 @@ def step(pod: dict[str, Any], name: str) -> dict[str, Any]:
     return container
 
 
-def check(pod: dict[str, Any], run: FoundRun | None, *, operation: str = "CREATE",
-          user: User = TEKTON) -> Any:
-    return check_build_pod(pod, NAMESPACE, operation, user, policy=POLICY, run=run)
+def check(pod: dict[str, Any], run: FoundRun | None, *, operation: Operation = "CREATE",
+          user: User = TEKTON, namespace: str = NAMESPACE) -> Any:
+    """The build-pod rule's decision, the pod's PipelineRun looked up as `run` (None: no
+    cluster)."""
+    return judged((BUILD_PODS,), rule_review(pod, namespace=namespace, operation=operation,
+                                             user=user), POLICY, answer=run)
 
 
 # --- the run's own build ----------------------------------------------------------------------
@@ -196,7 +201,7 @@ def test_a_pod_without_trusted_steps_needs_no_run() -> None:
 
 
 @pytest.mark.parametrize("operation", ["CREATE", "UPDATE"])
-def test_only_the_tekton_controller_makes_or_changes_build_pods(operation: str) -> None:
+def test_only_the_tekton_controller_makes_or_changes_build_pods(operation: Operation) -> None:
     pod = stored()
     decision = check(pod, found(pod), operation=operation, user=TOOL)
     assert not decision.allowed
@@ -209,7 +214,7 @@ def test_only_the_tekton_controller_makes_or_changes_build_pods(operation: str) 
 
 def test_pods_elsewhere_are_not_this_rules() -> None:
     pod = stored()
-    assert check_build_pod(pod, "tool-mytool", "CREATE", TOOL, policy=POLICY, run=None).allowed
+    assert check(pod, None, namespace="tool-mytool", user=TOOL).allowed
     assert check(pod, None, operation="DELETE", user=TOOL).allowed
 
 

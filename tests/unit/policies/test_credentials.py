@@ -11,6 +11,7 @@ import jsonpatch
 import pytest
 
 from policies.credentials import (
+    BUILD_POD_CREDENTIALS,
     CREDENTIAL_LEAK,
     CREDENTIALS_STRIPPED,
     SHARED_CREDENTIAL_HOME,
@@ -23,6 +24,8 @@ from policies.credentials import (
 )
 from policies.images import parse_image
 from policies.model import Policy, parse_policy
+from policies.rule import Operation
+from tests.builders import judged, rule_review
 
 FIXTURES = Path(__file__).parent.parent.parent / "fixtures" / "tekton"
 PHASES_02 = "a-taskrun-phases-0.2-basic-auth"
@@ -75,10 +78,9 @@ def policy_for(namespace: str, mode: str = "enforce") -> Policy:
     return parse_policy(POLICY.format(namespace=namespace, mode=mode))
 
 
-def mutate(pod: dict[str, Any], namespace: str, policy: Policy | None = None,
-           operation: str = "CREATE") -> dict[str, Any]:
+def mutate(pod: dict[str, Any], namespace: str, policy: Policy | None = None) -> dict[str, Any]:
     """The pod after the returned JSON patch is applied, as the API server would store it."""
-    decision = strip_build_credentials(pod, namespace, operation, policy or policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy or policy_for(namespace))
     assert decision.allowed, decision.message
     if decision.patched is None:
         return pod
@@ -206,7 +208,7 @@ def test_args_after_the_separator_and_container_order_are_untouched(scenario: st
 def test_a_second_call_on_the_patched_pod_changes_nothing(scenario: str) -> None:
     pod, namespace = load(scenario)
     patched = mutate(pod, namespace)
-    again = strip_build_credentials(patched, namespace, "CREATE", policy_for(namespace))
+    again = strip_build_credentials(patched, namespace, policy_for(namespace))
     assert again.allowed
     assert again.patched is None
 
@@ -214,7 +216,7 @@ def test_a_second_call_on_the_patched_pod_changes_nothing(scenario: str) -> None
 def test_the_input_pod_is_never_changed() -> None:
     pod, namespace = load(PHASES_02)
     original = copy.deepcopy(pod)
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert decision.patched is not None
     assert pod == original
 
@@ -314,7 +316,7 @@ def _no_owner(pod: dict[str, Any]) -> None:
 def test_pods_that_tekton_did_not_make_are_left_alone(tweak: Any) -> None:
     pod, namespace = load(PHASES_02)
     tweak(pod)
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert decision.allowed
     assert decision.patched is None
     assert not decision.warnings
@@ -322,21 +324,23 @@ def test_pods_that_tekton_did_not_make_are_left_alone(tweak: Any) -> None:
 
 def test_build_pods_outside_the_build_namespace_are_left_alone() -> None:
     pod, namespace = load(PHASES_02)
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for("elsewhere"))
+    decision = strip_build_credentials(pod, namespace, policy_for("elsewhere"))
     assert decision.allowed
     assert decision.patched is None
 
 
 @pytest.mark.parametrize("operation", ["UPDATE", "DELETE", "CONNECT"])
-def test_only_create_is_mutated(operation: str) -> None:
+def test_only_create_is_mutated(operation: Operation) -> None:
     pod, namespace = load(PHASES_02)
-    decision = strip_build_credentials(pod, namespace, operation, policy_for(namespace))
+    decision = judged((BUILD_POD_CREDENTIALS,), rule_review(pod, namespace=namespace,
+                                                            operation=operation),
+                      policy_for(namespace))
     assert decision.allowed
     assert decision.patched is None
 
 
 def test_a_request_without_an_object_is_allowed() -> None:
-    decision = strip_build_credentials(None, "image-build", "CREATE", policy_for("image-build"))
+    decision = strip_build_credentials(None, "image-build", policy_for("image-build"))
     assert decision.allowed
     assert decision.patched is None
 
@@ -357,7 +361,7 @@ def creator_pod() -> tuple[dict[str, Any], str]:
 
 def test_the_single_step_creator_task_is_refused_with_the_task_to_use() -> None:
     pod, namespace = creator_pod()
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert not decision.allowed
     assert decision.reason == SINGLE_PROCESS_BUILD
     assert "buildpacks-phases" in decision.message
@@ -368,7 +372,7 @@ def test_an_untrusted_step_mounting_the_trusted_home_elsewhere_is_refused() -> N
     pod, namespace = load(PHASES_02)
     by_name(pod)["step-detect"]["volumeMounts"].append(
         {"name": "tekton-internal-home", "mountPath": "/workspace/peek"})
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert not decision.allowed
     assert decision.reason == SHARED_CREDENTIAL_HOME
     assert "step-detect" in decision.message
@@ -380,7 +384,7 @@ def test_a_trusted_home_on_a_volume_that_is_not_an_emptydir_is_refused() -> None
         if volume["name"] == "tekton-internal-home":
             volume.pop("emptyDir")
             volume["persistentVolumeClaim"] = {"claimName": "shared"}
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert not decision.allowed
     assert decision.reason == SHARED_CREDENTIAL_HOME
 
@@ -401,7 +405,7 @@ def test_a_preexisting_volume_with_the_private_home_name_is_not_reused() -> None
     pod, namespace = load(PHASES_02)
     pod["spec"]["volumes"].append({"name": "toolforge-untrusted-home-0",
                                    "secret": {"secretName": "other"}})
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert not decision.allowed
     assert decision.reason == SHARED_CREDENTIAL_HOME
 
@@ -411,7 +415,7 @@ def test_a_preexisting_volume_with_the_private_home_name_is_not_reused() -> None
 
 def test_warn_mode_admits_unchanged_and_lists_what_would_be_stripped() -> None:
     pod, namespace = load(PHASES_02)
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace, "warn"))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace, "warn"))
     assert decision.allowed
     assert decision.patched is None
     assert decision.reason == CREDENTIALS_STRIPPED
@@ -422,7 +426,7 @@ def test_warn_mode_admits_unchanged_and_lists_what_would_be_stripped() -> None:
 
 def test_warn_mode_admits_the_creator_task_with_a_warning() -> None:
     pod, namespace = creator_pod()
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace, "warn"))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace, "warn"))
     assert decision.allowed
     assert decision.patched is None
     assert any("buildpacks-phases" in w for w in decision.warnings)
@@ -453,7 +457,7 @@ def test_the_validator_also_refuses_credentials_in_pods_that_escape_the_mutation
     pod, namespace = load(PHASES_02)
     _no_owner(pod)
     pod["metadata"]["labels"].pop("app.kubernetes.io/managed-by")
-    assert not strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace)).patched
+    assert not strip_build_credentials(pod, namespace, policy_for(namespace)).patched
     assert not find_credential_leaks(pod, namespace, policy_for(namespace)).allowed
 
 
@@ -613,7 +617,7 @@ def test_a_step_whose_home_is_expanded_from_another_variable_is_not_trusted() ->
     no private mount can fix: refused."""
     pod, namespace = load(PHASES_02)
     _home_expanded(by_name(pod)["step-export"])
-    decision = strip_build_credentials(pod, namespace, "CREATE", policy_for(namespace))
+    decision = strip_build_credentials(pod, namespace, policy_for(namespace))
     assert not decision.allowed
     assert decision.reason == SHARED_CREDENTIAL_HOME
     assert decision.message.startswith("container step-export mounts volume tekton-internal-home")

@@ -1,4 +1,4 @@
-"""A tool's Harbor project, as the builds API names it (toolforge.md §1)."""
+"""A tool's Harbor project, as the builds API names it (`ToolNameToHarborProjectName`)."""
 
 from __future__ import annotations
 

@@ -12,10 +12,12 @@ from policies.model import Policy, parse_policy
 from policies.registry import (
     IMAGE_INVALID,
     IMAGE_NOT_ALLOWED,
+    IMAGES,
     allow_list,
-    check_pod_images,
     images_to_judge,
 )
+from policies.rule import Operation
+from tests.builders import judged, rule_review
 
 NOW = datetime.datetime(2027, 6, 29, 12, 0, tzinfo=datetime.UTC)
 HARBOR = "tools-harbor.wmcloud.org"
@@ -61,11 +63,11 @@ def make_pod(*images: str, init: tuple[str, ...] = (), ephemeral: tuple[str, ...
     return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": spec}
 
 
-def check(obj: dict[str, Any] | None, *, kind: str = "Pod", operation: str = "CREATE",
+def check(obj: dict[str, Any] | None, *, kind: str = "Pod", operation: Operation = "CREATE",
           namespace: str = "tool-mytool", old: dict[str, Any] | None = None,
           policy: Policy | None = None, now: datetime.datetime = NOW) -> Decision:
-    return check_pod_images(kind=kind, operation=operation, namespace=namespace, obj=obj,
-                            old_obj=old, policy=policy or make_policy(), now=now)
+    review = rule_review(obj, kind=kind, operation=operation, namespace=namespace, old=old)
+    return judged((IMAGES,), review, policy or make_policy(), now)
 
 
 @pytest.mark.parametrize(("namespace", "image", "allowed"), [
@@ -272,7 +274,7 @@ def test_workload_templates_are_checked(kind: str) -> None:
                  id="template-not-a-mapping"),
 ])
 def test_requests_without_a_pod_spec_to_judge_are_admitted(kind: str, obj: dict[str, Any] | None,
-                                                          operation: str) -> None:
+                                                          operation: Operation) -> None:
     assert check(obj, kind=kind, operation=operation).allowed
 
 

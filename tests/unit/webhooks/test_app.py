@@ -12,10 +12,11 @@ from flask.testing import FlaskClient
 
 from policies.decision import Decision
 from policies.model import Policy
+from policies.rule import Facts, Rule
 from tests.builders import make_review
-from webhooks.admission import ENDPOINTS, Context, Endpoint, answer
+from webhooks.admission import ENDPOINTS, Endpoint, answer
 from webhooks.app import create_app
-from webhooks.review import read_review
+from webhooks.review import build_response, read_review
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=lambda e: e.name)
@@ -91,6 +92,9 @@ def test_unknown_paths_and_methods_get_a_json_status(client: FlaskClient, method
                  "mutate-build-pods expected a Pod, got a ConfigMap (v1)", id="configmap-to-mutate"),
     pytest.param("/validate/policy", "secrets", ("", "v1", "Secret"),
                  "validate-policy expected a ConfigMap, got a Secret (v1)", id="secret-to-policy"),
+    # A forged review names what it likes: the message stays one printable line.
+    pytest.param("/validate/pipelineruns", "pipelineruns", ("tekton\n.dev", "v1\x1b[2J", "Pipe\nRun"),
+                 'got a Pipe\\nRun (tekton\\n.dev/v1\\x1b[2J): the webhook', id="forged-kind-escaped"),
 ])
 def test_a_kind_the_endpoint_does_not_understand_is_refused_naming_it(
         client: FlaskClient, path: str, resource: str, kind: tuple[str, str, str],
@@ -113,9 +117,11 @@ def test_a_failing_rule_denies_instead_of_answering_500(example_policy: Policy) 
 
     review = make_review()
     request = read_review(review)
-    context = Context(policy=example_policy, now=datetime.datetime.now(datetime.UTC))
-    endpoint = Endpoint("broken", "/broken", False, broken_rule, (("", "Pod"),))
-    decision, payload = answer(endpoint, request, context)
+    facts = Facts(example_policy, datetime.datetime.now(datetime.UTC))
+    rule = Rule(broken_rule, operations=frozenset({"CREATE"}))
+    endpoint = Endpoint("broken", "/broken", False, (rule,), (("", "Pod"),))
+    decision, patch = answer(endpoint, request, facts)
+    payload = build_response(request.uid, decision, patch)
     assert decision.allowed is False
     assert payload["response"]["uid"] == review["request"]["uid"]
     assert review["request"]["uid"] in payload["response"]["status"]["message"]

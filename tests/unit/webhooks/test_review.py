@@ -12,7 +12,7 @@ import pytest
 from policies.decision import Decision, Finding, allow, decide, deny
 from tests.builders import make_review
 from webhooks.errors import BadReviewError
-from webhooks.review import build_response, parse_review, read_review
+from webhooks.review import GroupVersionKind, build_response, parse_review, read_review
 
 
 def test_a_review_from_the_api_server_is_read_into_snake_case_fields() -> None:
@@ -20,7 +20,8 @@ def test_a_review_from_the_api_server_is_read_into_snake_case_fields() -> None:
                          sub_resource="ephemeralcontainers")
     request = read_review(review)
     assert request.uid == review["request"]["uid"]
-    assert (request.kind.kind, request.resource, request.operation) == ("Pod", "pods", "UPDATE")
+    assert (request.kind, request.resource, request.operation) == ("Pod", "pods", "UPDATE")
+    assert request.group_version_kind == GroupVersionKind("", "v1", "Pod")
     assert request.sub_resource == "ephemeralcontainers"
     assert request.user.username == "mytool"
     assert request.user.groups == ("toolforge", "system:authenticated")

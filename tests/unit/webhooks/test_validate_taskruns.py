@@ -14,7 +14,7 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from policies.buildruns import OwnerRef, controller_owner
+from policies.owners import OwnerRef, controller_owner
 from tests.builders import EXAMPLE_POLICY, make_review
 from tests.buildruns import (
     CONTROLLER,
