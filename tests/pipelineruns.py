@@ -29,7 +29,7 @@ builds:
       - SOURCE_SUBPATH
       - RUN_IMAGE
       - {{name: ENV_VARS, type: array}}
-      - {{name: USER_ID, pattern: "[1-9][0-9]{{0,9}}"}}
+      - {{name: USER_ID, pattern: "[1-9][0-9]{{0,8}}"}}
       - {{name: LANGUAGE, values: [python, node]}}
       - {{name: FLAGS, type: array, pattern: "--[a-z]+"}}
       - {{name: SLOW, pattern: "(a+)+b"}}

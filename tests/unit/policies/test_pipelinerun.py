@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from policies.decision import Finding
 from policies.identity import User
 from policies.model import Policy, parse_policy
 from policies.pipelinerun import (
@@ -263,7 +265,7 @@ def test_params_are_exactly_the_policys_with_their_types(
 @pytest.mark.parametrize(("params", "allowed", "text"), [
     pytest.param({"USER_ID": "1000"}, True, "", id="pattern-matches"),
     pytest.param({"USER_ID": "0"}, False,
-                 'parameter USER_ID "0" does not match the pattern "[1-9][0-9]{0,9}"', id="root"),
+                 'parameter USER_ID "0" does not match the pattern "[1-9][0-9]{0,8}"', id="root"),
     pytest.param({"USER_ID": "00"}, False, "does not match", id="root-spelled-twice"),
     pytest.param({"USER_ID": "1000\n"}, False, "does not match", id="anchored-at-the-end"),
     pytest.param({"USER_ID": "x1000"}, False, "does not match", id="anchored-at-the-start"),
@@ -281,6 +283,33 @@ def test_a_param_value_must_match_its_pattern_or_values(
     run = make_run(shape, params=params)
     assert reasons(run) == ([] if allowed else [PARAM_INVALID])
     assert text in messages(run)
+
+
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED_POLICIES = ("policies/example-policy.yaml", "manifests/base/policy.yaml",
+                    "manifests/overlays/toolforge/policy.yaml", "tests/e2e/policy.yaml")
+
+
+@pytest.mark.parametrize("path", SHIPPED_POLICIES)
+@pytest.mark.parametrize("param", ["USER_ID", "GROUP_ID"])
+@pytest.mark.parametrize(("value", "allowed"), [
+    pytest.param("1000", True, id="an-ordinary-id"),
+    pytest.param("999999999", True, id="nine-digits"),
+    pytest.param("0", False, id="root"),
+    # setresuid(2) takes 32 bits: -1 (4294967295) leaves the id unchanged, and larger values
+    # wrap around, 2**32 and 2**33 to root.
+    pytest.param("4294967295", False, id="minus-one-leaves-root-unchanged"),
+    pytest.param("4294967296", False, id="2-to-the-32-wraps-to-root"),
+    pytest.param("8589934592", False, id="2-to-the-33-wraps-to-root"),
+])
+def test_the_shipped_policies_allow_no_build_id_that_is_or_becomes_root(
+        path: str, param: str, value: str, allowed: bool) -> None:
+    builds = parse_policy((ROOT / path).read_text()).builds
+    # The run is for another install (its images are refused too): only the ids are looked at.
+    found = [f for f in check_new_run("mytool", make_run(params={param: value}), builds)
+             if f.reason == PARAM_INVALID]
+    assert found == ([] if allowed else [Finding(PARAM_INVALID, (
+        f'parameter {param} "{value}" does not match the pattern "[1-9][0-9]{{0,8}}"'))])
 
 
 @pytest.mark.timeout(60)
