@@ -420,7 +420,8 @@ class Policy(_Section):
 
     tools: ToolsPolicy = ToolsPolicy()
     exempt_namespaces: tuple[Name, ...] = ("kube-system",)
-    """Namespaces no rule checks."""
+    """Namespaces no rule checks; never `builds.namespace`, whose PipelineRuns would then go
+    unchecked."""
     builds: BuildsPolicy = BuildsPolicy()
     registries: RegistriesPolicy = RegistriesPolicy()
     credentials: CredentialsPolicy = CredentialsPolicy()
@@ -434,6 +435,24 @@ class Policy(_Section):
         if isinstance(value, Mapping) and "digest" in value:
             raise ValueError("unknown key 'digest'")
         return value
+
+    @model_validator(mode="after")
+    def _build_namespace_is_judged(self) -> Policy:
+        # Exempt, the build namespace would lose the PipelineRun rule (who builds, what, how
+        # many) while it stays the namespace where runs are created: a policy that loads but
+        # switches a rule off.
+        if self.builds.namespace in self.exempt_namespaces:
+            raise ValueError(f"exemptNamespaces lists the build namespace "
+                             f"{self.builds.namespace} (builds.namespace), which would leave its "
+                             "PipelineRuns unchecked; remove it from exemptNamespaces")
+        return self
+
+    @property
+    def warn_modes(self) -> tuple[str, ...]:
+        """The `mode` keys set to `warn`: rules that admit what they would refuse."""
+        sections = (("builds", self.builds.mode), ("registries", self.registries.mode),
+                    ("credentials", self.credentials.mode))
+        return tuple(f"{name}.mode" for name, mode in sections if mode == "warn")
 
     @cached_property
     def allow_lists(self) -> AllowLists:
@@ -469,7 +488,29 @@ def parse_policy(text: str | bytes) -> Policy:
 
 
 class _PolicyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, which also says where a value is that it cannot construct."""
+    """PyYAML's safe loader, which also says where a value is that it cannot construct, and
+    refuses a key given twice in one mapping (PyYAML keeps the last one silently, so the first
+    would look in force and not be)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            # Keys brought in by a merge (`<<: *anchor`) may be overridden: that is what a merge
+            # is for. Only keys written in this mapping itself are compared.
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: construct_mapping says so below
+                if earlier is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice in one mapping (first at "
+                        f"line {earlier.start_mark.line + 1}); YAML would keep only the last",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
