@@ -300,7 +300,9 @@ class BuildsPolicy(_Section):
     run_images: tuple[Image, ...] = ()
     """RUN_IMAGE references a run may use besides the tool's own images (the trusted exporter
     pulls the run image with the registry credentials, so another tool's private image is
-    refused). An empty RUN_IMAGE, the builder's own, is allowed."""
+    refused). An empty RUN_IMAGE is refused: the exporter would then read the run image from
+    files under /layers that the untrusted build steps can write; list RUN_IMAGE in
+    `params.required` so that a run cannot leave it out either."""
     params: ParamsPolicy = ParamsPolicy()
     """The parameters a run may set; an entry is a name or `{name, type, pattern, values}`."""
     workspaces: WorkspacesPolicy = WorkspacesPolicy()

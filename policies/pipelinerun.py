@@ -474,12 +474,23 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
 
 def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
-    approved run image or one of the tool's own: never another tool's private image."""
+    approved run image or one of the tool's own: never another tool's private image.
+
+    Never empty either: the exporter then takes the run image from files under /layers
+    (stack.toml, analyzed.toml), which the untrusted build steps can write, so it would pull
+    whatever the tool's code named. Whether a run must set it at all is the policy's
+    `params.required` (the shipped policies require it; the builds API always sets it).
+    """
     value = run.params.get(RUN_IMAGE)
-    if not isinstance(value, str) or value == "":
-        return  # absent or empty: the builder's own run image (stack.toml), which is approved
+    if not isinstance(value, str):
+        return  # absent (params_are_not_allowed says whether it is required) or not a string
     approved = ", ".join(str(i) for i in run.builds.run_images) or "(none configured)"
     expected = f"an approved run image ({approved}) or an image in {_own_project_text(run)}"
+    if value == "":
+        yield Finding(RUN_IMAGE_NOT_ALLOWED, f"{RUN_IMAGE} is empty, so the build would take its "
+                                             "run image from files the build steps can write; "
+                                             f"use {expected}")
+        return
     try:
         image = parse_image(value)
     except ImageReferenceError as error:

@@ -42,6 +42,10 @@ BUILDS = POLICY.builds
 TOOL_USER = User("mytool", ("toolforge", "system:authenticated"))
 SYSTEM_USER = User("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",))
 SHAPES = ("v1", "v1beta1")
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED_POLICIES = ("policies/example-policy.yaml", "manifests/base/policy.yaml",
+                    "manifests/overlays/toolforge/policy.yaml", "tests/e2e/policy.yaml")
+"""The policies the project ships, each tested for what it must refuse."""
 
 
 def reasons(run: dict[str, Any], tool: str = "mytool") -> list[str]:
@@ -202,7 +206,8 @@ def test_builder_image_must_be_an_approved_builder(shape: str, builder: str,
 @pytest.mark.parametrize(("run_image", "allowed"), [
     pytest.param(RUN, True, id="approved"),
     pytest.param(f"{HARBOR.upper()}/toolforge/heroku-run:22", True, id="approved-host-case"),
-    pytest.param("", True, id="empty-is-the-builders-own"),
+    # Empty, the exporter would read the run image from /layers, which the build steps write.
+    pytest.param("", False, id="empty"),
     pytest.param(f"{HARBOR}/tool-mytool/base:1", True, id="own-project"),
     pytest.param(f"{HARBOR}/tool-victim/private:latest", False, id="another-tools-project"),
     pytest.param(f"{HARBOR}/toolforge/heroku-run", False, id="approved-without-tag"),
@@ -219,6 +224,30 @@ def test_run_image_must_be_approved_or_the_tools_own(shape: str, run_image: str,
     if not allowed:
         assert f"an approved run image ({RUN}) or an image in <harbor host>/tool-mytool/" \
                in messages(run)
+
+
+def test_an_empty_run_image_is_refused_saying_where_the_build_would_take_one() -> None:
+    found = check_new_run("mytool", make_run(params={"RUN_IMAGE": ""}), BUILDS)
+    assert found == (Finding(RUN_IMAGE_NOT_ALLOWED, (
+        "RUN_IMAGE is empty, so the build would take its run image from files the build steps "
+        f"can write; use an approved run image ({RUN}) or an image in <harbor host>/tool-mytool/"
+        f"<repository>[:tag], harbor host one of {HARBOR}")),)
+
+
+@pytest.mark.parametrize("path", SHIPPED_POLICIES)
+def test_the_shipped_policies_require_an_approved_run_image(path: str) -> None:
+    builds = parse_policy((ROOT / path).read_text()).builds
+    run = make_run(params={"APP_IMAGE": "tools-harbor.wmcloud.org/tool-mytool/app:latest",
+                           "BUILDER_IMAGE": "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"})
+    run["metadata"]["labels"] = {builds.tool_label: "mytool"}
+    run["spec"]["taskRunTemplate"] = {"serviceAccountName": builds.service_account}
+    assert [f.message for f in check_new_run("mytool", run, builds)] == [
+        "parameter RUN_IMAGE is required"]
+    approved = str(builds.run_images[0])
+    run["spec"]["params"].append({"name": "RUN_IMAGE", "value": approved})
+    assert check_new_run("mytool", run, builds) == ()
+    run["spec"]["params"][-1]["value"] = "tools-harbor.wmcloud.org/tool-victim/private:1"
+    assert [f.reason for f in check_new_run("mytool", run, builds)] == [RUN_IMAGE_NOT_ALLOWED]
 
 
 def test_a_double_dash_tools_own_run_image_is_in_its_harbor_project() -> None:
@@ -283,11 +312,6 @@ def test_a_param_value_must_match_its_pattern_or_values(
     run = make_run(shape, params=params)
     assert reasons(run) == ([] if allowed else [PARAM_INVALID])
     assert text in messages(run)
-
-
-ROOT = Path(__file__).resolve().parents[3]
-SHIPPED_POLICIES = ("policies/example-policy.yaml", "manifests/base/policy.yaml",
-                    "manifests/overlays/toolforge/policy.yaml", "tests/e2e/policy.yaml")
 
 
 @pytest.mark.parametrize("path", SHIPPED_POLICIES)
