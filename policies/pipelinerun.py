@@ -1,6 +1,6 @@
 """PipelineRuns: whose run it is, what it may contain, and how it may change.
 
-Four questions, each pure, and the rule that asks them (`check_pipelinerun`, `PIPELINERUNS`):
+Five questions, each pure, and the rule that asks them (`check_pipelinerun`, `PIPELINERUNS`):
 
 - `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
   and for system users the Harbor project the run pushes to). Labels, params and annotations
@@ -11,6 +11,8 @@ Four questions, each pure, and the rule that asks them (`check_pipelinerun`, `PI
   and the run managers; its status only the latter two.
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
+- `kept_from_tools`: what only the system users, run managers and Tekton's controller may do,
+  even to a tool's own run: orphan its TaskRuns (`policies.orphans`).
 
 A new run that passes them must also fit in its tool's active-run slots (`policies.slots`): the
 rule asks the cluster (`policies.questions.SlotClaim`), and takes a slot only for a run it will
@@ -36,6 +38,7 @@ from policies.identity import User, is_tool_name
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 from policies.objects import mapping
+from policies.orphans import orphan_finalizer_added, orphaning_delete
 from policies.questions import Answer, SlotClaim, Unavailable
 from policies.rule import Ask, Facts, Review, Rule, Verdict
 from policies.slots import Claim, Reservation
@@ -606,7 +609,7 @@ def run_access_refused(policy: Policy, namespace: str, user: User, run: Mapping[
     its slot while the build goes on.
     """
     builds = policy.builds
-    if user.username in policy.tools.system_users or user.username in builds.run_managers:
+    if manages_runs(policy, user):
         return None
     name = escape(str(mapping(run.get("metadata")).get("name") or "(unnamed)"))
     if sub_resource:
@@ -626,6 +629,27 @@ def run_access_refused(policy: Policy, namespace: str, user: User, run: Mapping[
     return Finding(RUN_NOT_OWNED, (
         f"user {quote(user.username)} may not {verb} the PipelineRun {name}: {whose}, and only "
         "its tool, the system users and the run managers may"))
+
+
+def manages_runs(policy: Policy, user: User) -> bool:
+    """The system users and the run managers: trusted with every tool's runs."""
+    return (user.username in policy.tools.system_users
+            or user.username in policy.builds.run_managers)
+
+
+def kept_from_tools(review: Review, policy: Policy) -> list[Finding]:
+    """What a tool may not do to its own run either, though the system users, the run managers
+    and Tekton's controller may: orphan its TaskRuns and pods (`policies.orphans`)."""
+    if manages_runs(policy, review.user) or \
+            review.user.username == policy.builds.tekton_controller:
+        return []
+    if review.operation == "DELETE":
+        orphaning = orphaning_delete(review.old_object or {}, review.delete_options)
+        return [orphaning] if orphaning is not None else []
+    if review.sub_resource:
+        return []  # a status write changes no metadata
+    finalizer = orphan_finalizer_added(review.old_object, review.object or {})
+    return [finalizer] if finalizer is not None else []
 
 
 # --- How an existing run may change ---------------------------------------------------------
@@ -727,12 +751,14 @@ def check_pipelinerun(review: Review, facts: Facts) -> Verdict:
         findings = [refusal] if refusal is not None else []
         if review.operation == "UPDATE" and not review.sub_resource:
             findings += check_changed_run(stored, run, builds)
+        findings += kept_from_tools(review, policy)
         return decide(findings, builds.mode)
     identity = tool_of_requester(policy, review.namespace, review.user, run)
     if identity.tool is None:
         return decide([f for f in (identity.finding,) if f is not None], builds.mode)
     tool = identity.tool
     found = list(check_new_run(tool, run, builds))
+    found += kept_from_tools(review, policy)
     metadata = mapping(run.get("metadata"))
     candidate = Reservation(uid=str(metadata.get("uid") or ""), namespace=review.namespace,
                             name=review.name or str(metadata.get("name") or ""),

@@ -5,8 +5,9 @@ PipelineRun there (`ControlPlane.grant`: verbs `*` on pipelineruns, namespace-wi
 old `tool-tekton-access` Role did), and one of them may also write `pipelineruns/status`. The
 suite alone keeps each tool to its own runs: cancelling, releasing, relabelling, annotating or
 deleting another tool's run is refused, while its own tool, the system users (the builds API)
-and Tekton's controller keep working. PipelineRuns are refused outside the build namespace, a
-tool's own namespace included.
+and Tekton's controller keep working. Not even its own tool may orphan a run's TaskRuns (delete
+options, the `orphan` finalizer), which would free its active-run slot while the build runs on.
+PipelineRuns are refused outside the build namespace, a tool's own namespace included.
 """
 
 from __future__ import annotations
@@ -122,6 +123,86 @@ def test_delete_all_by_another_tool_deletes_none_of_the_owners_runs(
     assert DENIED in result.stderr, result.stderr
     assert stored(control_plane, name)["metadata"]["name"] == name
     assert "deletionTimestamp" not in stored(control_plane, name)["metadata"]
+
+
+def taskruns_of(cp: ControlPlane, run: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cp.get_json("-n", BUILD_NAMESPACE, "taskruns", "-l",
+                                              f"tekton.dev/pipelineRun={run}")["items"]
+    return items
+
+
+def test_a_tool_cannot_orphan_its_builds_to_escape_the_active_run_limit(
+        control_plane: ControlPlane, live_suite: Suite, two_tools: Any) -> None:
+    # The red-team repro: delete the run with --cascade=orphan, its TaskRun (and pod) would run
+    # on uncounted, and the next run would be admitted beside it.
+    from kubernetes import client, config
+
+    owner, owner_account, _, _ = two_tools
+    name = unique(f"{owner}-buildpacks-pipelinerun")
+    control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(name, owner)),
+                          user=owner_account)
+    (taskrun,) = wait_for(f"the TaskRun of {name}", lambda: taskruns_of(control_plane, name), 60)
+    api = client.CustomObjectsApi(config.new_client_from_config(str(owner_account)))
+    run_api = ("tekton.dev", "v1", BUILD_NAMESPACE, "pipelineruns")
+
+    refusals = []
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelinerun", name,
+                                   "--cascade=orphan", "--wait=false", user=owner_account,
+                                   check=False)
+    assert result.returncode != 0
+    refusals.append(result.stderr)
+    # A DELETE with a body, in the legacy spelling and the current one.
+    for body in (client.V1DeleteOptions(orphan_dependents=True),
+                 client.V1DeleteOptions(propagation_policy="Orphan")):
+        with pytest.raises(client.ApiException) as caught:
+            api.delete_namespaced_custom_object(*run_api, name, body=body)
+        assert caught.value.status == 403
+        refusals.append(json.loads(caught.value.body or "{}")["message"])
+    # Collections are reviewed object by object: kubectl's (one DELETE per run it lists) and the
+    # API's own deletecollection.
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelineruns", "-l",
+                                   f"toolforge.org/tool={owner}", "--cascade=orphan",
+                                   "--wait=false", user=owner_account, check=False)
+    assert result.returncode != 0
+    refusals.append(result.stderr)
+    with pytest.raises(client.ApiException) as caught:
+        api.delete_collection_namespaced_custom_object(
+            *run_api, label_selector=f"toolforge.org/tool={owner}", propagation_policy="Orphan")
+    assert caught.value.status == 403
+    refusals.append(json.loads(caught.value.body or "{}")["message"])
+    for text in refusals:
+        assert DENIED in text, text
+        assert f"deleting the PipelineRun {name} with " in text, text
+        assert ("would leave its TaskRuns and build pods running with no PipelineRun to count "
+                "against the tool's active-run limit") in text, text
+    entries = live_suite.reviews(endpoint="validate-pipelineruns", operation="DELETE",
+                                 user=owner)
+    assert len(entries) == len(refusals)
+    assert {(e["decision"], e["reason"]) for e in entries} == {("denied", "OrphaningNotAllowed")}
+    assert "deletionTimestamp" not in stored(control_plane, name)["metadata"]
+    assert taskruns_of(control_plane, name)[0]["metadata"]["ownerReferences"] == \
+        taskrun["metadata"]["ownerReferences"]
+
+    # The second route: the orphan finalizer, added later or set at creation.
+    result = control_plane.kubectl(
+        "-n", BUILD_NAMESPACE, "patch", "pipelinerun", name, "--type=merge",
+        "-p", json.dumps({"metadata": {"finalizers": ["orphan"]}}), user=owner_account,
+        check=False)
+    assert result.returncode != 0
+    assert "metadata.finalizers may not contain orphan" in result.stderr, result.stderr
+    with_finalizer = pipelinerun(unique(f"{owner}-buildpacks-pipelinerun"), owner)
+    with_finalizer["metadata"]["finalizers"] = ["orphan"]
+    result = control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(with_finalizer),
+                                   user=owner_account, check=False)
+    assert result.returncode != 0
+    assert "metadata.finalizers may not contain orphan" in result.stderr, result.stderr
+    assert stored(control_plane, name)["metadata"].get("finalizers") is None
+
+    # Deleted as kubectl does by default, the run takes its TaskRun with it.
+    control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelinerun", name, "--wait=false",
+                          user=owner_account)
+    wait_for(f"the garbage collector to delete the TaskRun of {name}",
+             lambda: not taskruns_of(control_plane, name), 60)
 
 
 def test_only_tekton_writes_a_runs_status_not_even_its_own_tool(
