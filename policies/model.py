@@ -277,6 +277,37 @@ class WorkspacesPolicy(_Section):
     """Secrets a run may mount as a workspace, by name."""
 
 
+def _metadata_key(value: str) -> str:
+    if not value or value != value.strip() or "*" in value[:-1] or value == "*":
+        raise ValueError("must be a label or annotation key, or the start of one followed by *")
+    return value
+
+
+MetadataKey = Annotated[StrictStr, AfterValidator(_metadata_key)]
+
+
+class RunMetadataPolicy(_Section):
+    """The labels and annotations a tool may give its PipelineRuns, besides `toolLabel`.
+
+    Tekton copies a run's labels and annotations onto its TaskRuns and build pods, where they mean
+    something: an AppArmor or seccomp annotation changes how a step is confined, a label puts a
+    pod under a NetworkPolicy. So a tool may set (at creation, or add or change later) only the
+    keys listed here; the keys a run already has (Tekton's own, written by its controller) may stay.
+    The system users, the run managers and the Tekton controller may set any. An entry is a key
+    (`example.org/note`) or the start of keys followed by `*` (`example.org/*`)."""
+
+    labels: tuple[MetadataKey, ...] = ()
+    """Label keys a tool may set, besides `toolLabel` (always allowed)."""
+    annotations: tuple[MetadataKey, ...] = ("kubectl.kubernetes.io/last-applied-configuration",)
+    """Annotation keys a tool may set; by default the one `kubectl apply` writes."""
+
+    def allows(self, kind: Literal["labels", "annotations"], key: str) -> bool:
+        """Whether a tool may set the label or annotation `key`."""
+        entries = self.labels if kind == "labels" else self.annotations
+        return any(key == entry or (entry.endswith("*") and key.startswith(entry[:-1]))
+                   for entry in entries)
+
+
 class BuildsPolicy(_Section):
     """What a PipelineRun may contain, and how many may be active per tool."""
 
@@ -307,6 +338,8 @@ class BuildsPolicy(_Section):
     """The parameters a run may set; an entry is a name or `{name, type, pattern, values}`."""
     workspaces: WorkspacesPolicy = WorkspacesPolicy()
     """What a run's workspaces may be besides `emptyDir`."""
+    run_metadata: RunMetadataPolicy = RunMetadataPolicy()
+    """The labels and annotations a tool may give a run (Tekton copies them onto its pods)."""
     max_active_runs: PositiveInt = 1
     """Active runs per tool (an integer >= 1)."""
     max_active_runs_overrides: Mapping[Name, Count] = {}
@@ -565,6 +598,8 @@ _SHAPES = {
     "exceptions": "a mapping from a namespace to a list of registry prefixes",
     "maxActiveRunsOverrides": "a mapping from a tool's name to a number of runs",
     "trustedSteps": "a list of steps ({name, images, entrypoint})",
+    "labels": "a list of label keys (a key, or its start followed by *)",
+    "annotations": "a list of annotation keys (a key, or its start followed by *)",
     "exceptions.*": "a list of registry prefixes (a prefix, or {prefix, expires})",
 }
 

@@ -12,7 +12,8 @@ Five questions, each pure, and the rule that asks them (`check_pipelinerun`, `PI
 - `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
   cancel or stop (or to release a pending run), and never the tool label.
 - `kept_from_tools`: what only the system users, run managers and Tekton's controller may do,
-  even to a tool's own run: orphan its TaskRuns (`policies.orphans`).
+  even to a tool's own run: orphan its TaskRuns (`policies.orphans`), give it labels and
+  annotations that Tekton copies onto its pods (`policies.run_metadata`).
 
 A new run that passes them must also fit in its tool's active-run slots (`policies.slots`): the
 rule asks the cluster (`policies.questions.SlotClaim`), and takes a slot only for a run it will
@@ -41,6 +42,7 @@ from policies.objects import mapping
 from policies.orphans import orphan_finalizer_added, orphaning_delete
 from policies.questions import Answer, SlotClaim, Unavailable
 from policies.rule import Ask, Facts, Review, Rule, Verdict
+from policies.run_metadata import metadata_refused
 from policies.slots import Claim, Reservation
 
 # Reasons, one per condition a check detects.
@@ -639,7 +641,8 @@ def manages_runs(policy: Policy, user: User) -> bool:
 
 def kept_from_tools(review: Review, policy: Policy) -> list[Finding]:
     """What a tool may not do to its own run either, though the system users, the run managers
-    and Tekton's controller may: orphan its TaskRuns and pods (`policies.orphans`)."""
+    and Tekton's controller may: orphan its TaskRuns and pods (`policies.orphans`), give it
+    labels or annotations Tekton would copy onto them (`policies.run_metadata`)."""
     if manages_runs(policy, review.user) or \
             review.user.username == policy.builds.tekton_controller:
         return []
@@ -648,8 +651,10 @@ def kept_from_tools(review: Review, policy: Policy) -> list[Finding]:
         return [orphaning] if orphaning is not None else []
     if review.sub_resource:
         return []  # a status write changes no metadata
-    finalizer = orphan_finalizer_added(review.old_object, review.object or {})
-    return [finalizer] if finalizer is not None else []
+    run = review.object or {}
+    found = metadata_refused(review.old_object, run, policy.builds)
+    finalizer = orphan_finalizer_added(review.old_object, run)
+    return [*found, finalizer] if finalizer is not None else found
 
 
 # --- How an existing run may change ---------------------------------------------------------

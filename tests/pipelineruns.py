@@ -33,6 +33,9 @@ builds:
       - {{name: LANGUAGE, values: [python, node]}}
       - {{name: FLAGS, type: array, pattern: "--[a-z]+"}}
       - {{name: SLOW, pattern: "(a+)+b"}}
+  runMetadata:
+    labels: [example.org/*]
+    annotations: [kubectl.kubernetes.io/last-applied-configuration, example.org/note]
   maxActiveRuns: 1
   maxTimeout: 1h
   serviceAccount: buildpacks-sa

@@ -129,7 +129,7 @@ def test_a_tool_may_not_add_the_orphan_finalizer_but_may_keep_or_remove_it() -> 
     assert (added.allowed, added.reason) == (False, ORPHANING_NOT_ALLOWED)
     had = run_with(["orphan"])
     relabelled = copy.deepcopy(had)
-    relabelled["metadata"]["labels"]["note"] = "x"
+    relabelled["metadata"]["labels"]["example.org/note"] = "x"
     assert verdict("UPDATE", OWNER, old=had, new=relabelled).allowed
     assert verdict("UPDATE", OWNER, old=had, new=run_with([])).allowed
 

@@ -209,7 +209,7 @@ def cancelled(run: dict[str, Any]) -> dict[str, Any]:
 
 def relabelled(run: dict[str, Any]) -> dict[str, Any]:
     new = copy.deepcopy(run)
-    new["metadata"]["annotations"] = {"note": "mine now"}
+    new["metadata"]["annotations"] = {"example.org/note": "mine now"}
     return new
 
 
