@@ -368,8 +368,9 @@ class BuildsPolicy(_Section):
     create one): Tekton's controller writes runs and their status, Kubernetes' garbage collector
     and namespace controller delete them (without it, deleting a namespace with runs hangs).
     Anyone else may update (cancel, release, relabel) or delete only a run of their own tool, and
-    only these and the system users may write `pipelineruns/status`, or orphan a run's TaskRuns
-    (delete it with `propagationPolicy: Orphan`, or give it the `orphan` finalizer)."""
+    only these and the system users may write `pipelineruns/status`, orphan a run's TaskRuns
+    (delete it with `propagationPolicy: Orphan`, or give it the `orphan` finalizer), or give a run
+    labels and annotations beyond `runMetadata`."""
     tekton_default_service_account: Name = "default"
     """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
     names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""

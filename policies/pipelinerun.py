@@ -9,8 +9,9 @@ Five questions, each pure, and the rule that asks them (`check_pipelinerun`, `PI
 - `check_new_run`: an ordered chain of named checks over the run's content, every finding kept.
 - `run_access_refused`: who may UPDATE or DELETE a stored run: its own tool, the system users
   and the run managers; its status only the latter two.
-- `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
-  cancel or stop (or to release a pending run), and never the tool label.
+- `check_changed_run`: an UPDATE may change status, `spec.status` only to cancel or stop (or to
+  release a pending run), and metadata but never the tool label (nor, for a tool, beyond
+  `kept_from_tools`).
 - `kept_from_tools`: what only the system users, run managers and Tekton's controller may do,
   even to a tool's own run: orphan its TaskRuns (`policies.orphans`), give it labels and
   annotations that Tekton copies onto its pods (`policies.run_metadata`).
