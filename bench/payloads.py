@@ -189,6 +189,7 @@ def pipelinerun_review() -> dict[str, Any]:
             "params": [
                 {"name": "APP_IMAGE", "value": f"{HARBOR}/tool-{TOOL}/{TOOL}:latest"},
                 {"name": "BUILDER_IMAGE", "value": f"{HARBOR}/toolforge/heroku-builder:22"},
+                {"name": "RUN_IMAGE", "value": f"{HARBOR}/toolforge/heroku-run:22"},
                 {"name": "SOURCE_URL", "value": "https://gitlab.wikimedia.org/toolforge/mytool.git"},
                 {"name": "SOURCE_REFERENCE", "value": "main"},
             ],

@@ -169,6 +169,8 @@ def test_review_as_a_tool_defaults_to_the_first_tool_group(
                         {"name": "APP_IMAGE", "value": "tools-harbor.wmcloud.org/tool-mytool/a"},
                         {"name": "BUILDER_IMAGE",
                          "value": "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"},
+                        {"name": "RUN_IMAGE",
+                         "value": "tools-harbor.wmcloud.org/toolforge/heroku-run:22"},
                         {"name": "SOURCE_URL", "value": "https://example.org/a.git"}]}}
     code = main(["review", "--policy", str(EXAMPLE_POLICY), "--user", "mytool",
                  write(tmp_path, "run.yaml", run)])
