@@ -91,8 +91,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="a request's body must arrive within this long of its headers "
                             "(default 10)")
     serve.add_argument("--max-connections", type=int, default=512, metavar="N",
-                       help="connections per worker; beyond, the longest idle is closed "
-                            "(default 512)")
+                       help="connections per worker; beyond, one that never carried a request is "
+                            "closed (the oldest), else the one idle longest (default 512)")
     serve.add_argument("--dev", action="store_true",
                        help="on 127.0.0.1 with a fresh self-signed certificate and the bundled "
                             "example policy")

@@ -19,9 +19,13 @@ the reading, without blocking, under deadlines in the spirit of Go's `http.Serve
 A client that misses a deadline is answered 408 where it is still reading (408 needs a request
 started) and closed. With mutual TLS the client certificate is checked right after the handshake,
 before a byte of the request is read: a client without one is closed at once. Each worker holds at
-most `max_connections`; a new connection beyond that closes the one that has been idle longest (a
-client that is reading a request counts as idle only once all idle ones are gone), so a flood
-costs neither descriptors nor memory without bound; the bodies being read share
+most `max_connections`; a new connection beyond that closes one that has never carried a request
+(a flood's: silent, idle from the start, or slow with its first request), the one opened longest
+ago first, and only when there are none of those a kept-alive connection that has served
+requests (the API server's), the one idle longest first (a client that is reading a request
+counts as idle only once all idle ones are gone). A flood thus sheds its own connections, costs
+neither descriptors nor memory without bound, and the API server's kept-alive connections, whose
+close could race a reuse and fail a review, are the last to go. The bodies being read share
 `buffered_bytes`, and when they would exceed it the slowest of them is closed.
 
 A thread takes a complete request from a queue, runs the WSGI application, writes the answer
@@ -193,6 +197,9 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         # same for all, so the order they entered it): the oldest first, for expiry and eviction.
         self.timed: dict[int, OrderedDict[Connection, None]] = {
             phase: OrderedDict() for phase in TIMED_OUT}
+        # Connections that have not yet had a whole request read, in the order they were
+        # accepted: the first to close when the worker is full.
+        self.unserved: OrderedDict[Connection, None] = OrderedDict()
         self.buffered = 0
         self.in_flight = 0
         self.busy_seconds = 0.0
@@ -302,12 +309,17 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
                 continue
             connection = Connection(tls, address, status_only)
             self.connections.add(connection)
+            self.unserved[connection] = None
             self._enter(connection, HANDSHAKE, self.limits.header_seconds)
             self._handshake(connection)
 
     def _evict(self) -> bool:
-        """Close the connection idle longest (else the one reading a request longest); False
-        when every connection is being answered."""
+        """Close the connection opened longest ago of those that never carried a request, else
+        the one idle longest (else the one reading a request longest); False when every
+        connection is being answered."""
+        if self.unserved:
+            self._close(next(iter(self.unserved)), "evicted")
+            return True
         for phase in (IDLE, LINGER, HANDSHAKE, HEAD, BODY, WRITE):
             if self.timed[phase]:
                 self._close(next(iter(self.timed[phase])), "evicted")
@@ -457,6 +469,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         return True
 
     def _dispatch(self, connection: Connection) -> None:
+        self.unserved.pop(connection, None)
         self._enter(connection, BUSY, 0)
         self.in_flight += 1
         self.ready.put(connection)
@@ -578,6 +591,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             self.buffered -= connection.reserved
             connection.reserved = 0
         self.connections.discard(connection)
+        self.unserved.pop(connection, None)
         if connection.events:
             with contextlib.suppress(KeyError, ValueError):
                 self.poller.unregister(connection.sock)

@@ -193,6 +193,27 @@ def test_a_full_worker_closes_the_connection_idle_longest(server: DevServer) -> 
         sock.close()
 
 
+def test_a_full_worker_closes_a_flood_before_a_kept_alive_connection(tmp_path: Path) -> None:
+    # Its own server: connections left by other tests would take part in the eviction.
+    dev = start_dev_server("--workers=1", "--max-connections=4", log=tmp_path / "server.log")
+    try:
+        # The API server's connection: it has served, then waits idle, longer than any other.
+        kept = tls(dev)
+        assert answered(kept)
+        # A flood that never carries a request, started after it: idle and slow from the start.
+        flood = [tls(dev) for _ in range(6)]
+        flood[4].sendall(SLOW_HEADER)
+        flood[5].sendall(SLOW_BODY)
+        # The worker is full from the fourth on: the flood's oldest go, the kept one stays.
+        assert read_until_closed(flood[0]) == b""
+        assert read_until_closed(flood[1]) == b""
+        assert answered(kept)
+        assert closed_for(dev, "evicted") >= 3
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
+
+
 def server_has_read(port: int, *, connections: int) -> bool:
     """The server's side of exactly `connections` connections on `port` is established, with
     nothing left unread in its receive queue (/proc/net/tcp: local port, state 01, tx:rx)."""
