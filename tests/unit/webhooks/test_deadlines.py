@@ -214,6 +214,37 @@ def test_a_full_worker_closes_a_flood_before_a_kept_alive_connection(tmp_path: P
         dev.process.wait(timeout=30)
 
 
+def test_the_idle_and_write_deadlines_are_set_on_serve(tmp_path: Path) -> None:
+    dev = start_dev_server("--workers=1", "--idle-timeout=1", "--write-timeout=1",
+                           log=tmp_path / "server.log")
+    try:
+        # Idle: a kept-alive connection with no request after its answer is closed, silently.
+        kept = tls(dev)
+        assert answered(kept)
+        assert read_until_closed(kept) == b""
+        assert closed_for(dev, "idle_timeout") >= 1
+        # Write: a client that asks and never reads. Its answers fill the socket buffers on
+        # both sides (twice the most the kernel gives a send buffer, to be sure); what the
+        # server could not write is given a second, then closed.
+        context = ssl.create_default_context(cafile=dev.ca_file)
+        most_buffered = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+        answers = 2 * most_buffered // len(scrape(dev.port, context)) + 100
+        raw = socket.socket()
+        raw.settimeout(WAIT)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", dev.port))
+        reader = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        reader.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * answers)
+        deadline = time.monotonic() + WAIT
+        while closed_for(dev, "write_timeout") < 1:
+            assert time.monotonic() < deadline, "the server kept writing to a client not reading"
+            time.sleep(0.2)
+        reader.close()
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
+
+
 def server_has_read(port: int, *, connections: int) -> bool:
     """The server's side of exactly `connections` connections on `port` is established, with
     nothing left unread in its receive queue (/proc/net/tcp: local port, state 01, tx:rx)."""
