@@ -67,6 +67,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         self.client_certificates = options.client_ca_file is not None
         self.status_port = int(options.status_bind.rpartition(":")[2]) \
             if options.status_bind else None
+        self.large_body_lock = str(options.state_dir / "large-body.lock")
         self._serving = _serving_certificate(options)
         super().__init__()
 

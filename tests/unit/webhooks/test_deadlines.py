@@ -8,8 +8,10 @@ outlives a slow one that was opened with it).
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
@@ -347,6 +349,70 @@ def test_bodies_being_read_share_a_budget_and_the_slowest_makes_room(tmp_path: P
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def server_read_all(port: int, client: socket.socket) -> bool:
+    """Everything `client` sent has reached the server, and the server has read it (the
+    client's send queue and the server's receive queue of the connection are empty)."""
+    mine = client.getsockname()[1]
+    queues = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+            transmit, receive = (int(queue, 16) for queue in fields[4].split(":"))
+            if (local, remote) == (mine, port):
+                queues["client"] = transmit
+            elif (local, remote) == (port, mine):
+                queues["server"] = receive
+    return queues == {"client": 0, "server": 0}
+
+
+def lock_waiters(lock_file: Path) -> int:
+    """How many processes wait for the flock on `lock_file` (/proc/locks: `->` lines)."""
+    inode = f":{lock_file.stat().st_ino} "
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if " -> FLOCK " in line and inode in line)
+
+
+def large_request() -> bytes:
+    # Over the worker's LARGE_BODY; not JSON, so the answer is a quick 400 once it is parsed.
+    return (b"POST /validate/pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 300000\r\n\r\n" + b" " * 300_000)
+
+
+def test_large_bodies_are_parsed_one_at_a_time_and_leave_a_thread_free(tmp_path: Path) -> None:
+    dev = start_dev_server("--workers=1", "--threads=2", log=tmp_path / "server.log")
+    try:
+        worker = int(Path(f"/proc/{dev.process.pid}/task/{dev.process.pid}/children")
+                     .read_text().split()[0])
+        lock_file = next(Path(os.readlink(link)) for link in Path(f"/proc/{worker}/fd").iterdir()
+                         if os.readlink(link).endswith("/large-body.lock"))
+        # The test holds the pod's lock, as another worker parsing a large body would.
+        held = os.open(lock_file, os.O_RDWR)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        first, second, small = tls(dev), tls(dev), tls(dev)
+        first.sendall(large_request())
+        deadline = time.monotonic() + WAIT
+        while lock_waiters(lock_file) < 1:
+            assert time.monotonic() < deadline, "no thread waits for the pod's large-body lock"
+            time.sleep(0.1)
+        # A second large body waits in the worker, not in a thread: the other thread answers
+        # a review of ordinary size at once.
+        second.sendall(large_request())
+        deadline = time.monotonic() + WAIT
+        while not server_read_all(dev.port, second):
+            assert time.monotonic() < deadline, "the server does not read the second body"
+            time.sleep(0.1)
+        assert answered(small)
+        assert lock_waiters(lock_file) == 1
+        fcntl.flock(held, fcntl.LOCK_UN)
+        os.close(held)
+        assert read_status(first) == 400
+        assert read_status(second) == 400
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
 
 
 def wait_for_readiness(server: DevServer) -> None:
