@@ -452,8 +452,10 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             try:
                 head = http1.parse_head(bytes(buffer[:end]), self.limits.max_body)
                 if connection.status_only and head.path not in STATUS_PATHS:
-                    raise http1.RequestError(404, "this port serves /healthz, /readyz and "
-                                                  "/metrics only")
+                    raise http1.RequestError(404, "no such path on the status port: it "
+                                                  "serves /healthz, /readyz and /metrics only "
+                                                  "(GET); admission reviews go to the review "
+                                                  "port")
             except http1.RequestError as error:
                 self._refuse(connection, error.status, str(error))
                 return True

@@ -254,7 +254,9 @@ def test_over_tls_the_status_port_serves_no_review(server: Server) -> None:
     status, body = server.request("POST", "/validate/pods", server.context(), make_review(),
                                   port=server.status_port)
     assert status == 404
-    assert "this port serves /healthz, /readyz and /metrics only" in body
+    assert body["kind"] == "Status"
+    assert (body["code"], body["reason"]) == (404, "NotFound")
+    assert "the status port: it serves /healthz, /readyz and /metrics only" in body["message"]
 
 
 @pytest.mark.slow
