@@ -33,8 +33,8 @@ import pytest
 from certs.issue import new_ca
 from tests.builders import make_review
 from tests.slow_clients import SlowClients
+from tests.unit.webhooks.certificates import client_certificate
 from tests.unit.webhooks.dev_server import DevServer, free_port, metric, scrape, start_dev_server
-from tests.unit.webhooks.test_client_certificates import client_certificate
 
 # They start real servers (`serve`): `make test-unit` leaves them out.
 pytestmark = pytest.mark.slow
