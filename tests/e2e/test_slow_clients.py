@@ -42,7 +42,7 @@ from tests.e2e.traffic import (
     tool_client,
     wait_empty,
 )
-from tests.slow_clients import SlowClients
+from tests.slow_clients import MIXED, SlowClients
 
 CLIENTS = 50
 CREATES = 400
@@ -50,7 +50,6 @@ LABEL = "e2e-slow-clients"
 NAMESPACE = "tool-mytool"
 REVIEW_PORT_ATTACK = {"silent": 128}
 STATUS_PORT_ATTACK = {"idle": 64, "slow-header": 32, "slow-body": 32}
-WITHOUT_MUTUAL_TLS_ATTACK = {"idle": 96, "slow-header": 80, "slow-body": 80}
 
 
 def pod(name: str) -> dict[str, Any]:
@@ -151,7 +150,7 @@ def test_without_mutual_tls_pods_are_admitted_while_slow_clients_hold_review_con
     suite = suite_without_mutual_tls
     context = ssl.create_default_context(cafile=str(suite.cert_dir / "ca.crt"))
     shed_before = suite.metric("toolforge_admission_connections_closed_total")
-    with SlowClients("127.0.0.1", suite.port, context, WITHOUT_MUTUAL_TLS_ATTACK,
+    with SlowClients("127.0.0.1", suite.port, context, MIXED,
                      reconnect=True) as attack:
         creates = create_pods(tool, "no-mtls-slow-clients")
         held = attack.open_now()
