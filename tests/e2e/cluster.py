@@ -664,6 +664,9 @@ class Suite:
         self.process: Process | None = None
         self.timings: dict[str, float] = {}
         self._context = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+        self.mutual_tls = True
+        """With `--client-ca` (as the harness runs it); False runs the shipped default, which
+        serves any client that completes a handshake (takes effect at the next start)."""
 
     # -- the server
 
@@ -673,7 +676,8 @@ class Suite:
         return [*prefix, "serve", f"--bind=127.0.0.1:{self.port}",
                 f"--cert-dir={self.cert_dir}", f"--policy={self.policy_path}",
                 f"--workers={self.workers}", f"--threads={self.threads}",
-                f"--client-ca={self.cp.webhook_client_ca}", f"--client-name={WEBHOOK_CLIENT_NAME}",
+                *([f"--client-ca={self.cp.webhook_client_ca}",
+                   f"--client-name={WEBHOOK_CLIENT_NAME}"] if self.mutual_tls else []),
                 f"--status-bind=127.0.0.1:{self.status_port}"]
 
     def start(self) -> None:

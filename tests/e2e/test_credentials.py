@@ -24,6 +24,16 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.build_pods import (
+    CREDS,
+    CREDS_SECRETS,
+    SECRET,
+    TOOL_CODE,
+    TRUSTED,
+    credential_flags,
+    mounts,
+    wait_pod,
+)
 from tests.e2e.cluster import (
     BUILD_NAMESPACE,
     SHELL_IMAGE,
@@ -35,16 +45,10 @@ from tests.e2e.cluster import (
 )
 from tests.e2e.objects import BUILDER, delete_runs, pipelinerun, unique
 
-SECRET = "basic-user-pass"
 HARBOR = "https://tools-harbor.wmcloud.org"
 CREDENTIAL_FLAG = f"-basic-docker={SECRET}={HARBOR}"
-CREDS_SECRETS = "/tekton/creds-secrets"
-CREDS = "/tekton/creds"
 HOME = "/tekton/home"
-TRUSTED = ("step-analyze", "step-restore", "step-export")
-TOOL_CODE = ("step-detect", "step-build")
 MUTATING = "toolforge-admission-build-pods"
-FLAG_NAMES = ("basic-docker", "docker-config", "docker-cfg")
 
 
 
@@ -59,25 +63,8 @@ def tool_account(cp: ControlPlane, tool: str) -> pathlib.Path:
 
 
 
-def credential_flags(args: list[str]) -> list[str]:
-    """The entrypoint's credential flags (before the first `--`), each as written."""
-    before = args[:args.index("--")] if "--" in args else args
-    found = []
-    for i, token in enumerate(before):
-        name = token.lstrip("-").partition("=")[0]
-        if token.startswith("-") and name in FLAG_NAMES:
-            has_value = "=" in token or i + 1 >= len(before)
-            found.append(token if has_value else f"{token} {before[i + 1]}")
-    return found
-
-
 def after_separator(args: list[str]) -> list[str]:
     return args[args.index("--"):] if "--" in args else []
-
-
-def mounts(container: dict[str, Any]) -> dict[str, str]:
-    """mountPath → volume name."""
-    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
 
 
 def probe_pod(name: str) -> str:
@@ -122,20 +109,6 @@ def wait_mutation(cp: ControlPlane, wanted: bool, timeout: float = 30) -> None:
     """The API server's view of webhook configurations follows a watch: wait for it."""
     wait_for(f"the build-pod mutation to be {'in force' if wanted else 'gone'}",
              lambda: mutation_in_force(cp) is wanted, timeout=timeout, interval=0.5)
-
-
-def wait_pod(cp: ControlPlane, run: str, timeout: float = 120) -> dict[str, Any]:
-    def pods() -> list[dict[str, Any]]:
-        cp.tekton.check_alive()
-        items: list[dict[str, Any]] = cp.get_json(
-            "-n", BUILD_NAMESPACE, "pods", "-l", f"tekton.dev/pipelineRun={run}")["items"]
-        return items
-
-    found: list[dict[str, Any]] = wait_for(f"Tekton to make the pod of {run}", pods, timeout)
-    assert len(found) == 1, [p["metadata"]["name"] for p in found]
-    name = found[0]["metadata"]["name"]
-    stored: dict[str, Any] = cp.get_json("-n", BUILD_NAMESPACE, "pod", name)
-    return stored
 
 
 def test_tekton_build_pod_keeps_credentials_in_trusted_steps_only(
