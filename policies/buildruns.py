@@ -7,8 +7,10 @@ make them. So in `builds.namespace`:
 - a TaskRun or CustomRun may be created only by the Tekton controller (`builds.tektonController`)
   and only for a PipelineRun that exists: its controlling owner reference names that run, with
   its uid (the edge looks the run up in the cluster);
-- tool accounts may not change or delete TaskRuns and CustomRuns: they follow their PipelineRun,
-  which a tool cancels or deletes instead;
+- only the Tekton controller, `builds.runManagers` and `tools.systemUsers` may change or delete
+  TaskRuns and CustomRuns, their status included: anyone else (a tool, a tool namespace's
+  ServiceAccount, the build ServiceAccount whose token a build step may hold) follows the
+  PipelineRun, which its tool cancels or deletes instead;
 - pods may be created, and their spec changed, only by the Tekton controller, and nobody gets a
   shell or a port into them (`exec`, `attach`, `portforward`).
 
@@ -46,10 +48,12 @@ def is_controller(user: User, policy: Policy) -> bool:
     return user.username == policy.builds.tekton_controller
 
 
-def is_tool_account(user: User, policy: Policy) -> bool:
-    tools = policy.tools
-    return user.username not in tools.system_users and any(
-        group in tools.groups for group in user.groups)
+def may_change_runs(user: User, policy: Policy) -> bool:
+    """The Tekton controller, the run managers and the system users: who may update or delete
+    TaskRuns and CustomRuns (and write their status)."""
+    username = user.username
+    return (username == policy.builds.tekton_controller or username in policy.builds.run_managers
+            or username in policy.tools.system_users)
 
 
 def check_new_taskrun(kind: str, user: User, run: Mapping[str, Any] | None,
@@ -73,16 +77,27 @@ def run_not_found(kind: str, found: FoundRun) -> Finding:
                                             f"PipelineRun that exists: {found.problem}")
 
 
-def check_run_change(kind: str, operation: str, user: User,
-                     policy: Policy) -> tuple[Finding, ...]:
-    """UPDATE and DELETE of TaskRuns and CustomRuns: never by a tool account."""
-    if not is_tool_account(user, policy):
+def check_run_change(kind: str, operation: str, user: User, policy: Policy, *,
+                     sub_resource: str = "") -> tuple[Finding, ...]:
+    """UPDATE (status included) and DELETE of TaskRuns and CustomRuns: only by the Tekton
+    controller, the run managers and the system users.
+
+    An allow-list: a denial of tool accounts alone would let any other identity with RBAC for
+    it (a tool namespace's ServiceAccount, the build ServiceAccount, whose token a build step
+    may hold) cancel or delete another tool's build, or mark it finished.
+    """
+    if may_change_runs(user, policy):
         return ()
-    verb = "delete" if operation == "DELETE" else "change"
+    if operation == "DELETE":
+        what = f"delete {kind}s"
+    elif sub_resource:
+        what = f"write {kind.lower()}s/{escape(sub_resource, 40)}"
+    else:
+        what = f"change {kind}s"
     return (Finding(RUN_CHANGE_NOT_ALLOWED, (
-        f"tools may not {verb} {kind}s in the build namespace {policy.builds.namespace} (user "
-        f"{quote(user.username)}); they follow their PipelineRun: cancel or delete that "
-        "instead")),)
+        f"only the Tekton controller, the run managers and the system users may {what} in the "
+        f"build namespace {policy.builds.namespace}; user {quote(user.username)} may not: a "
+        f"{kind} follows its PipelineRun, so cancel or delete that instead")),)
 
 
 def check_pod_requester(operation: str, user: User, policy: Policy) -> tuple[Finding, ...]:
@@ -98,12 +113,14 @@ def check_pod_requester(operation: str, user: User, policy: Policy) -> tuple[Fin
 
 def check_taskrun(review: Review, facts: Facts) -> Verdict:
     """TaskRuns and CustomRuns in the build namespace: made by the Tekton controller for a
-    PipelineRun that exists; never changed or deleted by a tool."""
+    PipelineRun that exists; changed or deleted only by it, the run managers and the system
+    users."""
     policy = facts.policy
     kind = review.kind
     mode = policy.builds.mode
     if review.operation in ("UPDATE", "DELETE"):
-        return decide(check_run_change(kind, review.operation, review.user, policy), mode)
+        return decide(check_run_change(kind, review.operation, review.user, policy,
+                                       sub_resource=review.sub_resource), mode)
     findings = check_new_taskrun(kind, review.user, review.object, policy)
     owner = controller_owner(review.object, PIPELINERUN)
     if findings or owner is None:

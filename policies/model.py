@@ -333,7 +333,10 @@ class BuildsPolicy(_Section):
     create one): Tekton's controller writes runs and their status, Kubernetes' garbage collector
     and namespace controller delete them (without it, deleting a namespace with runs hangs).
     Anyone else may update (cancel, release, relabel) or delete only a run of their own tool, and
-    only these and the system users may write `pipelineruns/status`."""
+    only these and the system users may write `pipelineruns/status`. TaskRuns and CustomRuns in
+    the build namespace (and their status) only these, the system users and the Tekton controller
+    may update or delete at all: list here any other controller that writes them (Tekton Chains,
+    Tekton Results)."""
     tekton_default_service_account: Name = "default"
     """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
     names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""

@@ -368,32 +368,98 @@ def test_even_the_controller_makes_taskruns_only_for_pipelineruns_that_exist(
     assert "only the Tekton controller creates CustomRuns" in refused.stderr, refused.stderr
 
 
-def test_a_tool_cannot_change_or_delete_another_tools_taskrun(
-        control_plane: ControlPlane, live_suite: Suite) -> None:
-    owner, intruder = "trowner", "trintruder"
-    owner_account = tool_account(control_plane, owner)
-    intruder_account = tool_account(control_plane, intruder)
+BUILD_SERVICE_ACCOUNT = "buildpacks-service-account"
+TASKRUN_OWNER = "trowner"
+
+
+@pytest.fixture
+def taskrun_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathlib.Path]]:
+    """Identities with RBAC to change, delete and write the status of every TaskRun in the
+    build namespace, none of them the controller, a run manager or a system user: two tools
+    (TASKRUN_OWNER starts the run), a tool namespace's ServiceAccount, and the build
+    ServiceAccount (whose token a build step would hold if the ServiceAccount automounted it)."""
+    tools = (TASKRUN_OWNER, "trintruder")
+    accounts = {**{tool: tool_account(control_plane, tool) for tool in tools},
+                "tool-other:default": control_plane.service_account_kubeconfig(
+                    "tool-other", "default"),
+                f"{BUILD_NAMESPACE}:{BUILD_SERVICE_ACCOUNT}":
+                    control_plane.service_account_kubeconfig(BUILD_NAMESPACE,
+                                                             BUILD_SERVICE_ACCOUNT)}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "e2e-taskrun-writers", "namespace": BUILD_NAMESPACE},
+            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"], "resources": [
+                "taskruns", "taskruns/status", "customruns", "customruns/status"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "e2e-taskrun-writers", "namespace": BUILD_NAMESPACE},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": "e2e-taskrun-writers"},
+               "subjects": [
+                   *({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool}
+                     for tool in tools),
+                   {"kind": "ServiceAccount", "name": "default", "namespace": "tool-other"},
+                   {"kind": "ServiceAccount", "name": BUILD_SERVICE_ACCOUNT,
+                    "namespace": BUILD_NAMESPACE}]}
+    control_plane.apply([role, binding])
+    try:
+        for who, account in accounts.items():
+            wait_for(f"RBAC to let {who} write taskruns/status", lambda account=account: (
+                control_plane.kubectl("auth", "can-i", "patch", "taskruns.tekton.dev/status",
+                                      "-n", BUILD_NAMESPACE, user=account, check=False)
+                .stdout.strip() == "yes"), 30)
+        yield accounts
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role",
+                              "e2e-taskrun-writers", "--ignore-not-found")
+
+
+def test_only_tekton_the_run_managers_and_system_users_change_or_delete_taskruns(
+        control_plane: ControlPlane, live_suite: Suite,
+        taskrun_writers: dict[str, pathlib.Path]) -> None:
+    owner = TASKRUN_OWNER
+    owner_account = taskrun_writers[owner]
     run = unique(f"{owner}-buildpacks-pipelinerun")
     try:
         control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(run, owner)),
                               user=owner_account)
+        # The controller's own writes pass: it makes the pod and reports it in the TaskRun's
+        # status, through taskruns/status, which the webhook now reviews.
+        pod = wait_pod(control_plane, run)
+        name = pod["metadata"]["ownerReferences"][0]["name"]
 
-        def taskrun() -> str | None:
-            control_plane.tekton.check_alive()
-            items = control_plane.get_json("-n", BUILD_NAMESPACE, "taskruns", "-l",
-                                           f"tekton.dev/pipelineRun={run}")["items"]
-            return str(items[0]["metadata"]["name"]) if items else None
+        def pod_in_status() -> bool:
+            stored = control_plane.get_json("-n", BUILD_NAMESPACE, "taskrun", name)
+            return stored.get("status", {}).get("podName") == pod["metadata"]["name"]
 
-        name = wait_for(f"Tekton to make the TaskRun of {run}", taskrun, 60)
-        for verb in (("label", "taskrun", name, "stolen=yes"), ("delete", "taskrun", name)):
-            refused = control_plane.kubectl("-n", BUILD_NAMESPACE, *verb, user=intruder_account,
-                                            check=False)
-            assert refused.returncode != 0, verb
-            assert TASKRUNS_WEBHOOK in refused.stderr, refused.stderr
-            assert f"tools may not {'delete' if verb[0] == 'delete' else 'change'} TaskRuns" \
-                in refused.stderr, refused.stderr
+        wait_for(f"Tekton to record the pod in the status of {name}", pod_in_status, 60)
+        status_writes = live_suite.wait_review(endpoint="validate-taskruns", name=name,
+                                               sub_resource="status", operation="UPDATE")
+        assert status_writes["user"] == TEKTON_CONTROLLER_USER, status_writes
+        assert {r["decision"] for r in live_suite.reviews(
+            endpoint="validate-taskruns", name=name, user=TEKTON_CONTROLLER_USER)} == {"allowed"}
+
+        finished = {"status": {"conditions": [{"type": "Succeeded", "status": "False",
+                                               "reason": "Stolen", "message": "stolen"}]}}
+        changes = {
+            "change TaskRuns": ("label", "taskrun", name, "stolen=yes"),
+            "write taskruns/status": ("patch", "taskrun", name, "--subresource=status",
+                                      "--type=merge", "-p", json.dumps(finished)),
+            "delete TaskRuns": ("delete", "taskrun", name),
+        }
+        for who, account in taskrun_writers.items():
+            for what, verb in changes.items():
+                refused = control_plane.kubectl("-n", BUILD_NAMESPACE, *verb, user=account,
+                                                check=False)
+                assert refused.returncode != 0, (who, verb)
+                assert TASKRUNS_WEBHOOK in refused.stderr, (who, refused.stderr)
+                assert f"only the Tekton controller, the run managers and the system users may " \
+                    f"{what} in the build namespace {BUILD_NAMESPACE}" in refused.stderr, \
+                    (who, refused.stderr)
         stored = control_plane.get_json("-n", BUILD_NAMESPACE, "taskrun", name)
         assert "stolen" not in stored["metadata"].get("labels", {})
+        assert all(c.get("reason") != "Stolen"
+                   for c in stored.get("status", {}).get("conditions", [])), stored["status"]
+        # The harness's admin is a run manager in the test policy.
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "label", "taskrun", name, "checked=yes")
     finally:
         delete_runs(control_plane, owner)
 
