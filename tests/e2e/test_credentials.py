@@ -33,7 +33,16 @@ from tests.e2e.cluster import (
     Suite,
     wait_for,
 )
-from tests.e2e.objects import BUILDER, delete_runs, pipelinerun, unique
+from tests.e2e.objects import (
+    API_TOKEN_PATH,
+    BUILD_SERVICE_ACCOUNT,
+    BUILDER,
+    api_token_volumes,
+    build_token_automounted,
+    delete_runs,
+    pipelinerun,
+    unique,
+)
 
 SECRET = "basic-user-pass"
 HARBOR = "https://tools-harbor.wmcloud.org"
@@ -138,9 +147,20 @@ def wait_pod(cp: ControlPlane, run: str, timeout: float = 120) -> dict[str, Any]
     return stored
 
 
+@pytest.fixture(params=[False, True], ids=["recommended-serviceaccount", "automounted-token"])
+def build_token(request: pytest.FixtureRequest, control_plane: ControlPlane) -> Iterator[bool]:
+    """The build ServiceAccount as docs/security.md recommends (no API token in build pods), or
+    as Kubernetes defaults it (and Toolforge has it today): a token in every container."""
+    if not request.param:
+        yield False
+        return
+    with build_token_automounted(control_plane):
+        yield True
+
+
 def test_tekton_build_pod_keeps_credentials_in_trusted_steps_only(
-        control_plane: ControlPlane, live_suite: Suite) -> None:
-    tool = "credstrip"
+        control_plane: ControlPlane, live_suite: Suite, build_token: bool) -> None:
+    tool = "credtoken" if build_token else "credstrip"  # a slot outlives its run by 30 s
     account = tool_account(control_plane, tool)
     run = unique(f"{tool}-buildpacks-pipelinerun")
     try:
@@ -194,6 +214,19 @@ def test_tekton_build_pod_keeps_credentials_in_trusted_steps_only(
             assert home not in paths.values(), (name, paths)
             args = container.get("args") or []
             assert credential_flags(args) == [], (name, args)
+        # The build ServiceAccount's API token: only where Kubernetes put it, in trusted steps.
+        tokens = api_token_volumes(pod)
+        token_holders = {c["name"] for c in spec.get("initContainers", []) + spec["containers"]
+                         if API_TOKEN_PATH in mounts(c)}
+        if build_token:
+            (token,) = tokens
+            assert token.startswith("kube-api-access-"), token
+            assert token_holders == set(TRUSTED), token_holders
+            assert {mounts(containers[name])[API_TOKEN_PATH] for name in TRUSTED} == {token}
+        else:
+            assert tokens == set(), tokens
+            assert token_holders == set(), token_holders
+            assert "automountServiceAccountToken" not in spec  # Tekton leaves it to the SA
         # Only the credential flag went; the rest of the step's command is Tekton's.
         for name, entrypoint in (("step-detect", "/cnb/lifecycle/detector"),
                                  ("step-build", "/cnb/lifecycle/builder")):
@@ -368,7 +401,6 @@ def test_even_the_controller_makes_taskruns_only_for_pipelineruns_that_exist(
     assert "only the Tekton controller creates CustomRuns" in refused.stderr, refused.stderr
 
 
-BUILD_SERVICE_ACCOUNT = "buildpacks-service-account"
 TASKRUN_OWNER = "trowner"
 
 
