@@ -42,7 +42,8 @@ The mutation (`BUILD_POD_CREDENTIALS`) acts on CREATE; the validator (`BUILD_POD
 `find_credential_leaks`, `check_build_pod`) judges the pod as it would be stored on CREATE and
 UPDATE, so an ephemeral container or a changed image meets the same rules. What a trusted step
 does with the credentials is judged too: a lifecycle phase may push only to its PipelineRun's
-APP_IMAGE (`trusted_step_findings`).
+APP_IMAGE, and may not take its run image from a file on a volume the other steps can write
+(`trusted_step_findings`).
 
 Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
 untrusted step that needs the credentials itself (the `buildpacks` task's single
@@ -603,7 +604,8 @@ def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,
     """What each trusted lifecycle step of a Tekton pod does with the credentials it keeps.
 
     Its own command line must read the same to the lifecycle whatever its flags' types (every
-    flag `-name=value`), name no cache image and no insecure registry; and, with the run known,
+    flag `-name=value`), name no cache image and no insecure registry, and name a run image
+    unless its stack and run files are its image's own; and, with the run known,
     every image it pushes is the run's APP_IMAGE (also `-tag` and `-previous-image`), its run
     image the run's RUN_IMAGE and its build image the run's BUILDER_IMAGE.
     """
@@ -621,7 +623,31 @@ def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,
                 f"PipelineRun that exists: {run.problem}")))
             continue
         use = registry_use(command.command_args, _literal_env(container))
+        findings += _run_image_file_findings(name, container, use)
         findings += _target_findings(name, use, run.run if run is not None else None)
+    return findings
+
+
+def _run_image_file_findings(name: str, container: Mapping[str, Any],
+                             use: RegistryUse) -> list[Finding]:
+    """A phase given no run image reads one from its stack or run file: that file must be its
+    image's own, not one on a volume, which the build's other steps (the tool's code) can write
+    (buildpacks-phases 0.2 passes `-stack=/layers/stack.toml` and `-run-image=$(params.RUN_IMAGE)`
+    to the exporter)."""
+    if use.error is not None or use.run_images:
+        return []
+    findings = []
+    for path in use.run_image_files:
+        if not path.startswith("/") or "$(" in path:
+            where = "a path the pod does not fix"
+        elif (mount := _covering_mount(container, path)) is not None:
+            where = f"volume {escape(str(mount.get('name')), 80)}"
+        else:
+            continue
+        findings.append(Finding(TRUSTED_STEP_TARGET, (
+            f"trusted step {name} names no run image, so the lifecycle would pull the one named "
+            f"in {quote(path, 200)}, which is on {where}, where the build's other steps can "
+            "write it; set the run's RUN_IMAGE (the task passes it as -run-image)")))
     return findings
 
 

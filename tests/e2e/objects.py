@@ -15,6 +15,7 @@ from webhooks.slots import RESERVATIONS_ANNOTATION, lease_name
 
 TOOL_IMAGE = "tools-harbor.wmcloud.org/tool-mytool/app:1"
 BUILDER = "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"
+RUN_IMAGE = "tools-harbor.wmcloud.org/toolforge/heroku-run:22"
 TOOL_LABEL = "toolforge.org/tool"
 BUILD_SERVICE_ACCOUNT = "buildpacks-service-account"
 """The build ServiceAccount (tests/e2e/manifests/image-build.yaml): the registry Secret's, and
@@ -45,6 +46,9 @@ def pipelinerun(name: str, tool: str, namespace: str = BUILD_NAMESPACE) -> dict[
             "params": [
                 {"name": "APP_IMAGE", "value": f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"},
                 {"name": "BUILDER_IMAGE", "value": BUILDER},
+                # Without it the export step would take its run image from /layers/stack.toml,
+                # which the tool's code can write: such a pod is refused.
+                {"name": "RUN_IMAGE", "value": RUN_IMAGE},
                 {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}.git"},
             ],
             "taskRunTemplate": {"serviceAccountName": "buildpacks-service-account"},

@@ -37,6 +37,7 @@ from tests.e2e.objects import (
     API_TOKEN_PATH,
     BUILD_SERVICE_ACCOUNT,
     BUILDER,
+    RUN_IMAGE,
     api_token_volumes,
     build_token_automounted,
     delete_runs,
@@ -227,6 +228,8 @@ def test_tekton_build_pod_keeps_credentials_in_trusted_steps_only(
             assert tokens == set(), tokens
             assert token_holders == set(), token_holders
             assert "automountServiceAccountToken" not in spec  # Tekton leaves it to the SA
+        # The run's RUN_IMAGE reaches the export step, which so never reads /layers/stack.toml.
+        assert f"-run-image={RUN_IMAGE}" in containers["step-export"]["args"]
         # Only the credential flag went; the rest of the step's command is Tekton's.
         for name, entrypoint in (("step-detect", "/cnb/lifecycle/detector"),
                                  ("step-build", "/cnb/lifecycle/builder")):
@@ -363,8 +366,10 @@ def test_a_tool_with_rbac_for_taskruns_and_pods_still_cannot_make_them(
         review = live_suite.wait_review(endpoint="validate-pods", name=pod_name)
         assert (review["decision"], review["reason"]) == ("denied", "PodNotFromTektonController")
         if manifest is secret_pod:
-            assert "untrusted container step-export: mount /creds can read registry " \
-                "credentials" in review["detail"], review
+            # The namespace's default ServiceAccount automounts its token: that goes too.
+            assert ("untrusted container step-export: mount /creds, mount "
+                    f"{API_TOKEN_PATH} (Kubernetes API token) can read registry credentials") \
+                in review["detail"], review
 
 
 def pod_manifest_in_build_namespace(name: str) -> str:
@@ -541,6 +546,60 @@ def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
         own = f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"
         assert (f'trusted step step-export would use the registry credentials on image '
                 f'"{VICTIM_IMAGE}"; its PipelineRun\'s APP_IMAGE is "{own}"') in denied["detail"]
+        assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
+                                      f"tekton.dev/pipelineRun={run}")["items"] == []
+    finally:
+        delete_runs(control_plane, tool)
+
+
+NO_RUN_IMAGE = "buildpacks-no-run-image"
+
+
+@pytest.fixture
+def pipeline_dropping_the_run_image(control_plane: ControlPlane,
+                                    default_policy: Suite) -> Iterator[Suite]:
+    """An approved pipeline that does not hand RUN_IMAGE to its task (an admin's mistake): the
+    run names an approved run image, but buildpacks-phases 0.2 then gives its export step
+    `-run-image=` and `-stack=/layers/stack.toml`, and the exporter would pull whatever image
+    that file names (the tool's build step can rewrite it) with the robot account."""
+    pipeline = next(document for document in yaml.safe_load_all(
+        (TEST_MANIFESTS / "image-build.yaml").read_text()) if document["kind"] == "Pipeline")
+    pipeline["metadata"]["name"] = NO_RUN_IMAGE
+    task = pipeline["spec"]["tasks"][0]
+    task["params"] = [p for p in task["params"] if p["name"] != "RUN_IMAGE"]
+    control_plane.apply([pipeline])
+    default_policy.set_policy(default_policy.default_policy.replace(
+        "  pipelines: [buildpacks]\n", f"  pipelines: [buildpacks, {NO_RUN_IMAGE}]\n"))
+    try:
+        yield default_policy
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipeline", NO_RUN_IMAGE,
+                              "--ignore-not-found")
+
+
+def test_an_export_step_that_would_read_its_run_image_from_the_layers_is_refused(
+        control_plane: ControlPlane, pipeline_dropping_the_run_image: Suite) -> None:
+    suite = pipeline_dropping_the_run_image
+    tool = "credstack"
+    account = tool_account(control_plane, tool)
+    run = unique(f"{tool}-buildpacks-pipelinerun")
+    manifest = pipelinerun(run, tool)
+    manifest["spec"]["pipelineRef"]["name"] = NO_RUN_IMAGE
+    try:
+        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
+        pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
+        denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
+                                   operation="CREATE")
+        assert denied["user"] == TEKTON_CONTROLLER_USER
+        assert (denied["decision"], denied["reason"]) == ("denied", "TrustedStepTarget"), denied
+        assert denied["detail"] == (
+            "trusted step step-export names no run image, so the lifecycle would pull the one "
+            'named in "/layers/stack.toml", which is on volume layers-dir, where the build\'s '
+            "other steps can write it; set the run's RUN_IMAGE (the task passes it as "
+            "-run-image)"), denied
+        # The mutation did its part; the pod would have been coherent but for the run image.
+        assert [m["decision"] for m in suite.reviews(endpoint="mutate-build-pods",
+                                                     name=pod_name)][:1] == ["mutated"]
         assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
                                       f"tekton.dev/pipelineRun={run}")["items"] == []
     finally:
