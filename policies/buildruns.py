@@ -12,10 +12,15 @@ make them. So in `builds.namespace`:
   ServiceAccount, the build ServiceAccount whose token a build step may hold) follows the
   PipelineRun, which its tool cancels or deletes instead;
 - pods may be created, and their spec changed, only by the Tekton controller, and nobody gets a
-  shell or a port into them (`exec`, `attach`, `portforward`).
+  shell, a port or a proxied connection into them (`exec`, `attach`, `portforward`, `proxy`);
+- Tasks, Pipelines and StepActions (what every tool's build runs) are never created, changed or
+  deleted by an identity a tenant can act as: a tool account, a ServiceAccount of a tool's
+  namespace, a ServiceAccount of the build namespace (the build ServiceAccount's token may reach
+  build steps). Anyone else is left to RBAC: the platform admins' tooling writes them.
 
-`TASKRUNS` and `BUILD_POD_ACCESS` are the rules (`policies.rule`); the pod rules are in
-`policies.credentials`, which also judges what a build pod may do with the credentials.
+`TASKRUNS`, `BUILD_DEFINITIONS` and `BUILD_POD_ACCESS` are the rules (`policies.rule`); the pod
+rules are in `policies.credentials`, which also judges what a build pod may do with the
+credentials.
 
 RBAC should already keep tools away from all of this (docs/security.md); these rules hold when
 it does not.
@@ -38,10 +43,14 @@ RUN_WITHOUT_PIPELINERUN = "RunWithoutPipelineRun"
 RUN_CHANGE_NOT_ALLOWED = "RunChangeNotAllowed"
 POD_NOT_FROM_CONTROLLER = "PodNotFromTektonController"
 POD_ACCESS_REFUSED = "BuildPodAccessRefused"
+DEFINITION_CHANGE_REFUSED = "BuildDefinitionChangeRefused"
 RUNS_UNAVAILABLE = "BuildRunsUnavailable"
 
 RUN_KINDS = frozenset({"TaskRun", "CustomRun"})
 """What the Tekton controller makes for a PipelineRun's tasks."""
+DEFINITION_KINDS = frozenset({"Task", "Pipeline", "StepAction"})
+"""What an approved pipeline (`builds.pipelines`) runs, by name, in the build namespace."""
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
 
 def is_controller(user: User, policy: Policy) -> bool:
@@ -143,6 +152,51 @@ TASKRUNS = Rule(check_taskrun, operations=frozenset({"CREATE", "UPDATE", "DELETE
                 kinds=RUN_KINDS, build_namespace=True)
 
 
+def tenant_identity(user: User, policy: Policy) -> str | None:
+    """Why `user` is an identity a tenant can act as (None when it is not one we know of).
+
+    A tool account; a ServiceAccount of a tool's namespace (any pod there runs with one); a
+    ServiceAccount of the build namespace (the build ServiceAccount's token may reach the tool's
+    build steps) other than a system user (the builds API may live there).
+    """
+    tools = policy.tools
+    username = user.username
+    if username in tools.system_users:
+        return None
+    if any(group in tools.groups for group in user.groups):
+        return "a tool account"
+    if username.startswith(SERVICE_ACCOUNT_PREFIX):
+        namespace = username[len(SERVICE_ACCOUNT_PREFIX):].partition(":")[0]
+        if namespace == policy.builds.namespace:
+            return "a ServiceAccount of the build namespace"
+        if tools.namespace_pattern.tool_of(namespace) is not None:
+            return "a ServiceAccount of a tool's namespace"
+    return None
+
+
+def check_definition_change(review: Review, facts: Facts) -> Decision:
+    """Tasks, Pipelines and StepActions in the build namespace: not written by a tenant.
+
+    No other rule sees them, yet the approved pipeline runs them by name: a tool that could edit
+    the `buildpacks` pipeline or its task would change every tool's build (a step of its
+    choosing, the export step's arguments, the image a trusted step runs).
+    """
+    policy = facts.policy
+    why = tenant_identity(review.user, policy)
+    if why is None:
+        return allow()
+    verb = {"CREATE": "create", "UPDATE": "change", "DELETE": "delete"}[review.operation]
+    return decide([Finding(DEFINITION_CHANGE_REFUSED, (
+        f"{review.kind}s in the build namespace {policy.builds.namespace} define what every "
+        f"tool's build runs; user {quote(review.user.username)} ({why}) may not {verb} them: "
+        "the platform admins manage them"))], policy.builds.mode)
+
+
+BUILD_DEFINITIONS = Rule(check_definition_change,
+                         operations=frozenset({"CREATE", "UPDATE", "DELETE"}),
+                         kinds=DEFINITION_KINDS, build_namespace=True)
+
+
 def runs_unavailable(what: str, cause: str, mode: Mode) -> Decision:
     """The decision on a TaskRun, CustomRun or pod whose PipelineRun the cluster could not
     look up in time."""
@@ -154,7 +208,8 @@ def runs_unavailable(what: str, cause: str, mode: Mode) -> Decision:
 
 
 def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Finding, ...]:
-    """`exec`, `attach` and `portforward` into a build pod: nobody's business but Tekton's.
+    """`exec`, `attach`, `portforward` and `proxy` into a build pod: nobody's business but
+    Tekton's.
 
     A running trusted step holds the robot account's credentials, and every step shares the
     build's workspace and layers: a shell in another tool's build pod could read the one or
@@ -169,7 +224,7 @@ def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Fin
 
 
 def check_build_pod_access(review: Review, facts: Facts) -> Decision:
-    """`exec`, `attach` and `portforward` into pods of the build namespace: refused."""
+    """`exec`, `attach`, `portforward` and `proxy` into pods of the build namespace: refused."""
     policy = facts.policy
     return decide(check_pod_access(review.sub_resource, review.user, policy),
                   policy.credentials.mode)

@@ -248,9 +248,13 @@ def test_rules(docs: tuple[Doc, ...]) -> None:
                                      ("customruns", ("CREATE", "UPDATE", "DELETE")),
                                      ("taskruns/status", ("UPDATE",)),
                                      ("customruns/status", ("UPDATE",)))
-        for operation in operations}
+        for operation in operations} | {
+        ("tekton.dev", version, resource, operation) for version in ("v1", "v1beta1", "v1alpha1")
+        for resource in ("tasks", "pipelines", "stepactions")
+        for operation in ("CREATE", "UPDATE", "DELETE")}
     assert _rules(docs, "/validate/build-pod-access") == {
-        ("", "v1", f"pods/{sub}", "CONNECT") for sub in ("exec", "attach", "portforward")}
+        ("", "v1", f"pods/{sub}", "CONNECT")
+        for sub in ("exec", "attach", "portforward", "proxy")}
     assert _rules(docs, "/validate/policy") == {("", "v1", "configmaps", operation)
                                                 for operation in ("CREATE", "UPDATE")}
 

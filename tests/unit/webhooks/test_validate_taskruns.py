@@ -212,6 +212,80 @@ def test_a_run_manager_added_by_the_policy_may_change_runs(tmp_path: Path) -> No
         app.extensions[EXTENSION].source.stop()
 
 
+# --- Tasks, Pipelines and StepActions in the build namespace -------------------------------------
+
+DEFINITIONS = [("tasks", "v1", "Task"), ("pipelines", "v1", "Pipeline"),
+               ("pipelines", "v1beta1", "Pipeline"), ("stepactions", "v1beta1", "StepAction"),
+               ("stepactions", "v1alpha1", "StepAction")]
+DEFINITION_CHANGES = [("CREATE", "create"), ("UPDATE", "change"), ("DELETE", "delete")]
+TENANTS = {
+    "tool": (("mytool", ("toolforge", "system:authenticated")), "a tool account"),
+    "build-serviceaccount": (REFUSED["build-serviceaccount"],
+                             "a ServiceAccount of the build namespace"),
+    "tool-namespace-serviceaccount": (REFUSED["tool-namespace-serviceaccount"],
+                                      "a ServiceAccount of a tool's namespace"),
+}
+NOT_TENANTS = {
+    "admin": ("kubernetes-admin", ("system:masters", "system:authenticated")),
+    "controller": (CONTROLLER, CONTROLLER_GROUPS),
+    "namespace-controller": ALLOWED["namespace-controller"],
+    # A system user in the tools' group and the build namespace: the builds API.
+    "system-user": ALLOWED["system-user"],
+    # Not a tool namespace: the pattern is tool-{tool}.
+    "other-serviceaccount": ("system:serviceaccount:argocd:argocd-application-controller",
+                             SA_GROUPS),
+}
+
+
+def definition_review(kind: tuple[str, str, str], operation: str,
+                      who: tuple[str, tuple[str, ...]], *, namespace: str = NAMESPACE,
+                      ) -> dict[str, Any]:
+    resource, version, kind_name = kind
+    stored = {"apiVersion": f"tekton.dev/{version}", "kind": kind_name,
+              "metadata": {"name": "buildpacks", "namespace": namespace},
+              "spec": {"steps": [{"name": "build", "image": "docker.io/library/busybox:1"}]}}
+    changed = {**stored, "spec": {"steps": [{"name": "build", "image": "evil.example/x:1"}]}}
+    review = make_review(None if operation == "DELETE" else changed, resource=resource,
+                         namespace=namespace, username=who[0], groups=who[1],
+                         operation=operation, old=None if operation == "CREATE" else stored,
+                         kind=("tekton.dev", version, kind_name))
+    if operation == "DELETE":
+        review["request"]["object"] = None
+        review["request"]["name"] = "buildpacks"
+    return review
+
+
+@pytest.mark.parametrize("who", sorted(TENANTS))
+@pytest.mark.parametrize(("operation", "verb"), DEFINITION_CHANGES)
+@pytest.mark.parametrize("kind", DEFINITIONS, ids=lambda kind: f"{kind[2]}-{kind[1]}")
+def test_no_tenant_identity_writes_the_build_namespaces_tasks_pipelines_or_stepactions(
+        client: FlaskClient, who: str, operation: str, verb: str,
+        kind: tuple[str, str, str]) -> None:
+    (username, groups), why = TENANTS[who]
+    review = definition_review(kind, operation, (username, groups))
+    reason, message = denial(post(client, "/validate/taskruns", review))
+    assert reason == "BuildDefinitionChangeRefused"
+    assert message == (
+        f"{kind[2]}s in the build namespace image-build define what every tool's build runs; "
+        f"user \"{username}\" ({why}) may not {verb} them: the platform admins manage them")
+
+
+@pytest.mark.parametrize("who", sorted(NOT_TENANTS))
+@pytest.mark.parametrize(("operation", "verb"), DEFINITION_CHANGES)
+@pytest.mark.parametrize("kind", DEFINITIONS, ids=lambda kind: f"{kind[2]}-{kind[1]}")
+def test_admins_controllers_and_system_users_are_left_to_rbac_for_definitions(
+        client: FlaskClient, who: str, operation: str, verb: str,
+        kind: tuple[str, str, str]) -> None:
+    review = definition_review(kind, operation, NOT_TENANTS[who])
+    assert post(client, "/validate/taskruns", review)["allowed"] is True
+
+
+def test_a_tools_own_tasks_are_not_this_rules(client: FlaskClient) -> None:
+    review = definition_review(DEFINITIONS[0], "UPDATE", TENANTS["tool"][0],
+                               namespace="tool-mytool")
+    assert post(client, "/validate/taskruns", review)["allowed"] is True
+
+
 def test_runs_outside_the_build_namespace_are_not_this_rules(client: FlaskClient) -> None:
     review = taskrun_review(namespace="tool-mytool", username="mytool",
                             groups=("toolforge", "system:authenticated"))
@@ -352,14 +426,14 @@ def test_the_kubernetes_reader_maps_404_to_none_and_other_errors_to_unavailable(
         KubernetesTektonObjects(FailingApi(None)).get("taskruns", "ns", "x", 1.0)
 
 
-# --- exec, attach and port-forward into build pods ------------------------------------------------
+# --- exec, attach, port-forward and proxy into build pods --------------------------------------
 
 
 def connect_review(sub_resource: str, *, namespace: str = NAMESPACE, username: str = "mytool",
                    groups: tuple[str, ...] = ("toolforge", "system:authenticated"),
                    ) -> dict[str, Any]:
     kind = {"exec": "PodExecOptions", "attach": "PodAttachOptions",
-            "portforward": "PodPortForwardOptions"}[sub_resource]
+            "portforward": "PodPortForwardOptions", "proxy": "PodProxyOptions"}[sub_resource]
     options = {"kind": kind, "apiVersion": "v1", "container": "step-export",
                "command": ["cat", "/tekton/creds-secrets/basic-user-pass/password"]}
     return make_review(options, resource="pods", namespace=namespace, username=username,
@@ -367,7 +441,7 @@ def connect_review(sub_resource: str, *, namespace: str = NAMESPACE, username: s
                        kind=("", "v1", kind))
 
 
-@pytest.mark.parametrize("sub_resource", ["exec", "attach", "portforward"])
+@pytest.mark.parametrize("sub_resource", ["exec", "attach", "portforward", "proxy"])
 @pytest.mark.parametrize(("username", "groups"), [
     ("mytool", ("toolforge", "system:authenticated")),
     ("kubernetes-admin", ("system:masters", "system:authenticated")),
