@@ -501,6 +501,78 @@ def test_only_tekton_the_run_managers_and_system_users_change_or_delete_taskruns
         delete_runs(control_plane, owner)
 
 
+@pytest.fixture
+def definition_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathlib.Path]]:
+    """Identities a tenant can act as, with RBAC (which a real install should not give) to
+    write every Task, Pipeline and StepAction of the build namespace: a tool, a tool
+    namespace's ServiceAccount and the build ServiceAccount."""
+    tool = "defwriter"
+    accounts = {tool: tool_account(control_plane, tool),
+                "tool-other:default": control_plane.service_account_kubeconfig(
+                    "tool-other", "default"),
+                f"{BUILD_NAMESPACE}:{BUILD_SERVICE_ACCOUNT}":
+                    control_plane.service_account_kubeconfig(BUILD_NAMESPACE,
+                                                             BUILD_SERVICE_ACCOUNT)}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "e2e-definition-writers", "namespace": BUILD_NAMESPACE},
+            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"],
+                       "resources": ["tasks", "pipelines", "stepactions"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "e2e-definition-writers", "namespace": BUILD_NAMESPACE},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": "e2e-definition-writers"},
+               "subjects": [
+                   {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool},
+                   {"kind": "ServiceAccount", "name": "default", "namespace": "tool-other"},
+                   {"kind": "ServiceAccount", "name": BUILD_SERVICE_ACCOUNT,
+                    "namespace": BUILD_NAMESPACE}]}
+    control_plane.apply([role, binding])
+    try:
+        for who, account in accounts.items():
+            wait_for(f"RBAC to let {who} write stepactions", lambda account=account: (
+                control_plane.kubectl("auth", "can-i", "create", "stepactions.tekton.dev",
+                                      "-n", BUILD_NAMESPACE, user=account, check=False)
+                .stdout.strip() == "yes"), 30)
+        yield accounts
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role",
+                              "e2e-definition-writers", "--ignore-not-found")
+
+
+def test_no_tenant_identity_edits_the_tasks_pipelines_or_stepactions_builds_run(
+        control_plane: ControlPlane, live_suite: Suite,
+        definition_writers: dict[str, pathlib.Path]) -> None:
+    step_action = unique("stolen-step")
+    changes = {
+        "change them": ("label", "pipeline", "buildpacks", "stolen=yes"),
+        "delete them": ("delete", "task", "buildpacks-phases"),
+        "create them": ("create", "-f", "-"),
+    }
+    manifest = json.dumps({
+        "apiVersion": "tekton.dev/v1beta1", "kind": "StepAction",
+        "metadata": {"name": step_action, "namespace": BUILD_NAMESPACE},
+        "spec": {"image": SHELL_IMAGE, "script": "cat /tekton/creds/.docker/config.json"}})
+    for who, account in definition_writers.items():
+        for what, verb in changes.items():
+            refused = control_plane.kubectl(
+                "-n", BUILD_NAMESPACE, *verb, user=account, check=False,
+                input=manifest if verb[0] == "create" else None)
+            assert refused.returncode != 0, (who, verb)
+            assert TASKRUNS_WEBHOOK in refused.stderr, (who, refused.stderr)
+            assert f"may not {what}: the platform admins manage them" in refused.stderr, \
+                (who, refused.stderr)
+    review = live_suite.wait_review(endpoint="validate-taskruns", name=step_action)
+    assert (review["decision"], review["reason"]) == ("denied", "BuildDefinitionChangeRefused")
+    assert control_plane.get_json("-n", BUILD_NAMESPACE, "task", "buildpacks-phases")
+    pipeline = control_plane.get_json("-n", BUILD_NAMESPACE, "pipeline", "buildpacks")
+    assert "stolen" not in pipeline["metadata"].get("labels", {})
+    assert control_plane.kubectl("-n", BUILD_NAMESPACE, "get", "stepaction", step_action,
+                                 check=False).returncode != 0
+    # The platform admins' tooling writes them (the harness's admin, left to RBAC).
+    control_plane.kubectl("-n", BUILD_NAMESPACE, "label", "pipeline", "buildpacks", "checked=yes")
+    control_plane.kubectl("-n", BUILD_NAMESPACE, "label", "pipeline", "buildpacks", "checked-")
+
+
 # --- what a trusted step does -------------------------------------------------------------------
 
 ELSEWHERE = "buildpacks-elsewhere"
@@ -656,6 +728,17 @@ def test_updates_that_would_hand_a_container_the_credentials_are_refused(
         assert refused.returncode != 0
         assert ('admission webhook "build-pod-access.toolforge-admission.toolforge.org" '
                 "denied the request") in refused.stderr, refused.stderr
+        # Nor a connection proxied to it through the API server (pods/proxy, a CONNECT too).
+        refused = control_plane.kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{name}/proxy/",
+            check=False)
+        assert refused.returncode != 0
+        assert ('admission webhook "build-pod-access.toolforge-admission.toolforge.org" '
+                "denied the request") in refused.stderr, refused.stderr
+        review = live_suite.wait_review(endpoint="validate-build-pod-access", name=name,
+                                        sub_resource="proxy")
+        assert (review["operation"], review["decision"], review["reason"]) == (
+            "CONNECT", "denied", "BuildPodAccessRefused"), review
         stored = control_plane.get_json("-n", BUILD_NAMESPACE, "pod", name)
         images = {c["name"]: c["image"] for c in stored["spec"]["containers"]}
         assert images["step-export"] == next(c["image"] for c in pod["spec"]["containers"]

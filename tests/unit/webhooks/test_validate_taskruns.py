@@ -426,7 +426,7 @@ def test_the_kubernetes_reader_maps_404_to_none_and_other_errors_to_unavailable(
         KubernetesTektonObjects(FailingApi(None)).get("taskruns", "ns", "x", 1.0)
 
 
-# --- exec, attach, port-forward and proxy into build pods --------------------------------------
+# --- exec, attach, port-forward and proxy into build pods ---------------------------------------
 
 
 def connect_review(sub_resource: str, *, namespace: str = NAMESPACE, username: str = "mytool",
