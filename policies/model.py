@@ -370,7 +370,10 @@ class BuildsPolicy(_Section):
     Anyone else may update (cancel, release, relabel) or delete only a run of their own tool, and
     only these and the system users may write `pipelineruns/status`, orphan a run's TaskRuns
     (delete it with `propagationPolicy: Orphan`, or give it the `orphan` finalizer), or give a run
-    labels and annotations beyond `runMetadata`."""
+    labels and annotations beyond `runMetadata`. TaskRuns and CustomRuns in the build namespace
+    (and their status) only these, the system users and the Tekton controller may update or
+    delete at all: list here any other controller that writes them (Tekton Chains, Tekton
+    Results)."""
     tekton_default_service_account: Name = "default"
     """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
     names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""
