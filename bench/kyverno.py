@@ -29,7 +29,6 @@ TFA_E2E_VERBOSE=1 passes every line of `go build -v` through.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -38,12 +37,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import yaml
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
+
+from tests.e2e.build import locked, watch_go_build
 
 MODULE = "github.com/kyverno/kyverno"
 VERSION = "v1.19.1"
@@ -53,7 +53,6 @@ BUILD_FLAGS = ["-trimpath"]
 LDFLAGS = ["-s", "-w", f"-X={MODULE}/pkg/version.BuildVersion={VERSION}"]
 INSTALL_MANIFEST = "config/install-latest-testing.yaml"
 CONFIGMAPS = ("kyverno", "kyverno-metrics")
-PROGRESS_EVERY_S = 30.0
 
 
 def log(message: str) -> None:
@@ -96,14 +95,6 @@ def _paths(directory: pathlib.Path) -> dict[str, pathlib.Path]:
             "configmaps": directory / "configmaps.yaml"}
 
 
-@contextmanager
-def _locked(directory: pathlib.Path) -> Iterator[None]:
-    with open(directory / ".lock", "w") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _module_dir(scratch: pathlib.Path) -> pathlib.Path:
@@ -129,33 +120,10 @@ def _writable_copy(source: pathlib.Path, target: pathlib.Path) -> None:
 def _build(source: pathlib.Path, output: pathlib.Path) -> None:
     command = ["go", "build", "-v", *BUILD_FLAGS, f"-ldflags={' '.join(LDFLAGS)}",
                "-o", str(output), PACKAGE]
-    verbose = os.environ.get("TFA_E2E_VERBOSE") == "1"
-    process = subprocess.Popen(command, cwd=source, env=_go_env(), stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    lines: list[str] = []
-
-    def reader() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line.rstrip("\n"))
-            if verbose:
-                log(f"  {line.rstrip()}")
-
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    started = time.monotonic()
-    while True:
-        try:
-            process.wait(timeout=PROGRESS_EVERY_S)
-            break
-        except subprocess.TimeoutExpired:
-            last = lines[-1] if lines else "(resolving modules)"
-            log(f"  still building: {time.monotonic() - started:.0f}s, {len(lines)} lines so "
-                f"far, last: {last}")
-    thread.join()
-    if process.returncode != 0:
-        tail = "\n".join(lines[-60:])
-        raise RuntimeError(f"building Kyverno failed (exit {process.returncode}):\n{tail}")
+    code, output_text = watch_go_build("kyverno", command, source, _go_env(), log)
+    if code != 0:
+        tail = "\n".join(output_text.splitlines()[-60:])
+        raise RuntimeError(f"building Kyverno failed (exit {code}):\n{tail}")
 
 
 def _configmaps(manifest: pathlib.Path) -> str:
@@ -177,7 +145,7 @@ def ensure_kyverno() -> dict[str, pathlib.Path]:
     if all(path.exists() for path in paths.values()):
         return paths
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory):
+    with locked(directory):
         if all(path.exists() for path in paths.values()):
             return paths
         started = time.monotonic()

@@ -1,8 +1,9 @@
 """The request bodies the benchmark sends, written as compact JSON files.
 
 - tekton: the real Tekton build-pod review recorded from a control plane
-  (tests/fixtures/tekton/a-*/pod.create.admissionreview.json), sent to /mutate/build-pods as
-  recorded, and to /validate/pods after that mutation, as the API server does for every build.
+  (tests/fixtures/tekton/a-*/pod.create.admissionreview.json, with the RUN_IMAGE a run must set),
+  sent to /mutate/build-pods as recorded, and to /validate/pods after that mutation, as the API
+  server does for every build.
 - pod: a ~12 KB tool Pod CREATE as the replicaset-controller sends it: 3 containers, 2 init
   containers, env with fieldRef and secretKeyRef, 5 volumes with the projected kube-api-access
   volume, probes, securityContext, tolerations, an ownerReference and managedFields.
@@ -21,7 +22,6 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-TEKTON = next((ROOT / "tests/fixtures/tekton").glob("a-*/pod.create.admissionreview.json"))
 HARBOR = "tools-harbor.wmcloud.org"
 TOOL = "mytool"
 NAMESPACE = f"tool-{TOOL}"
@@ -189,6 +189,7 @@ def pipelinerun_review() -> dict[str, Any]:
             "params": [
                 {"name": "APP_IMAGE", "value": f"{HARBOR}/tool-{TOOL}/{TOOL}:latest"},
                 {"name": "BUILDER_IMAGE", "value": f"{HARBOR}/toolforge/heroku-builder:22"},
+                {"name": "RUN_IMAGE", "value": f"{HARBOR}/toolforge/heroku-run:22"},
                 {"name": "SOURCE_URL", "value": "https://gitlab.wikimedia.org/toolforge/mytool.git"},
                 {"name": "SOURCE_REFERENCE", "value": "main"},
             ],
@@ -208,8 +209,12 @@ def pipelinerun_review() -> dict[str, Any]:
 
 
 def tekton_review() -> dict[str, Any]:
-    data: dict[str, Any] = json.loads(TEKTON.read_bytes())
-    return data
+    """The recorded review, its pod that of a run with RUN_IMAGE: the recording's run left it
+    out (its export step says `-run-image=`), which the build-pod rule refuses since a phase
+    given no run image reads one from /layers (tests/buildruns.py)."""
+    from tests.buildruns import TASKRUN_POD, captured_review
+
+    return captured_review(TASKRUN_POD)
 
 
 def tekton_mutated_review() -> dict[str, Any]:

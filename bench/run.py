@@ -6,17 +6,19 @@
 What it does (see bench/README.md):
 - starts the suite as in production, through the CLI: `toolforge-admission serve --dev --bind
   127.0.0.1:PORT --policy policies/example-policy.yaml` (TLS with a certificate from certs.issue
-  in a temporary directory, gunicorn gthread workers, prometheus multiprocess mode, one JSON log
-  line per review on stderr, kept in a file); `--dev` only picks the certificate and, with no
-  KUBECONFIG, skips the cluster's active-run check with a warning;
+  in a temporary directory, gunicorn with the suite's own worker (webhooks/worker.py),
+  prometheus multiprocess mode, one JSON log line per review on stderr, kept in a file);
+  `--dev` only picks the certificate and, with no KUBECONFIG, skips the cluster's active-run
+  check with a warning;
 - builds and starts bench/goref (Go, standard library only) with the same certificate;
 - pins both servers to one CPU and wrk to another (taskset), and drives each with wrk over
   kept-alive HTTPS/1.1 connections (1, 8, 32) with the payloads of bench/payloads.py;
 - reports requests/s, p50/p99/p99.9, server CPU per review (utime+stime of the server's process
   tree from /proc), peak RSS per gunicorn worker, a 100,000-review soak for memory growth, and
   ours/Go ratios; writes bench/results/latest.{json,md,png};
-- then runs bench/e2e.py (unless --no-e2e): pod creates through a real kube-apiserver with and
-  without the suite, and PipelineRun admission; bench/results/e2e-latest.{json,md,png}.
+- then runs bench/e2e.py (unless --no-e2e): pod creates through a real kube-apiserver with no
+  policy, the suite, the Go reference, a ValidatingAdmissionPolicy and Kyverno, in a closed and
+  an open loop, and PipelineRun admission; bench/results/e2e-latest.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -492,7 +494,8 @@ def plot(result_file: Path, png: Path) -> None:
         print("bench: creating bench/.venv for matplotlib (kept out of the project's venv)",
               flush=True)
         subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "matplotlib"],
+        # Bounded as the project's dependencies are (3.11 draws the published plots).
+        subprocess.run([str(python), "-m", "pip", "install", "--quiet", "matplotlib>=3.10,<4"],
                        check=True)
     subprocess.run([str(python), str(BENCH / "plot.py"), str(result_file), str(png)],
                    check=True)

@@ -7,13 +7,20 @@ make them. So in `builds.namespace`:
 - a TaskRun or CustomRun may be created only by the Tekton controller (`builds.tektonController`)
   and only for a PipelineRun that exists: its controlling owner reference names that run, with
   its uid (the edge looks the run up in the cluster);
-- tool accounts may not change or delete TaskRuns and CustomRuns: they follow their PipelineRun,
-  which a tool cancels or deletes instead;
+- only the Tekton controller, `builds.runManagers` and `tools.systemUsers` may change or delete
+  TaskRuns and CustomRuns, their status included: anyone else (a tool, a tool namespace's
+  ServiceAccount, the build ServiceAccount whose token a build step may hold) follows the
+  PipelineRun, which its tool cancels or deletes instead;
 - pods may be created, and their spec changed, only by the Tekton controller, and nobody gets a
-  shell or a port into them (`exec`, `attach`, `portforward`).
+  shell, a port or a proxied connection into them (`exec`, `attach`, `portforward`, `proxy`);
+- Tasks, Pipelines and StepActions (what every tool's build runs) are never created, changed or
+  deleted by an identity a tenant can act as: a tool account, a ServiceAccount of a tool's
+  namespace, a ServiceAccount of the build namespace (the build ServiceAccount's token may reach
+  build steps). Anyone else is left to RBAC: the platform admins' tooling writes them.
 
-`TASKRUNS` and `BUILD_POD_ACCESS` are the rules (`policies.rule`); the pod rules are in
-`policies.credentials`, which also judges what a build pod may do with the credentials.
+`TASKRUNS`, `BUILD_DEFINITIONS` and `BUILD_POD_ACCESS` are the rules (`policies.rule`); the pod
+rules are in `policies.credentials`, which also judges what a build pod may do with the
+credentials.
 
 RBAC should already keep tools away from all of this (docs/security.md); these rules hold when
 it does not.
@@ -36,20 +43,26 @@ RUN_WITHOUT_PIPELINERUN = "RunWithoutPipelineRun"
 RUN_CHANGE_NOT_ALLOWED = "RunChangeNotAllowed"
 POD_NOT_FROM_CONTROLLER = "PodNotFromTektonController"
 POD_ACCESS_REFUSED = "BuildPodAccessRefused"
+DEFINITION_CHANGE_REFUSED = "BuildDefinitionChangeRefused"
 RUNS_UNAVAILABLE = "BuildRunsUnavailable"
 
 RUN_KINDS = frozenset({"TaskRun", "CustomRun"})
 """What the Tekton controller makes for a PipelineRun's tasks."""
+DEFINITION_KINDS = frozenset({"Task", "Pipeline", "StepAction"})
+"""What an approved pipeline (`builds.pipelines`) runs, by name, in the build namespace."""
+SERVICE_ACCOUNT_PREFIX = "system:serviceaccount:"
 
 
 def is_controller(user: User, policy: Policy) -> bool:
     return user.username == policy.builds.tekton_controller
 
 
-def is_tool_account(user: User, policy: Policy) -> bool:
-    tools = policy.tools
-    return user.username not in tools.system_users and any(
-        group in tools.groups for group in user.groups)
+def may_change_runs(user: User, policy: Policy) -> bool:
+    """The Tekton controller, the run managers and the system users: who may update or delete
+    TaskRuns and CustomRuns (and write their status)."""
+    username = user.username
+    return (username == policy.builds.tekton_controller or username in policy.builds.run_managers
+            or username in policy.tools.system_users)
 
 
 def check_new_taskrun(kind: str, user: User, run: Mapping[str, Any] | None,
@@ -73,16 +86,27 @@ def run_not_found(kind: str, found: FoundRun) -> Finding:
                                             f"PipelineRun that exists: {found.problem}")
 
 
-def check_run_change(kind: str, operation: str, user: User,
-                     policy: Policy) -> tuple[Finding, ...]:
-    """UPDATE and DELETE of TaskRuns and CustomRuns: never by a tool account."""
-    if not is_tool_account(user, policy):
+def check_run_change(kind: str, operation: str, user: User, policy: Policy, *,
+                     sub_resource: str = "") -> tuple[Finding, ...]:
+    """UPDATE (status included) and DELETE of TaskRuns and CustomRuns: only by the Tekton
+    controller, the run managers and the system users.
+
+    An allow-list: a denial of tool accounts alone would let any other identity with RBAC for
+    it (a tool namespace's ServiceAccount, the build ServiceAccount, whose token a build step
+    may hold) cancel or delete another tool's build, or mark it finished.
+    """
+    if may_change_runs(user, policy):
         return ()
-    verb = "delete" if operation == "DELETE" else "change"
+    if operation == "DELETE":
+        what = f"delete {kind}s"
+    elif sub_resource:
+        what = f"write {kind.lower()}s/{escape(sub_resource, 40)}"
+    else:
+        what = f"change {kind}s"
     return (Finding(RUN_CHANGE_NOT_ALLOWED, (
-        f"tools may not {verb} {kind}s in the build namespace {policy.builds.namespace} (user "
-        f"{quote(user.username)}); they follow their PipelineRun: cancel or delete that "
-        "instead")),)
+        f"only the Tekton controller, the run managers and the system users may {what} in the "
+        f"build namespace {policy.builds.namespace}; user {quote(user.username)} may not: a "
+        f"{kind} follows its PipelineRun, so cancel or delete that instead")),)
 
 
 def check_pod_requester(operation: str, user: User, policy: Policy) -> tuple[Finding, ...]:
@@ -98,12 +122,14 @@ def check_pod_requester(operation: str, user: User, policy: Policy) -> tuple[Fin
 
 def check_taskrun(review: Review, facts: Facts) -> Verdict:
     """TaskRuns and CustomRuns in the build namespace: made by the Tekton controller for a
-    PipelineRun that exists; never changed or deleted by a tool."""
+    PipelineRun that exists; changed or deleted only by it, the run managers and the system
+    users."""
     policy = facts.policy
     kind = review.kind
     mode = policy.builds.mode
     if review.operation in ("UPDATE", "DELETE"):
-        return decide(check_run_change(kind, review.operation, review.user, policy), mode)
+        return decide(check_run_change(kind, review.operation, review.user, policy,
+                                       sub_resource=review.sub_resource), mode)
     findings = check_new_taskrun(kind, review.user, review.object, policy)
     owner = controller_owner(review.object, PIPELINERUN)
     if findings or owner is None:
@@ -126,6 +152,51 @@ TASKRUNS = Rule(check_taskrun, operations=frozenset({"CREATE", "UPDATE", "DELETE
                 kinds=RUN_KINDS, build_namespace=True)
 
 
+def tenant_identity(user: User, policy: Policy) -> str | None:
+    """Why `user` is an identity a tenant can act as (None when it is not one we know of).
+
+    A tool account; a ServiceAccount of a tool's namespace (any pod there runs with one); a
+    ServiceAccount of the build namespace (the build ServiceAccount's token may reach the tool's
+    build steps) other than a system user (the builds API may live there).
+    """
+    tools = policy.tools
+    username = user.username
+    if username in tools.system_users:
+        return None
+    if any(group in tools.groups for group in user.groups):
+        return "a tool account"
+    if username.startswith(SERVICE_ACCOUNT_PREFIX):
+        namespace = username[len(SERVICE_ACCOUNT_PREFIX):].partition(":")[0]
+        if namespace == policy.builds.namespace:
+            return "a ServiceAccount of the build namespace"
+        if tools.namespace_pattern.tool_of(namespace) is not None:
+            return "a ServiceAccount of a tool's namespace"
+    return None
+
+
+def check_definition_change(review: Review, facts: Facts) -> Decision:
+    """Tasks, Pipelines and StepActions in the build namespace: not written by a tenant.
+
+    No other rule sees them, yet the approved pipeline runs them by name: a tool that could edit
+    the `buildpacks` pipeline or its task would change every tool's build (a step of its
+    choosing, the export step's arguments, the image a trusted step runs).
+    """
+    policy = facts.policy
+    why = tenant_identity(review.user, policy)
+    if why is None:
+        return allow()
+    verb = {"CREATE": "create", "UPDATE": "change", "DELETE": "delete"}[review.operation]
+    return decide([Finding(DEFINITION_CHANGE_REFUSED, (
+        f"{review.kind}s in the build namespace {policy.builds.namespace} define what every "
+        f"tool's build runs; user {quote(review.user.username)} ({why}) may not {verb} them: "
+        "the platform admins manage them"))], policy.builds.mode)
+
+
+BUILD_DEFINITIONS = Rule(check_definition_change,
+                         operations=frozenset({"CREATE", "UPDATE", "DELETE"}),
+                         kinds=DEFINITION_KINDS, build_namespace=True)
+
+
 def runs_unavailable(what: str, cause: str, mode: Mode) -> Decision:
     """The decision on a TaskRun, CustomRun or pod whose PipelineRun the cluster could not
     look up in time."""
@@ -137,7 +208,8 @@ def runs_unavailable(what: str, cause: str, mode: Mode) -> Decision:
 
 
 def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Finding, ...]:
-    """`exec`, `attach` and `portforward` into a build pod: nobody's business but Tekton's.
+    """`exec`, `attach`, `portforward` and `proxy` into a build pod: nobody's business but
+    Tekton's.
 
     A running trusted step holds the robot account's credentials, and every step shares the
     build's workspace and layers: a shell in another tool's build pod could read the one or
@@ -152,7 +224,7 @@ def check_pod_access(sub_resource: str, user: User, policy: Policy) -> tuple[Fin
 
 
 def check_build_pod_access(review: Review, facts: Facts) -> Decision:
-    """`exec`, `attach` and `portforward` into pods of the build namespace: refused."""
+    """`exec`, `attach`, `portforward` and `proxy` into pods of the build namespace: refused."""
     policy = facts.policy
     return decide(check_pod_access(review.sub_resource, review.user, policy),
                   policy.credentials.mode)

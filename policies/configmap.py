@@ -28,14 +28,26 @@ def check_policy_configmap(review: Review, facts: Facts) -> Decision:
     if not isinstance(text, str):
         return decide([Finding(POLICY_INVALID, f"{POLICY_KEY} must be a string")], "enforce")
     try:
-        parse_policy(text)
+        policy = parse_policy(text)
     except PolicyError as error:
         decision = decide([Finding(POLICY_INVALID, problem) for problem in error.problems],
                           "enforce")
         # Capped again: the prefix would take a message at the cap over it.
         return replace(decision, message=cap(f"{POLICY_KEY} is not a valid policy: "
                                              f"{decision.message}", MAX_MESSAGE_CHARS))
+    if policy.warn_modes:
+        # Admitted (a rollout may want it), but whoever applies it hears what it switches off.
+        return allow(warnings=(warn_mode_warning(policy.warn_modes),))
     return allow()
+
+
+def warn_mode_warning(keys: tuple[str, ...]) -> str:
+    """The warning for a policy that puts rules in warn mode: which, and what that means."""
+    if len(keys) == 1:
+        return (f"{keys[0]} is warn: that rule admits what it would refuse and only warns; set "
+                "enforce once its warnings are understood")
+    return (f"{', '.join(keys)} are warn: those rules admit what they would refuse and only "
+            "warn; set enforce once their warnings are understood")
 
 
 POLICY_EDITS = Rule(check_policy_configmap, operations=frozenset({"CREATE", "UPDATE"}))

@@ -21,11 +21,13 @@ of a pod Tekton did not make.
 What counts as a credential, since a pod does not say which Secret holds what:
 
 - credential volumes: every pod volume backed by a Secret (a `secret` volume, or a `projected`
-  volume with a `secret` source), and every volume any container mounts at or under
-  `/tekton/creds` (where the entrypoint writes a step's credentials, wherever else another
-  container mounts it). Matching is by source and path, never by volume name: Tekton named the
-  secret volumes `tekton-internal-secret-volume-<secret>-<random>` before v1.11 and
-  `tekton-creds-<hash>` since;
+  volume with a `secret` source), every `projected` volume with a `serviceAccountToken` source
+  (the `kube-api-access-*` volume Kubernetes adds unless the ServiceAccount or pod sets
+  `automountServiceAccountToken: false`: the build ServiceAccount's API token, with whatever
+  RBAC grants it), and every volume any container mounts at or under `/tekton/creds` (where the
+  entrypoint writes a step's credentials, wherever else another container mounts it).
+  Matching is by source and path, never by volume name: Tekton named the secret volumes
+  `tekton-internal-secret-volume-<secret>-<random>` before v1.11 and `tekton-creds-<hash>` since;
 - an untrusted container loses: mounts under `/tekton/creds-secrets/` and `/tekton/creds`, mounts
   of credential volumes anywhere, credential flags before the first `--` (`-flag=value`,
   `--flag=value`, `-flag value`), and `env`/`envFrom` entries that read any Secret;
@@ -40,7 +42,8 @@ The mutation (`BUILD_POD_CREDENTIALS`) acts on CREATE; the validator (`BUILD_POD
 `find_credential_leaks`, `check_build_pod`) judges the pod as it would be stored on CREATE and
 UPDATE, so an ephemeral container or a changed image meets the same rules. What a trusted step
 does with the credentials is judged too: a lifecycle phase may push only to its PipelineRun's
-APP_IMAGE (`trusted_step_findings`).
+APP_IMAGE, and may not take its run image from a file on a volume the other steps can write
+(`trusted_step_findings`).
 
 Pod-level volumes stay: trusted steps still need them. A pod whose only way to build is an
 untrusted step that needs the credentials itself (the `buildpacks` task's single
@@ -319,6 +322,8 @@ class ContainerChanges:
     """Secret names of envFrom entries to remove."""
     home_mounts: tuple[str, ...] = ()
     """mountPaths of a credential home to replace with a private emptyDir."""
+    tokens: tuple[str, ...] = ()
+    """Those of `mounts` that show a Kubernetes API token (named so in messages)."""
 
     @property
     def empty(self) -> bool:
@@ -326,7 +331,8 @@ class ContainerChanges:
 
     def describe(self) -> str:
         # Names and paths come from the pod, so each is escaped and bounded for the message.
-        parts = [f"mount {escape(p, 120)}" for p in self.mounts]
+        parts = [f"mount {escape(p, 120)}" + (" (Kubernetes API token)" if p in self.tokens else "")
+                 for p in self.mounts]
         parts += [f"flag {quote(f, 120)}" for f in self.flags]
         parts += [f"env {escape(e, 80)}" for e in self.env]
         parts += [f"envFrom secret {escape(s, 80)}" for s in self.env_from]
@@ -364,8 +370,11 @@ def _analyse(pod: Mapping[str, Any], steps: _PodSteps, *, trust: bool) -> Analys
 
     # Any Secret a build pod shows may be a credential (nothing says which one the robot
     # account's is), and so is a step's /tekton/creds, wherever another container mounts it.
+    # A ServiceAccount token lets its holder act in the cluster with the build ServiceAccount's
+    # RBAC: tenant code gets none either.
+    token_volumes = {name for name, volume in volumes.items() if _shows_token(volume)}
     credential_volumes = {name for name, volume in volumes.items() if _volume_secrets(volume)}
-    credential_volumes |= _creds_dir_volumes(all_containers)
+    credential_volumes |= _creds_dir_volumes(all_containers) | token_volumes
     homes = _credential_homes(trusted, volumes)
 
     changes: list[ContainerChanges] = []
@@ -375,7 +384,8 @@ def _analyse(pod: Mapping[str, Any], steps: _PodSteps, *, trust: bool) -> Analys
             continue
         change = _untrusted_changes(kind, index, container, volumes=volumes,
                                     credential_volumes=credential_volumes, homes=homes,
-                                    refusals=refusals, steps=steps)
+                                    token_volumes=token_volumes, refusals=refusals,
+                                    steps=steps)
         if change.empty:
             continue
         changes.append(change)
@@ -418,6 +428,14 @@ def _volume_secrets(volume: Mapping[str, Any]) -> set[str]:
             if isinstance(ref, dict) and isinstance(ref.get("name"), str):
                 found.add(ref["name"])
     return found
+
+
+def _shows_token(volume: Mapping[str, Any]) -> bool:
+    """A `projected` volume with a `serviceAccountToken` source."""
+    projected = volume.get("projected")
+    return isinstance(projected, dict) and any(
+        isinstance(source, dict) and source.get("serviceAccountToken") is not None
+        for source in _list(projected.get("sources")))
 
 
 def _credential_homes(trusted: Iterable[Mapping[str, Any]],
@@ -465,10 +483,12 @@ def _covering_mount(container: Mapping[str, Any], path: str) -> Mapping[str, Any
 def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
                        volumes: Mapping[str, Mapping[str, Any]],
                        credential_volumes: set[str], homes: set[str],
-                       refusals: list[Finding], steps: _PodSteps) -> ContainerChanges:
+                       token_volumes: set[str], refusals: list[Finding],
+                       steps: _PodSteps) -> ContainerChanges:
     name = str(container.get("name", f"{kind}[{index}]"))
     mounts: list[str] = []
     home_mounts: list[str] = []
+    tokens: list[str] = []
     for mount in _list(container.get("volumeMounts")):
         if not isinstance(mount, dict):
             continue
@@ -476,6 +496,8 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
         volume_name = str(mount.get("name", ""))
         if _credential_dir_of(path) is not None or volume_name in credential_volumes:
             mounts.append(path)
+            if volume_name in token_volumes:
+                tokens.append(path)
         elif volume_name in homes:
             volume = volumes.get(volume_name, {})
             fixable = ("emptyDir" in volume and not mount.get("subPath")
@@ -501,7 +523,7 @@ def _untrusted_changes(kind: str, index: int, container: Mapping[str, Any], *,
                 if (ref := _secret_ref(e, "secretRef")) is not None]
     return ContainerChanges(kind=kind, index=index, name=name, mounts=tuple(mounts),
                             flags=tuple(flags), env=tuple(env), env_from=tuple(env_from),
-                            home_mounts=tuple(home_mounts))
+                            home_mounts=tuple(home_mounts), tokens=tuple(tokens))
 
 
 def _secret_ref(holder: object, key: str) -> str | None:
@@ -662,7 +684,8 @@ def trusted_step_findings(pod: Mapping[str, Any], policy: Policy,
     """What each trusted lifecycle step of a Tekton pod does with the credentials it keeps.
 
     Its own command line must read the same to the lifecycle whatever its flags' types (every
-    flag `-name=value`), name no cache image and no insecure registry; and, with the run known,
+    flag `-name=value`), name no cache image and no insecure registry, and name a run image
+    unless its stack and run files are its image's own; and, with the run known,
     every image it pushes is the run's APP_IMAGE (also `-tag` and `-previous-image`), its run
     image the run's RUN_IMAGE and its build image the run's BUILDER_IMAGE.
     """
@@ -685,7 +708,31 @@ def _trusted_step_findings(pod: Mapping[str, Any], steps: _PodSteps,
                 f"PipelineRun that exists: {run.problem}")))
             continue
         use = registry_use(command.command_args, _literal_env(container))
+        findings += _run_image_file_findings(name, container, use)
         findings += _target_findings(name, use, run.run if run is not None else None)
+    return findings
+
+
+def _run_image_file_findings(name: str, container: Mapping[str, Any],
+                             use: RegistryUse) -> list[Finding]:
+    """A phase given no run image reads one from its stack or run file: that file must be its
+    image's own, not one on a volume, which the build's other steps (the tool's code) can write
+    (buildpacks-phases 0.2 passes `-stack=/layers/stack.toml` and `-run-image=$(params.RUN_IMAGE)`
+    to the exporter)."""
+    if use.error is not None or use.run_images:
+        return []
+    findings = []
+    for path in use.run_image_files:
+        if not path.startswith("/") or "$(" in path:
+            where = "a path the pod does not fix"
+        elif (mount := _covering_mount(container, path)) is not None:
+            where = f"volume {escape(str(mount.get('name')), 80)}"
+        else:
+            continue
+        findings.append(Finding(TRUSTED_STEP_TARGET, (
+            f"trusted step {name} names no run image, so the lifecycle would pull the one named "
+            f"in {quote(path, 200)}, which is on {where}, where the build's other steps can "
+            "write it; set the run's RUN_IMAGE (the task passes it as -run-image)")))
     return findings
 
 

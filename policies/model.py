@@ -277,6 +277,37 @@ class WorkspacesPolicy(_Section):
     """Secrets a run may mount as a workspace, by name."""
 
 
+def _metadata_key(value: str) -> str:
+    if not value or value != value.strip() or "*" in value[:-1] or value == "*":
+        raise ValueError("must be a label or annotation key, or the start of one followed by *")
+    return value
+
+
+MetadataKey = Annotated[StrictStr, AfterValidator(_metadata_key)]
+
+
+class RunMetadataPolicy(_Section):
+    """The labels and annotations a tool may give its PipelineRuns, besides `toolLabel`.
+
+    Tekton copies a run's labels and annotations onto its TaskRuns and build pods, where they mean
+    something: an AppArmor or seccomp annotation changes how a step is confined, a label puts a
+    pod under a NetworkPolicy. So a tool may set (at creation, or add or change later) only the
+    keys listed here; the keys a run already has (Tekton's own, written by its controller) may stay.
+    The system users, the run managers and the Tekton controller may set any. An entry is a key
+    (`example.org/note`) or the start of keys followed by `*` (`example.org/*`)."""
+
+    labels: tuple[MetadataKey, ...] = ()
+    """Label keys a tool may set, besides `toolLabel` (always allowed)."""
+    annotations: tuple[MetadataKey, ...] = ("kubectl.kubernetes.io/last-applied-configuration",)
+    """Annotation keys a tool may set; by default the one `kubectl apply` writes."""
+
+    def allows(self, kind: Literal["labels", "annotations"], key: str) -> bool:
+        """Whether a tool may set the label or annotation `key`."""
+        entries = self.labels if kind == "labels" else self.annotations
+        return any(key == entry or (entry.endswith("*") and key.startswith(entry[:-1]))
+                   for entry in entries)
+
+
 class BuildsPolicy(_Section):
     """What a PipelineRun may contain, and how many may be active per tool."""
 
@@ -300,11 +331,15 @@ class BuildsPolicy(_Section):
     run_images: tuple[Image, ...] = ()
     """RUN_IMAGE references a run may use besides the tool's own images (the trusted exporter
     pulls the run image with the registry credentials, so another tool's private image is
-    refused). An empty RUN_IMAGE, the builder's own, is allowed."""
+    refused). An empty RUN_IMAGE is refused: the exporter would then read the run image from
+    files under /layers that the untrusted build steps can write; list RUN_IMAGE in
+    `params.required` so that a run cannot leave it out either."""
     params: ParamsPolicy = ParamsPolicy()
     """The parameters a run may set; an entry is a name or `{name, type, pattern, values}`."""
     workspaces: WorkspacesPolicy = WorkspacesPolicy()
     """What a run's workspaces may be besides `emptyDir`."""
+    run_metadata: RunMetadataPolicy = RunMetadataPolicy()
+    """The labels and annotations a tool may give a run (Tekton copies them onto its pods)."""
     max_active_runs: PositiveInt = 1
     """Active runs per tool (an integer >= 1)."""
     max_active_runs_overrides: Mapping[Name, Count] = {}
@@ -333,7 +368,12 @@ class BuildsPolicy(_Section):
     create one): Tekton's controller writes runs and their status, Kubernetes' garbage collector
     and namespace controller delete them (without it, deleting a namespace with runs hangs).
     Anyone else may update (cancel, release, relabel) or delete only a run of their own tool, and
-    only these and the system users may write `pipelineruns/status`."""
+    only these and the system users may write `pipelineruns/status`, orphan a run's TaskRuns
+    (delete it with `propagationPolicy: Orphan`, or give it the `orphan` finalizer), or give a run
+    labels and annotations beyond `runMetadata`. TaskRuns and CustomRuns in the build namespace
+    (and their status) only these, the system users and the Tekton controller may update or
+    delete at all: list here any other controller that writes them (Tekton Chains, Tekton
+    Results)."""
     tekton_default_service_account: Name = "default"
     """Tekton's config-defaults `default-service-account`. Tekton writes it into every run that
     names none, so a run may carry it too: naming it grants nothing that leaving it out does not."""
@@ -430,7 +470,8 @@ class Policy(_Section):
 
     tools: ToolsPolicy = ToolsPolicy()
     exempt_namespaces: tuple[Name, ...] = ("kube-system",)
-    """Namespaces no rule checks."""
+    """Namespaces no rule checks; never `builds.namespace`, whose PipelineRuns would then go
+    unchecked."""
     builds: BuildsPolicy = BuildsPolicy()
     registries: RegistriesPolicy = RegistriesPolicy()
     credentials: CredentialsPolicy = CredentialsPolicy()
@@ -444,6 +485,24 @@ class Policy(_Section):
         if isinstance(value, Mapping) and "digest" in value:
             raise ValueError("unknown key 'digest'")
         return value
+
+    @model_validator(mode="after")
+    def _build_namespace_is_judged(self) -> Policy:
+        # Exempt, the build namespace would lose the PipelineRun rule (who builds, what, how
+        # many) while it stays the namespace where runs are created: a policy that loads but
+        # switches a rule off.
+        if self.builds.namespace in self.exempt_namespaces:
+            raise ValueError(f"exemptNamespaces lists the build namespace "
+                             f"{self.builds.namespace} (builds.namespace), which would leave its "
+                             "PipelineRuns unchecked; remove it from exemptNamespaces")
+        return self
+
+    @property
+    def warn_modes(self) -> tuple[str, ...]:
+        """The `mode` keys set to `warn`: rules that admit what they would refuse."""
+        sections = (("builds", self.builds.mode), ("registries", self.registries.mode),
+                    ("credentials", self.credentials.mode))
+        return tuple(f"{name}.mode" for name, mode in sections if mode == "warn")
 
     @cached_property
     def allow_lists(self) -> AllowLists:
@@ -479,7 +538,29 @@ def parse_policy(text: str | bytes) -> Policy:
 
 
 class _PolicyLoader(yaml.SafeLoader):
-    """PyYAML's safe loader, which also says where a value is that it cannot construct."""
+    """PyYAML's safe loader, which also says where a value is that it cannot construct, and
+    refuses a key given twice in one mapping (PyYAML keeps the last one silently, so the first
+    would look in force and not be)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        if isinstance(node, yaml.MappingNode):
+            first: dict[Any, yaml.Node] = {}
+            # Keys brought in by a merge (`<<: *anchor`) may be overridden: that is what a merge
+            # is for. Only keys written in this mapping itself are compared.
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    earlier = first.setdefault(key, key_node)
+                except TypeError:
+                    continue  # an unhashable key: construct_mapping says so below
+                if earlier is not key_node:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"the key {key!r} is given twice in one mapping (first at "
+                        f"line {earlier.start_mark.line + 1}); YAML would keep only the last",
+                        key_node.start_mark)
+        return super().construct_mapping(node, deep)
 
     def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
         try:
@@ -531,6 +612,8 @@ _SHAPES = {
     "exceptions": "a mapping from a namespace to a list of registry prefixes",
     "maxActiveRunsOverrides": "a mapping from a tool's name to a number of runs",
     "trustedSteps": "a list of steps ({name, images, entrypoint})",
+    "labels": "a list of label keys (a key, or its start followed by *)",
+    "annotations": "a list of annotation keys (a key, or its start followed by *)",
     "exceptions.*": "a list of registry prefixes (a prefix, or {prefix, expires})",
 }
 

@@ -1,6 +1,6 @@
 """PipelineRuns: whose run it is, what it may contain, and how it may change.
 
-Four questions, each pure, and the rule that asks them (`check_pipelinerun`, `PIPELINERUNS`):
+Five questions, each pure, and the rule that asks them (`check_pipelinerun`, `PIPELINERUNS`):
 
 - `tool_of_requester`: which tool a CREATE is for, from trusted data only (username and groups,
   and for system users the Harbor project the run pushes to). Labels, params and annotations
@@ -9,8 +9,12 @@ Four questions, each pure, and the rule that asks them (`check_pipelinerun`, `PI
 - `check_new_run`: an ordered chain of named checks over the run's content, every finding kept.
 - `run_access_refused`: who may UPDATE or DELETE a stored run: its own tool, the system users
   and the run managers; its status only the latter two.
-- `check_changed_run`: an UPDATE may change metadata and status freely, `spec.status` only to
-  cancel or stop (or to release a pending run), and never the tool label.
+- `check_changed_run`: an UPDATE may change status, `spec.status` only to cancel or stop (or to
+  release a pending run), and metadata but never the tool label (nor, for a tool, beyond
+  `kept_from_tools`).
+- `kept_from_tools`: what only the system users, run managers and Tekton's controller may do,
+  even to a tool's own run: orphan its TaskRuns (`policies.orphans`), give it labels and
+  annotations that Tekton copies onto its pods (`policies.run_metadata`).
 
 A new run that passes them must also fit in its tool's active-run slots (`policies.slots`): the
 rule asks the cluster (`policies.questions.SlotClaim`), and takes a slot only for a run it will
@@ -36,8 +40,10 @@ from policies.identity import User, is_tool_name
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import BuildsPolicy, ParamSpec, Policy, WorkspacesPolicy
 from policies.objects import mapping
+from policies.orphans import orphan_finalizer_added, orphaning_delete
 from policies.questions import Answer, SlotClaim, Unavailable
 from policies.rule import Ask, Facts, Review, Rule, Verdict
+from policies.run_metadata import metadata_refused
 from policies.slots import Claim, Reservation
 
 # Reasons, one per condition a check detects.
@@ -483,10 +489,21 @@ def app_image_is_not_own_project(run: RunInput) -> Iterator[Finding]:
 
 def run_image_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     """The trusted exporter pulls RUN_IMAGE with the registry robot account, so it must be an
-    approved run image or one of the tool's own: never another tool's private image."""
+    approved run image or one of the tool's own: never another tool's private image.
+
+    Never empty either: the exporter then takes the run image from files under /layers
+    (stack.toml, analyzed.toml), which the untrusted build steps can write, so it would pull
+    whatever the tool's code named. Whether a run must set it at all is the policy's
+    `params.required` (the shipped policies require it; the builds API always sets it).
+    """
     value = run.params.get(RUN_IMAGE)
-    if not isinstance(value, str) or value == "":
-        return  # absent or empty: the builder's own run image (stack.toml), which is approved
+    if not isinstance(value, str):
+        return  # absent (params_are_not_allowed says whether it is required) or not a string
+    if value == "":
+        yield Finding(RUN_IMAGE_NOT_ALLOWED, f"{RUN_IMAGE} is empty, so the build would take its "
+                                             "run image from files the build steps can write; "
+                                             f"use {_run_images_text(run)}")
+        return
     try:
         image = parse_image(value)
     except ImageReferenceError as error:
@@ -611,7 +628,7 @@ def run_access_refused(policy: Policy, namespace: str, user: User, run: Mapping[
     its slot while the build goes on.
     """
     builds = policy.builds
-    if user.username in policy.tools.system_users or user.username in builds.run_managers:
+    if manages_runs(policy, user):
         return None
     name = escape(str(mapping(run.get("metadata")).get("name") or "(unnamed)"))
     if sub_resource:
@@ -631,6 +648,30 @@ def run_access_refused(policy: Policy, namespace: str, user: User, run: Mapping[
     return Finding(RUN_NOT_OWNED, (
         f"user {quote(user.username)} may not {verb} the PipelineRun {name}: {whose}, and only "
         "its tool, the system users and the run managers may"))
+
+
+def manages_runs(policy: Policy, user: User) -> bool:
+    """The system users and the run managers: trusted with every tool's runs."""
+    return (user.username in policy.tools.system_users
+            or user.username in policy.builds.run_managers)
+
+
+def kept_from_tools(review: Review, policy: Policy) -> list[Finding]:
+    """What a tool may not do to its own run either, though the system users, the run managers
+    and Tekton's controller may: orphan its TaskRuns and pods (`policies.orphans`), give it
+    labels or annotations Tekton would copy onto them (`policies.run_metadata`)."""
+    if manages_runs(policy, review.user) or \
+            review.user.username == policy.builds.tekton_controller:
+        return []
+    if review.operation == "DELETE":
+        orphaning = orphaning_delete(review.old_object or {}, review.delete_options)
+        return [orphaning] if orphaning is not None else []
+    if review.sub_resource:
+        return []  # a status write changes no metadata
+    run = review.object or {}
+    found = metadata_refused(review.old_object, run, policy.builds)
+    finalizer = orphan_finalizer_added(review.old_object, run)
+    return [*found, finalizer] if finalizer is not None else found
 
 
 # --- How an existing run may change ---------------------------------------------------------
@@ -732,12 +773,14 @@ def check_pipelinerun(review: Review, facts: Facts) -> Verdict:
         findings = [refusal] if refusal is not None else []
         if review.operation == "UPDATE" and not review.sub_resource:
             findings += check_changed_run(stored, run, builds)
+        findings += kept_from_tools(review, policy)
         return decide(findings, builds.mode)
     identity = tool_of_requester(policy, review.namespace, review.user, run)
     if identity.tool is None:
         return decide([f for f in (identity.finding,) if f is not None], builds.mode)
     tool = identity.tool
     found = list(check_new_run(tool, run, builds))
+    found += kept_from_tools(review, policy)
     metadata = mapping(run.get("metadata"))
     candidate = Reservation(uid=str(metadata.get("uid") or ""), namespace=review.namespace,
                             name=review.name or str(metadata.get("name") or ""),

@@ -1,7 +1,7 @@
 """The shape of every rule: a `Review` and the `Facts` in, a `Decision` out (or an `Ask`).
 
     Review    the request as a rule sees it: operation, namespace, name, user, kind,
-              sub_resource, object, old_object, dry_run
+              sub_resource, object, old_object, dry_run, delete_options
     Facts     what the edge gathered besides: the policy in force and the time
     Decision  `policies.decision`: admitted or not, the message, warnings, audit annotations,
               and for a mutation the object as it should be stored (`patched`)
@@ -34,6 +34,45 @@ WITHOUT_POLICY = deny(NO_POLICY, "toolforge-admission has no valid policy loaded
 """Every review's decision while no valid policy is loaded: refuse rather than guess."""
 
 
+ORPHAN_FINALIZER = "orphan"
+"""The finalizer that makes the garbage collector leave an object's dependents behind."""
+
+
+@dataclass(frozen=True)
+class DeleteOptions:
+    """What a DELETE asks of the garbage collector (`request.options`, a `meta.k8s.io/v1`
+    DeleteOptions); only what decides the fate of the object's dependents is kept."""
+
+    propagation_policy: str = ""
+    """`Orphan`, `Background` or `Foreground`; "" when the request gives none."""
+    orphan_dependents: bool | None = None
+    """The legacy spelling: true for `Orphan`, false for not; None when the request gives none."""
+
+    def orphans(self, finalizers: object) -> bool:
+        """Whether deleting an object with these `finalizers` leaves its dependents behind.
+
+        As the API server decides it (the generic registry's `shouldOrphanDependents`): the
+        legacy flag first, then the policy, then the object's own `orphan` (or
+        `foregroundDeletion`) finalizer; PipelineRuns, like every custom resource, default to
+        deleting their dependents.
+        """
+        if self.orphan_dependents is not None:
+            return self.orphan_dependents
+        if self.propagation_policy == "Orphan":
+            return True
+        if self.propagation_policy in ("Background", "Foreground"):
+            return False
+        for finalizer in finalizers if isinstance(finalizers, list) else ():
+            if finalizer == ORPHAN_FINALIZER:
+                return True
+            if finalizer == "foregroundDeletion":
+                return False
+        return False
+
+
+NO_DELETE_OPTIONS = DeleteOptions()
+
+
 @dataclass(frozen=True, kw_only=True)
 class Review:
     """One admission request, as a rule judges it."""
@@ -51,6 +90,8 @@ class Review:
     old_object: dict[str, Any] | None = None
     """The stored object on UPDATE and DELETE."""
     dry_run: bool = False
+    delete_options: DeleteOptions = NO_DELETE_OPTIONS
+    """On DELETE, what happens to the object's dependents; on other operations, nothing given."""
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,10 @@ A lifecycle phase (`/cnb/lifecycle/exporter` …) then parses the step's own arg
 flag set: `exporter [flags] <image> [<tag>…]` pushes to every positional argument, and the
 `-cache-image`, `-tag`, `-previous-image`, `-run-image`, `-build-image` flags (or their `CNB_*`
 environment defaults) name the other images it reads or writes with the registry credentials
-(buildpacks/lifecycle cmd/lifecycle/cli/flags.go, platform/defaults.go).
+(buildpacks/lifecycle cmd/lifecycle/cli/flags.go, platform/defaults.go). A phase given no run
+image takes one from a file: the stack file (`-stack`, platform API < 0.7 for the exporter) or the
+run file (`-run`, the analyzer from 0.12), or analyzed.toml (the exporter from 0.7), which
+platform/resolve_inputs.go reads.
 """
 
 from __future__ import annotations
@@ -100,6 +103,10 @@ class RegistryUse:
     """`-run-image` and the deprecated `-image`."""
     build_images: tuple[str, ...] = ()
     insecure_registries: tuple[str, ...] = ()
+    run_image_files: tuple[str, ...] = ()
+    """The stack and run files (`-stack`, `-run`, their `CNB_*` defaults, else the lifecycle's
+    `/cnb/stack.toml` and `/cnb/run.toml`): where the phase reads a run image when it is given
+    none."""
     error: str | None = None
     """Why the phase's command line cannot be read unambiguously (it is then refused)."""
 
@@ -110,7 +117,12 @@ _ENV_DEFAULTS = {
     "run-image": "CNB_RUN_IMAGE",
     "build-image": "CNB_BUILD_IMAGE",
     "insecure-registry": "CNB_INSECURE_REGISTRIES",
+    "stack": "CNB_STACK_PATH",
+    "run": "CNB_RUN_PATH",
 }
+_DEFAULT_FILES = {"stack": "/cnb/stack.toml", "run": "/cnb/run.toml"}
+"""Where the lifecycle looks when neither flag nor variable names the file (platform/defaults.go):
+in the phase's own image."""
 
 
 def is_lifecycle_phase(entrypoint: str | None) -> bool:
@@ -129,7 +141,7 @@ def registry_use(command_args: Sequence[object], env: Mapping[str, str]) -> Regi
         value = parsed.last(name)
         if value is None:
             variable = _ENV_DEFAULTS.get(name)
-            value = env.get(variable, "") if variable else ""
+            value = (env.get(variable) or _DEFAULT_FILES.get(name, "")) if variable else ""
         return (value,) if value else ()
 
     error = parsed.error
@@ -142,4 +154,4 @@ def registry_use(command_args: Sequence[object], env: Mapping[str, str]) -> Regi
         previous_images=given("previous-image"),
         run_images=given("run-image") + given("image"),
         build_images=given("build-image"), insecure_registries=given("insecure-registry"),
-        error=error)
+        run_image_files=given("stack") + given("run"), error=error)

@@ -14,7 +14,16 @@ from policies.decision import Decision
 from policies.identity import User
 from policies.model import Policy
 from policies.questions import Answer
-from policies.rule import Ask, Facts, Operation, Review, Rule, judge
+from policies.rule import (
+    NO_DELETE_OPTIONS,
+    Ask,
+    DeleteOptions,
+    Facts,
+    Operation,
+    Review,
+    Rule,
+    judge,
+)
 
 EXAMPLE_POLICY = Path(__file__).parent.parent / "policies" / "example-policy.yaml"
 
@@ -43,8 +52,10 @@ def make_review(
     dry_run: bool = False,
     sub_resource: str = "",
     kind: tuple[str, str, str] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """A valid admission.k8s.io/v1 AdmissionReview as the API server sends it."""
+    """A valid admission.k8s.io/v1 AdmissionReview as the API server sends it; `options` adds
+    to its `request.options` (a DELETE's `propagationPolicy`, say)."""
     group, version, kind_name = kind or KINDS[resource]
     obj = copy.deepcopy(obj) if obj is not None else {
         "apiVersion": "v1", "kind": "Pod",
@@ -64,7 +75,8 @@ def make_review(
         "object": obj,
         "oldObject": old,
         "dryRun": dry_run,
-        "options": {"kind": f"{operation.title()}Options", "apiVersion": "meta.k8s.io/v1"},
+        "options": {"kind": f"{operation.title()}Options", "apiVersion": "meta.k8s.io/v1",
+                    **(options or {})},
     }
     if sub_resource:
         request["subResource"] = sub_resource
@@ -76,10 +88,12 @@ def rule_review(obj: dict[str, Any] | None = None, *, kind: str = "Pod",
                 operation: Operation = "CREATE", namespace: str = "tool-mytool",
                 user: User = TOOL_USER,
                 old: dict[str, Any] | None = None, name: str = "", sub_resource: str = "",
-                dry_run: bool = False) -> Review:
+                dry_run: bool = False,
+                delete_options: DeleteOptions = NO_DELETE_OPTIONS) -> Review:
     """A request as a rule receives it (`policies.rule.Review`), without the wire envelope."""
     return Review(operation=operation, namespace=namespace, name=name, user=user, kind=kind,
-                  sub_resource=sub_resource, object=obj, old_object=old, dry_run=dry_run)
+                  sub_resource=sub_resource, object=obj, old_object=old, dry_run=dry_run,
+                  delete_options=delete_options)
 
 
 def judged(rules: Sequence[Rule], review: Review, policy: Policy,

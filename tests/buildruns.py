@@ -4,6 +4,11 @@ The captured pod of scenario c (a PipelineRun's TaskRun, tests/fixtures/tekton) 
 in its owner reference and its PipelineRun in Tekton's labels; `objects_of` makes the TaskRun and
 PipelineRun those name, shaped as the Tekton controller stores them, so that a test can look the
 run up as the service does (`webhooks.runs.BuildRuns` over `MemoryCluster`).
+
+The captures' runs left RUN_IMAGE out, so their export steps say `-run-image=`; a run must set it
+(an exporter given no run image reads one from /layers/stack.toml, which the tool's code can
+write). `captured_pod` therefore gives the pod of a run with RUN_IMAGE, as Tekton makes it:
+buildpacks-phases 0.2 passes `-run-image=$(params.RUN_IMAGE)`, and nothing else changes.
 """
 
 from __future__ import annotations
@@ -20,16 +25,27 @@ TASKRUN_POD = "a-taskrun-phases-0.2-basic-auth"
 CONTROLLER = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
 APP_IMAGE = "tools-harbor.wmcloud.org/tool-mytool/tool-mytool:latest"
 BUILDER = "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"
+RUN_IMAGE = "tools-harbor.wmcloud.org/toolforge/heroku-run:22"
+EMPTY_RUN_IMAGE = "-run-image="
 
 
-def captured_review(scenario: str = PIPELINERUN_POD) -> dict[str, Any]:
+def captured_review(scenario: str = PIPELINERUN_POD, *,
+                    run_image: str | None = RUN_IMAGE) -> dict[str, Any]:
+    """The captured review; its pod that of a run with `run_image` as RUN_IMAGE (None: the
+    capture as it is, RUN_IMAGE left out)."""
     review: dict[str, Any] = json.loads(
         (FIXTURES / scenario / "pod.create.admissionreview.json").read_text())
+    if run_image is not None:
+        for container in review["request"]["object"]["spec"]["containers"]:
+            args = container.get("args") or []
+            container["args"] = [f"{EMPTY_RUN_IMAGE}{run_image}" if arg == EMPTY_RUN_IMAGE
+                                 else arg for arg in args]
     return review
 
 
-def captured_pod(scenario: str = PIPELINERUN_POD) -> dict[str, Any]:
-    pod: dict[str, Any] = captured_review(scenario)["request"]["object"]
+def captured_pod(scenario: str = PIPELINERUN_POD, *,
+                 run_image: str | None = RUN_IMAGE) -> dict[str, Any]:
+    pod: dict[str, Any] = captured_review(scenario, run_image=run_image)["request"]["object"]
     return pod
 
 
@@ -39,7 +55,7 @@ def objects_of(pod: Mapping[str, Any], *, app_image: str = APP_IMAGE,
     """The (PipelineRun, TaskRun) the captured pod belongs to, as the controller stores them."""
     labels = pod["metadata"]["labels"]
     owner = pod["metadata"]["ownerReferences"][0]
-    values = {"APP_IMAGE": app_image, "BUILDER_IMAGE": BUILDER,
+    values = {"APP_IMAGE": app_image, "BUILDER_IMAGE": BUILDER, "RUN_IMAGE": RUN_IMAGE,
               "SOURCE_URL": "https://gitlab.example.org/mytool/app.git", **(params or {})}
     run = {
         "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",

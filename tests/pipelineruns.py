@@ -29,10 +29,13 @@ builds:
       - SOURCE_SUBPATH
       - RUN_IMAGE
       - {{name: ENV_VARS, type: array}}
-      - {{name: USER_ID, pattern: "[1-9][0-9]{{0,9}}"}}
+      - {{name: USER_ID, pattern: "[1-9][0-9]{{0,8}}"}}
       - {{name: LANGUAGE, values: [python, node]}}
       - {{name: FLAGS, type: array, pattern: "--[a-z]+"}}
       - {{name: SLOW, pattern: "(a+)+b"}}
+  runMetadata:
+    labels: [example.org/*]
+    annotations: [kubectl.kubernetes.io/last-applied-configuration, example.org/note]
   maxActiveRuns: 1
   maxTimeout: 1h
   serviceAccount: buildpacks-sa

@@ -21,6 +21,9 @@ import threading
 from collections import Counter
 
 KINDS = ("silent", "idle", "slow-header", "slow-body")
+MIXED = {"idle": 96, "slow-header": 80, "slow-body": 80}
+"""256 connections, idle, slow-header and slow-body mixed: the attack the end-to-end test of a
+server without mutual TLS (tests/e2e/test_slow_clients.py) makes on its review port."""
 SLOW_HEADER = b"POST /validate/pods HTTP/1.1\r\nHost: toolforge-admission\r\nContent-"
 SLOW_BODY = (b"POST /validate/pods HTTP/1.1\r\nHost: toolforge-admission\r\n"
              b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")

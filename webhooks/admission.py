@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from policies.buildruns import BUILD_POD_ACCESS, TASKRUNS
+from policies.buildruns import BUILD_DEFINITIONS, BUILD_POD_ACCESS, TASKRUNS
 from policies.configmap import POLICY_EDITS
 from policies.credentials import BUILD_POD_CREDENTIALS, BUILD_PODS
 from policies.decision import Decision, deny, escape
@@ -133,12 +133,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("validate-pods", "/validate/pods", False, (IMAGES, BUILD_PODS), (POD, *WORKLOADS)),
     Endpoint("validate-policy", "/validate/policy", False, (POLICY_EDITS,),
              (("", "ConfigMap"),)),
-    Endpoint("validate-taskruns", "/validate/taskruns", False, (TASKRUNS,),
-             (("tekton.dev", "TaskRun"), ("tekton.dev", "CustomRun"))),
-    # CONNECT reviews carry the options kind of the subresource (pods/exec, attach, portforward).
+    # TaskRuns and CustomRuns, and the Tasks, Pipelines and StepActions builds run.
+    Endpoint("validate-taskruns", "/validate/taskruns", False, (TASKRUNS, BUILD_DEFINITIONS),
+             (("tekton.dev", "TaskRun"), ("tekton.dev", "CustomRun"), ("tekton.dev", "Task"),
+              ("tekton.dev", "Pipeline"), ("tekton.dev", "StepAction"))),
+    # CONNECT reviews carry the options kind of the subresource (pods/exec, attach, portforward,
+    # proxy).
     Endpoint("validate-build-pod-access", "/validate/build-pod-access", False,
              (BUILD_POD_ACCESS,), (("", "PodExecOptions"), ("", "PodAttachOptions"),
-                                   ("", "PodPortForwardOptions"))),
+                                   ("", "PodPortForwardOptions"), ("", "PodProxyOptions"))),
 )
 ENDPOINTS_BY_NAME = {endpoint.name: endpoint for endpoint in ENDPOINTS}
 

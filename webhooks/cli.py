@@ -26,6 +26,7 @@ EXIT_OK, EXIT_DENIED, EXIT_BAD_INPUT = 0, 1, 2
 DEFAULT_CERT_DIR = "/etc/webhook/certs"
 DEFAULT_POLICY = POLICY_FILE
 ADMIN = "kubernetes-admin"
+MIB = 1024 * 1024
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,11 +68,17 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--cert-dir", default=DEFAULT_CERT_DIR,
                        help="directory with tls.crt and tls.key (the webhook-certs Secret)")
     serve.add_argument("--policy", default=DEFAULT_POLICY, help="the policy file to follow")
-    serve.add_argument("--workers", type=int, default=2)
+    serve.add_argument("--workers", type=int, default=2, metavar="N",
+                       help="worker processes, each with its own connections and threads; one "
+                            "per core the pod may use (default 2)")
     # Threads serve requests in progress only (idle connections wait in the poller). On one
     # core they add no throughput, only interleaving that lengthens the tail; two per worker
     # keep one free while the other waits on the API server for an active-run check.
-    serve.add_argument("--threads", type=int, default=2)
+    serve.add_argument("--threads", type=int, default=2, metavar="N",
+                       help="threads per worker that answer requests already read in full "
+                            "(idle and slow connections hold none); two keep one free while "
+                            "the other waits on the API server for an active-run check "
+                            "(default 2)")
     serve.add_argument("--client-ca", help="mutual TLS: admission reviews only from clients "
                                            "with a certificate signed by this CA (the API "
                                            "server's webhook client certificate); probes and "
@@ -90,9 +97,22 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--body-timeout", type=float, default=10.0, metavar="SECONDS",
                        help="a request's body must arrive within this long of its headers "
                             "(default 10)")
+    serve.add_argument("--idle-timeout", type=float, default=120.0, metavar="SECONDS",
+                       help="a connection with no request under way (new, or kept alive after "
+                            "an answer) is closed after this long; keep it above the API "
+                            "server's 90 s, so that the API server closes idle connections "
+                            "itself (a close of ours can race its reuse and fail a review) "
+                            "(default 120)")
+    serve.add_argument("--write-timeout", type=float, default=10.0, metavar="SECONDS",
+                       help="an answer the client does not take must be written within this "
+                            "long, else the connection is closed (default 10)")
+    serve.add_argument("--body-budget", type=int, default=32, metavar="MIB",
+                       help="the bodies a worker is reading share this many MiB (counted by "
+                            "their Content-Length); a body that would exceed it closes the one "
+                            "being read longest; at least 3, the largest body (default 32)")
     serve.add_argument("--max-connections", type=int, default=512, metavar="N",
-                       help="connections per worker; beyond, the longest idle is closed "
-                            "(default 512)")
+                       help="connections per worker; beyond, one that never carried a request is "
+                            "closed (the oldest), else the one idle longest (default 512)")
     serve.add_argument("--dev", action="store_true",
                        help="on 127.0.0.1 with a fresh self-signed certificate and the bundled "
                             "example policy")
@@ -217,9 +237,16 @@ def _serve(args: argparse.Namespace) -> int:
               "without a client certificate, and probes and Prometheus have none",
               file=sys.stderr)
         return EXIT_BAD_INPUT
-    if min(args.header_timeout, args.body_timeout) <= 0 or args.max_connections < 1:
-        print("error: timeouts must be positive and --max-connections at least 1",
-              file=sys.stderr)
+    if min(args.header_timeout, args.body_timeout, args.idle_timeout, args.write_timeout) <= 0 \
+            or args.max_connections < 1 or min(args.workers, args.threads) < 1:
+        print("error: timeouts must be positive, and --max-connections, --workers and "
+              "--threads at least 1", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from webhooks.review import MAX_BODY_BYTES
+
+    if args.body_budget * MIB < MAX_BODY_BYTES:
+        print(f"error: --body-budget must be at least {MAX_BODY_BYTES // MIB} (MiB): the "
+              "largest body must fit", file=sys.stderr)
         return EXIT_BAD_INPUT
     # prometheus_client picks its multiprocess mode when it is first imported, so the directory
     # must exist before anything imports the app.
@@ -247,6 +274,8 @@ def _serve(args: argparse.Namespace) -> int:
         client_ca_file=Path(args.client_ca) if args.client_ca else None,
         client_names=tuple(args.client_names), status_bind=args.status_bind,
         limits=Limits(header_seconds=args.header_timeout, body_seconds=args.body_timeout,
+                      idle_seconds=args.idle_timeout, write_seconds=args.write_timeout,
+                      buffered_bytes=args.body_budget * MIB,
                       max_connections=args.max_connections),
         state_dir=state_dir, cluster=not args.dev or bool(os.environ.get("KUBECONFIG")))
     WebhookServer(options).run()

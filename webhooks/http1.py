@@ -2,7 +2,8 @@
 
 The callers are the API server (a POST with a Content-Length and a JSON body), kubelet probes and
 Prometheus (GETs without a body), and an admin's curl. Everything else is refused with a status
-that says why, and the connection is closed, since where the next request would start is unknown:
+and a Kubernetes `Status` body that say why, and the connection is closed, since where the next
+request would start is unknown:
 
 - only `Content-Length` frames a body: a `Transfer-Encoding` alone is 411 (Length Required), with a
   Content-Length as well 400 (the two together are how requests are smuggled); a POST without
@@ -28,6 +29,8 @@ import re
 import time
 from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
+
+import orjson
 
 MAX_HEAD_BYTES = 16 * 1024
 """The request line and headers (the API server sends about 300 bytes)."""
@@ -204,8 +207,19 @@ def response(status: str, headers: list[tuple[str, str]], body: bytes, *, date: 
     return head if head_only else head + body
 
 
+# Kubernetes' names where the application uses them for the same refusal (webhooks.errors,
+# webhooks.app); else the HTTP reason phrase in one word.
+_STATUS_REASONS = {413: "BodyTooLarge", 500: "InternalError"}
+
+
 def refusal(status: int, reason: str, *, date: str) -> bytes:
-    """The answer to a request refused before the application: plain text, then a close."""
-    return response(f"{status} {REASONS.get(status, 'Error')}",
-                    [("Content-Type", "text/plain; charset=utf-8")],
-                    f"{reason}\n".encode(), date=date, close=True)
+    """The answer to a request refused before the application: a Kubernetes `Status`, as the
+    application answers a bad request (what the API server relays and kubectl shows), then a
+    close."""
+    phrase = REASONS.get(status, "Error")
+    body = orjson.dumps({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                         "code": status,
+                         "reason": _STATUS_REASONS.get(status, phrase.replace(" ", "")),
+                         "message": reason})
+    return response(f"{status} {phrase}", [("Content-Type", "application/json")], body,
+                    date=date, close=True)

@@ -17,7 +17,7 @@ import orjson
 
 from policies.decision import Decision
 from policies.identity import User
-from policies.rule import Operation, Review
+from policies.rule import NO_DELETE_OPTIONS, DeleteOptions, Operation, Review
 from webhooks.errors import BadReviewError
 
 API_VERSION = "admission.k8s.io/v1"
@@ -118,6 +118,8 @@ def read_review(document: object) -> AdmissionRequest:
         object=_object(request, "object"),
         old_object=_object(request, "oldObject"),
         dry_run=bool(dry_run),
+        delete_options=(_delete_options(request.get("options")) if operation == "DELETE"
+                        else NO_DELETE_OPTIONS),
         raw=request,
     )
 
@@ -178,6 +180,24 @@ def _user(value: object) -> User:
     if not isinstance(groups, list) or not all(isinstance(g, str) for g in groups):
         raise BadReviewError("request.userInfo.groups must be a list of strings")
     return User(username=username, groups=tuple(groups))
+
+
+def _delete_options(value: object) -> DeleteOptions:
+    """`request.options` of a DELETE: the DeleteOptions the client sent (kubectl's `--cascade`,
+    a body's `propagationPolicy` or legacy `orphanDependents`)."""
+    if value is None:
+        return NO_DELETE_OPTIONS
+    if not isinstance(value, dict):
+        raise BadReviewError("request.options must be an object or null")
+    policy = value.get("propagationPolicy")
+    orphan = value.get("orphanDependents")
+    if not isinstance(policy, str | None):
+        raise BadReviewError("request.options.propagationPolicy must be a string or null")
+    if not isinstance(orphan, bool | None):
+        raise BadReviewError("request.options.orphanDependents must be a boolean or null")
+    if policy is None and orphan is None:
+        return NO_DELETE_OPTIONS
+    return DeleteOptions(propagation_policy=policy or "", orphan_dependents=orphan)
 
 
 def _object(request: dict[str, Any], key: str) -> dict[str, Any] | None:

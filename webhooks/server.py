@@ -67,6 +67,7 @@ class WebhookServer(BaseApplication):  # type: ignore[misc]
         self.client_certificates = options.client_ca_file is not None
         self.status_port = int(options.status_bind.rpartition(":")[2]) \
             if options.status_bind else None
+        self.large_body_lock = str(options.state_dir / "large-body.lock")
         self._serving = _serving_certificate(options)
         super().__init__()
 
@@ -113,6 +114,10 @@ def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
         "accesslog": None,
         "errorlog": "-",
         "loglevel": options.log_level,
+        # gunicorn's own lines (the master's and each worker's: "Booting worker", "Worker
+        # exiting", "Shutting down: Master", a worker killed) as JSON lines of the server's
+        # schema, through its documented logging configuration: one log pipeline reads them all.
+        "logconfig_dict": log_configuration(options.log_level),
         # Right after the fork, before the worker loads the app: loading it already logs (the
         # policy loaded, or refused and why), and post_worker_init would come too late for that.
         "post_fork": _post_fork,
@@ -122,6 +127,27 @@ def gunicorn_settings(options: ServerOptions) -> dict[str, Any]:
         # gunicorn's runtime control socket is an unauthenticated local admin interface that
         # also needs a writable home; the webhook has no use for it.
         "control_socket_disable": True,
+    }
+
+
+def log_configuration(level: str) -> dict[str, Any]:
+    """A `logging.config.dictConfig` that gunicorn applies in the master (and workers inherit):
+    its loggers, and the master's root logger, write webhooks.logs' JSON lines to stderr."""
+    json_to_stderr = {"class": "logging.StreamHandler", "formatter": "json",
+                      "stream": "ext://sys.stderr"}
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"json": {"()": "webhooks.logs.JsonFormatter"}},
+        "handlers": {"json": json_to_stderr},
+        "root": {"level": level.upper(), "handlers": ["json"]},
+        "loggers": {
+            "gunicorn.error": {"level": level.upper(), "handlers": ["json"],
+                               "propagate": False},
+            # Not written (accesslog is off: each review has its own line), but configured
+            # here so that gunicorn's default, plain text on stdout, never applies.
+            "gunicorn.access": {"level": "INFO", "handlers": ["json"], "propagate": False},
+        },
     }
 
 

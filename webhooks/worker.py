@@ -19,24 +19,36 @@ the reading, without blocking, under deadlines in the spirit of Go's `http.Serve
 A client that misses a deadline is answered 408 where it is still reading (408 needs a request
 started) and closed. With mutual TLS the client certificate is checked right after the handshake,
 before a byte of the request is read: a client without one is closed at once. Each worker holds at
-most `max_connections`; a new connection beyond that closes the one that has been idle longest (a
-client that is reading a request counts as idle only once all idle ones are gone), so a flood
-costs neither descriptors nor memory without bound; the bodies being read share
+most `max_connections`; a new connection beyond that closes one that has never carried a request
+(a flood's: silent, idle from the start, or slow with its first request), the one opened longest
+ago first, and only when there are none of those a kept-alive connection that has served
+requests (the API server's), the one idle longest first (a client that is reading a request
+counts as idle only once all idle ones are gone). A flood thus sheds its own connections, costs
+neither descriptors nor memory without bound, and the API server's kept-alive connections, whose
+close could race a reuse and fail a review, are the last to go. The bodies being read share
 `buffered_bytes`, and when they would exceed it the slowest of them is closed.
+
+Parsing JSON takes up to 35 bytes of memory per byte of body (a 3 MiB body of nested empty
+objects, about 100 MB; some 135 MB more for the worker in all), so a pod that parsed several
+such bodies at once would exceed its memory limit. A request whose body is over `LARGE_BODY` is
+handed to a thread only when no other such request is in a thread of the worker (it waits in the
+main loop, in order; smaller ones pass it), and that thread takes the pod's `large_body_lock`
+(a file lock the workers share) before it answers: one large body is parsed at a time in the
+whole pod, and the other threads stay free for the reviews of ordinary size.
 
 A thread takes a complete request from a queue, runs the WSGI application, writes the answer
 without blocking and hands the connection back through a queue; only the main loop touches the
 poller and closes connections. The thread wakes the main loop (a byte in a pipe) only when the loop
-has something to do at once: an answer to finish, a connection to close. A kept-alive connection
-whose answer is out stays in the poller, and the client's next request wakes the loop, which then
-takes the connection back first. The request is parsed by webhooks.http1, a small strict
-HTTP/1.1 reader for what the API server, probes and Prometheus send, rather than by gunicorn's
-parser: the request is in memory already, and gunicorn's parser (a socket reader, a message
-object, an environ builder and a response writer: a quarter of a review's time in the profile of
-bench/HISTORY.md) would only read it again. gunicorn remains the process manager: the master,
-forking and replacing workers, signals, the heartbeat (`base.Worker`; tests/unit/webhooks/
-test_gunicorn_contract.py fails if a release changes what this relies on). Nothing of gunicorn is
-patched.
+has something to do at once: an answer to finish, a connection to close, a large body waiting for
+the one just answered. A kept-alive connection whose answer is out stays in the poller, and the
+client's next request wakes the loop, which then takes the connection back first. The request is
+parsed by webhooks.http1, a small strict HTTP/1.1 reader for what the API server, probes and
+Prometheus send, rather than by gunicorn's parser: the request is in memory already, and
+gunicorn's parser (a socket reader, a message object, an environ builder and a response writer: a
+quarter of a review's time in the profile of bench/HISTORY.md) would only read it again.
+gunicorn remains the process manager: the master, forking and replacing workers, signals, the
+heartbeat (`base.Worker`; tests/unit/webhooks/test_gunicorn_contract.py fails if a release
+changes what this relies on). Nothing of gunicorn is patched.
 
 On SIGTERM the worker stops accepting, answers what it has read with `Connection: close`, lets
 connections that have a request under way finish it for `STOP_LINGER` seconds at most, closes
@@ -48,6 +60,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import io
 import logging
 import os
@@ -60,8 +73,8 @@ import ssl
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -84,6 +97,9 @@ LINGER_SECONDS = 1.0
 that the close does not reset the connection before the client has read the answer."""
 STATUS_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 RECV_BYTES = 256 * 1024
+LARGE_BODY = 256 * 1024
+"""Requests with a body larger than this are handed to the threads one at a time (a review of a
+Tekton build pod, among the largest the API server sends, is about 45 KB)."""
 ACCEPTS_PER_EVENT = 64
 
 
@@ -106,6 +122,8 @@ class Served(Protocol):
     limits: Limits
     client_certificates: bool
     status_port: int | None
+    large_body_lock: str
+    """A file the workers of a pod lock in turn to parse a large body."""
 
     def tls_context(self) -> ssl.SSLContext:
         ...
@@ -201,8 +219,16 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         # same for all, so the order they entered it): the oldest first, for expiry and eviction.
         self.timed: dict[int, OrderedDict[Connection, None]] = {
             phase: OrderedDict() for phase in TIMED_OUT}
+        # Connections that have not yet had a whole request read, in the order they were
+        # accepted: the first to close when the worker is full.
+        self.unserved: OrderedDict[Connection, None] = OrderedDict()
         self.buffered = 0
         self.in_flight = 0
+        # One request with a large body in a thread at most; the others wait here, in order.
+        self.large_in_thread = False
+        self.large_waiting: deque[Connection] = deque()
+        # Opened after the fork: each worker has its own open file, so the lock excludes them.
+        self.large_lock = os.open(self.served.large_body_lock, os.O_RDWR | os.O_CREAT, 0o600)
         self.busy_seconds = 0.0
         self.stop_deadline = float("inf")
         self.date = http1.HttpDate()
@@ -313,12 +339,17 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
                 continue
             connection = Connection(tls, address, status_only)
             self.connections.add(connection)
+            self.unserved[connection] = None
             self._enter(connection, HANDSHAKE, self.limits.header_seconds)
             self._handshake(connection)
 
     def _evict(self) -> bool:
-        """Close the connection idle longest (else the one reading a request longest); False
-        when every connection is being answered."""
+        """Close the connection opened longest ago of those that never carried a request, else
+        the one idle longest (else the one reading a request longest); False when every
+        connection is being answered."""
+        if self.unserved:
+            self._close(next(iter(self.unserved)), "evicted")
+            return True
         self._take_back()  # answered ones are idle
         for phase in (IDLE, LINGER, HANDSHAKE, HEAD, BODY, WRITE):
             if self.timed[phase]:
@@ -444,8 +475,10 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             try:
                 head = http1.parse_head(bytes(buffer[:end]), self.limits.max_body)
                 if connection.status_only and head.path not in STATUS_PATHS:
-                    raise http1.RequestError(404, "this port serves /healthz, /readyz and "
-                                                  "/metrics only")
+                    raise http1.RequestError(404, "no such path on the status port: it "
+                                                  "serves /healthz, /readyz and /metrics only "
+                                                  "(GET); admission reviews go to the review "
+                                                  "port")
             except http1.RequestError as error:
                 self._refuse(connection, error.status, str(error))
                 return True
@@ -482,8 +515,14 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         return True
 
     def _dispatch(self, connection: Connection) -> None:
+        self.unserved.pop(connection, None)
         self._enter(connection, BUSY, 0)
         self.in_flight += 1
+        if len(connection.body) > LARGE_BODY:
+            if self.large_in_thread:
+                self.large_waiting.append(connection)
+                return
+            self.large_in_thread = True
         self.ready.put(connection)
 
     def _take_back(self) -> None:
@@ -497,6 +536,8 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             self.busy_seconds += connection.done_at - connection.served_at
             self.buffered -= connection.reserved
             connection.reserved = 0
+            if len(connection.body) > LARGE_BODY:
+                self._next_large()
             connection.head = None
             connection.body = b""
             if connection.sock.fileno() < 0:
@@ -508,6 +549,13 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
                 self._flush(connection)
             else:
                 self._answered(connection)
+
+    def _next_large(self) -> None:
+        """A request with a large body is out of the threads: hand them the next one."""
+        if self.large_waiting:
+            self.ready.put(self.large_waiting.popleft())
+        else:
+            self.large_in_thread = False
 
     def _answered(self, connection: Connection) -> None:
         if connection.close_after:
@@ -603,6 +651,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             self.buffered -= connection.reserved
             connection.reserved = 0
         self.connections.discard(connection)
+        self.unserved.pop(connection, None)
         if connection.events:
             with contextlib.suppress(KeyError, ValueError):
                 self.poller.unregister(connection.sock)
@@ -635,16 +684,21 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         while (connection := self.ready.get()) is not None:
             connection.served_at = time.monotonic()
             try:
-                self._answer(connection)
+                if len(connection.body) > LARGE_BODY:
+                    with _locked(self.large_lock):
+                        self._answer(connection)
+                else:
+                    self._answer(connection)
             except Exception:  # a thread must outlive any one request
                 logger.exception("unexpected error in a worker thread")
                 connection.broken = True
             connection.done_at = time.monotonic()
-            # The loop must come at once to finish an answer or to close; a kept-alive connection
-            # whose answer is out, still in the poller, waits for the client's next request, which
-            # wakes the loop itself: no wake-up (a pipe write and a thread switch) for it.
+            # The loop must come at once to finish an answer, to close, or to hand the threads
+            # the next large body waiting for this one; a kept-alive connection whose answer is
+            # out, still in the poller, waits for the client's next request, which wakes the loop
+            # itself: no wake-up (a pipe write and a thread switch) for it.
             urgent = (connection.broken or bool(connection.answer) or connection.close_after
-                      or not self.alive)
+                      or len(connection.body) > LARGE_BODY or not self.alive)
             with self.handback:
                 connection.handed_back = True
                 self.returned.put(connection)
@@ -765,6 +819,15 @@ class _Callback:
 
     def __call__(self, _fileobj: object) -> None:
         self.function(self.connection)
+
+
+@contextlib.contextmanager
+def _locked(descriptor: int) -> Iterator[None]:
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(descriptor, fcntl.LOCK_UN)
 
 
 def _no_write(_data: bytes) -> None:

@@ -43,7 +43,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 HERE = pathlib.Path(__file__).resolve().parent
@@ -169,7 +169,7 @@ def cache_root() -> pathlib.Path:
 
 
 @contextmanager
-def _locked(directory: pathlib.Path) -> Iterator[None]:
+def locked(directory: pathlib.Path) -> Iterator[None]:
     """Hold an exclusive lock so parallel test processes build only once."""
     with open(directory / ".lock", "w") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)
@@ -188,14 +188,22 @@ def _run_go_build(
         f"-ldflags={' '.join(ldflags_for(module_dir))}",
         "-o", str(output), package,
     ]  # fmt: skip
+    return watch_go_build(name, command, HERE / module_dir, _go_env(**extra_env), log)
+
+
+def watch_go_build(
+    name: str,
+    command: list[str],
+    cwd: pathlib.Path,
+    env: dict[str, str],
+    say: Callable[[str], None],
+) -> tuple[int, str]:
+    """Run a `go build -v` command, saying how far it is; return (exit code, go's output).
+
+    Also builds what the benchmark compares with (bench/kyverno.py)."""
     verbose = os.environ.get("TFA_E2E_VERBOSE") == "1"
     process = subprocess.Popen(
-        command,
-        cwd=HERE / module_dir,
-        env=_go_env(**extra_env),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     lines: list[str] = []
 
@@ -206,7 +214,7 @@ def _run_go_build(
         for line in process.stdout:
             lines.append(line.rstrip("\n"))
             if verbose:
-                log(f"  {name}: {line.rstrip()}")
+                say(f"  {name}: {line.rstrip()}")
 
     thread = threading.Thread(target=reader, daemon=True)
     thread.start()
@@ -217,7 +225,7 @@ def _run_go_build(
             break
         except subprocess.TimeoutExpired:
             last = lines[-1] if lines else "(resolving modules)"
-            log(
+            say(
                 f"  still building {name}: {time.monotonic() - started:.0f}s, "
                 f"{len(lines)} packages so far, last: {last}"
             )
@@ -292,7 +300,7 @@ def ensure_binaries() -> dict[str, pathlib.Path]:
         return paths  # the fast path: everything is cached
 
     directory.mkdir(parents=True, exist_ok=True)
-    with _locked(directory):
+    with locked(directory):
         # Another process may have finished the build while we waited.
         missing = [name for name in BINARIES if not paths[name].exists()]
         started = time.monotonic()

@@ -59,6 +59,10 @@ SUITE_NAMESPACE = "toolforge-admission"
 BUILD_NAMESPACE = "image-build"
 TEST_NAMESPACES = (SUITE_NAMESPACE, BUILD_NAMESPACE, "tool-mytool", "tool-other")
 TEKTON_NAMESPACE = "tekton-pipelines"
+WORKLOADS_ROLE = "e2e-workloads"
+"""The ClusterRole `ControlPlane.grant` binds in a tool's namespace."""
+BUILDS_ROLE = "e2e-builds"
+"""The ClusterRole `ControlPlane.grant` binds in the build namespace."""
 TEKTON_CONTROLLER_USER = "system:serviceaccount:tekton-pipelines:tekton-pipelines-controller"
 # The subject of the client certificate the API server presents to webhooks.
 WEBHOOK_CLIENT_NAME = "kube-apiserver-webhook-client"
@@ -432,30 +436,43 @@ class ControlPlane:
         return self.user_kubeconfig(tool, ["toolforge"])
 
     def grant(self, username: str, namespaces: Iterable[str]) -> None:
-        """RBAC for a user to create the objects the tests use in these namespaces."""
-        role = {
+        """RBAC for a user to create the objects the tests use in these namespaces: workloads,
+        ConfigMaps and Secrets in a tool's namespace (`e2e-workloads`); in the build namespace
+        far more than a tool should have (docs/security.md), but no Secrets, ConfigMaps or
+        Tekton definitions (`e2e-builds`): pods, their ephemeral containers, runs and TaskRuns,
+        all verbs, so that the tests prove the suite refuses what that RBAC would allow."""
+        runs = {"apiGroups": ["tekton.dev"], "resources": ["pipelineruns", "taskruns"],
+                "verbs": ["*"]}
+        definitions = {"apiGroups": ["tekton.dev"], "resources": ["pipelines", "tasks"],
+                       "verbs": ["get", "list", "watch"]}
+        roles = [{
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": {"name": "e2e-workloads"},
+            "metadata": {"name": WORKLOADS_ROLE},
             "rules": [
                 {"apiGroups": [""], "resources": ["pods", "pods/ephemeralcontainers",
                                                   "configmaps", "secrets"],
                  "verbs": ["*"]},
                 {"apiGroups": ["apps", "batch"], "resources": ["*"], "verbs": ["*"]},
-                {"apiGroups": ["tekton.dev"], "resources": ["pipelineruns", "taskruns"],
-                 "verbs": ["*"]},
-                {"apiGroups": ["tekton.dev"], "resources": ["pipelines", "tasks"],
-                 "verbs": ["get", "list", "watch"]},
+                runs, definitions,
             ],
-        }
+        }, {
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+            "metadata": {"name": BUILDS_ROLE},
+            "rules": [
+                {"apiGroups": [""], "resources": ["pods", "pods/ephemeralcontainers"],
+                 "verbs": ["*"]},
+                runs, definitions,
+            ],
+        }]
         bindings: list[dict[str, Any]] = [{
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": f"e2e-{username}", "namespace": namespace},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                        "name": "e2e-workloads"},
+                        "name": BUILDS_ROLE if namespace == BUILD_NAMESPACE else WORKLOADS_ROLE},
             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User",
                           "name": username}],
         } for namespace in namespaces]
-        self.apply([role, *bindings])
+        self.apply([*roles, *bindings])
         # The API server authorises from an informer's cache: a RoleBinding just made may not be
         # in force yet, and a create refused by RBAC would never reach the suite.
         for binding in bindings:
@@ -664,6 +681,9 @@ class Suite:
         self.process: Process | None = None
         self.timings: dict[str, float] = {}
         self._context = ssl.create_default_context(cafile=str(self.cert_dir / "ca.crt"))
+        self.mutual_tls = True
+        """With `--client-ca` (as the harness runs it); False runs the shipped default, which
+        serves any client that completes a handshake (takes effect at the next start)."""
 
     # -- the server
 
@@ -673,7 +693,8 @@ class Suite:
         return [*prefix, "serve", f"--bind=127.0.0.1:{self.port}",
                 f"--cert-dir={self.cert_dir}", f"--policy={self.policy_path}",
                 f"--workers={self.workers}", f"--threads={self.threads}",
-                f"--client-ca={self.cp.webhook_client_ca}", f"--client-name={WEBHOOK_CLIENT_NAME}",
+                *([f"--client-ca={self.cp.webhook_client_ca}",
+                   f"--client-name={WEBHOOK_CLIENT_NAME}"] if self.mutual_tls else []),
                 f"--status-bind=127.0.0.1:{self.status_port}"]
 
     def start(self) -> None:

@@ -19,8 +19,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.e2e.cluster import BUILD_NAMESPACE, REPO, TEKTON_CONTROLLER_USER, ControlPlane, Suite
-from tests.e2e.test_credentials import (
+from tests.e2e.build_pods import (
     CREDS,
     CREDS_SECRETS,
     SECRET,
@@ -30,6 +29,7 @@ from tests.e2e.test_credentials import (
     mounts,
     wait_pod,
 )
+from tests.e2e.cluster import BUILD_NAMESPACE, REPO, TEKTON_CONTROLLER_USER, ControlPlane, Suite
 
 OVERLAY_POLICY = REPO / "manifests" / "overlays" / "toolforge" / "policy.yaml"
 BUILDS_API = "system:serviceaccount:image-build:builds-api"

@@ -24,6 +24,16 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.e2e.build_pods import (
+    CREDS,
+    CREDS_SECRETS,
+    SECRET,
+    TOOL_CODE,
+    TRUSTED,
+    credential_flags,
+    mounts,
+    wait_pod,
+)
 from tests.e2e.cluster import (
     BUILD_NAMESPACE,
     SHELL_IMAGE,
@@ -33,20 +43,22 @@ from tests.e2e.cluster import (
     Suite,
     wait_for,
 )
-from tests.e2e.objects import BUILDER, delete_runs, pipelinerun, unique
+from tests.e2e.objects import (
+    API_TOKEN_PATH,
+    BUILD_SERVICE_ACCOUNT,
+    BUILDER,
+    RUN_IMAGE,
+    api_token_volumes,
+    build_token_automounted,
+    delete_runs,
+    pipelinerun,
+    unique,
+)
 
-SECRET = "basic-user-pass"
 HARBOR = "https://tools-harbor.wmcloud.org"
 CREDENTIAL_FLAG = f"-basic-docker={SECRET}={HARBOR}"
-CREDS_SECRETS = "/tekton/creds-secrets"
-CREDS = "/tekton/creds"
 HOME = "/tekton/home"
-TRUSTED = ("step-analyze", "step-restore", "step-export")
-TOOL_CODE = ("step-detect", "step-build")
 MUTATING = "toolforge-admission-build-pods"
-FLAG_NAMES = ("basic-docker", "docker-config", "docker-cfg")
-
-
 
 
 def tool_account(cp: ControlPlane, tool: str) -> pathlib.Path:
@@ -59,25 +71,8 @@ def tool_account(cp: ControlPlane, tool: str) -> pathlib.Path:
 
 
 
-def credential_flags(args: list[str]) -> list[str]:
-    """The entrypoint's credential flags (before the first `--`), each as written."""
-    before = args[:args.index("--")] if "--" in args else args
-    found = []
-    for i, token in enumerate(before):
-        name = token.lstrip("-").partition("=")[0]
-        if token.startswith("-") and name in FLAG_NAMES:
-            has_value = "=" in token or i + 1 >= len(before)
-            found.append(token if has_value else f"{token} {before[i + 1]}")
-    return found
-
-
 def after_separator(args: list[str]) -> list[str]:
     return args[args.index("--"):] if "--" in args else []
-
-
-def mounts(container: dict[str, Any]) -> dict[str, str]:
-    """mountPath → volume name."""
-    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
 
 
 def probe_pod(name: str) -> str:
@@ -124,23 +119,20 @@ def wait_mutation(cp: ControlPlane, wanted: bool, timeout: float = 30) -> None:
              lambda: mutation_in_force(cp) is wanted, timeout=timeout, interval=0.5)
 
 
-def wait_pod(cp: ControlPlane, run: str, timeout: float = 120) -> dict[str, Any]:
-    def pods() -> list[dict[str, Any]]:
-        cp.tekton.check_alive()
-        items: list[dict[str, Any]] = cp.get_json(
-            "-n", BUILD_NAMESPACE, "pods", "-l", f"tekton.dev/pipelineRun={run}")["items"]
-        return items
-
-    found: list[dict[str, Any]] = wait_for(f"Tekton to make the pod of {run}", pods, timeout)
-    assert len(found) == 1, [p["metadata"]["name"] for p in found]
-    name = found[0]["metadata"]["name"]
-    stored: dict[str, Any] = cp.get_json("-n", BUILD_NAMESPACE, "pod", name)
-    return stored
+@pytest.fixture(params=[False, True], ids=["recommended-serviceaccount", "automounted-token"])
+def build_token(request: pytest.FixtureRequest, control_plane: ControlPlane) -> Iterator[bool]:
+    """The build ServiceAccount as docs/security.md recommends (no API token in build pods), or
+    as Kubernetes defaults it (and Toolforge has it today): a token in every container."""
+    if not request.param:
+        yield False
+        return
+    with build_token_automounted(control_plane):
+        yield True
 
 
 def test_tekton_build_pod_keeps_credentials_in_trusted_steps_only(
-        control_plane: ControlPlane, live_suite: Suite) -> None:
-    tool = "credstrip"
+        control_plane: ControlPlane, live_suite: Suite, build_token: bool) -> None:
+    tool = "credtoken" if build_token else "credstrip"  # a slot outlives its run by 30 s
     account = tool_account(control_plane, tool)
     run = unique(f"{tool}-buildpacks-pipelinerun")
     try:
@@ -194,6 +186,21 @@ def test_tekton_build_pod_keeps_credentials_in_trusted_steps_only(
             assert home not in paths.values(), (name, paths)
             args = container.get("args") or []
             assert credential_flags(args) == [], (name, args)
+        # The build ServiceAccount's API token: only where Kubernetes put it, in trusted steps.
+        tokens = api_token_volumes(pod)
+        token_holders = {c["name"] for c in spec.get("initContainers", []) + spec["containers"]
+                         if API_TOKEN_PATH in mounts(c)}
+        if build_token:
+            (token,) = tokens
+            assert token.startswith("kube-api-access-"), token
+            assert token_holders == set(TRUSTED), token_holders
+            assert {mounts(containers[name])[API_TOKEN_PATH] for name in TRUSTED} == {token}
+        else:
+            assert tokens == set(), tokens
+            assert token_holders == set(), token_holders
+            assert "automountServiceAccountToken" not in spec  # Tekton leaves it to the SA
+        # The run's RUN_IMAGE reaches the export step, which so never reads /layers/stack.toml.
+        assert f"-run-image={RUN_IMAGE}" in containers["step-export"]["args"]
         # Only the credential flag went; the rest of the step's command is Tekton's.
         for name, entrypoint in (("step-detect", "/cnb/lifecycle/detector"),
                                  ("step-build", "/cnb/lifecycle/builder")):
@@ -330,8 +337,10 @@ def test_a_tool_with_rbac_for_taskruns_and_pods_still_cannot_make_them(
         review = live_suite.wait_review(endpoint="validate-pods", name=pod_name)
         assert (review["decision"], review["reason"]) == ("denied", "PodNotFromTektonController")
         if manifest is secret_pod:
-            assert "untrusted container step-export: mount /creds can read registry " \
-                "credentials" in review["detail"], review
+            # The namespace's default ServiceAccount automounts its token: that goes too.
+            assert ("untrusted container step-export: mount /creds, mount "
+                    f"{API_TOKEN_PATH} (Kubernetes API token) can read registry credentials") \
+                in review["detail"], review
 
 
 def pod_manifest_in_build_namespace(name: str) -> str:
@@ -368,34 +377,171 @@ def test_even_the_controller_makes_taskruns_only_for_pipelineruns_that_exist(
     assert "only the Tekton controller creates CustomRuns" in refused.stderr, refused.stderr
 
 
-def test_a_tool_cannot_change_or_delete_another_tools_taskrun(
-        control_plane: ControlPlane, live_suite: Suite) -> None:
-    owner, intruder = "trowner", "trintruder"
-    owner_account = tool_account(control_plane, owner)
-    intruder_account = tool_account(control_plane, intruder)
+TASKRUN_OWNER = "trowner"
+
+
+@pytest.fixture
+def taskrun_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathlib.Path]]:
+    """Identities with RBAC to change, delete and write the status of every TaskRun in the
+    build namespace, none of them the controller, a run manager or a system user: two tools
+    (TASKRUN_OWNER starts the run), a tool namespace's ServiceAccount, and the build
+    ServiceAccount (whose token a build step would hold if the ServiceAccount automounted it)."""
+    tools = (TASKRUN_OWNER, "trintruder")
+    accounts = {**{tool: tool_account(control_plane, tool) for tool in tools},
+                "tool-other:default": control_plane.service_account_kubeconfig(
+                    "tool-other", "default"),
+                f"{BUILD_NAMESPACE}:{BUILD_SERVICE_ACCOUNT}":
+                    control_plane.service_account_kubeconfig(BUILD_NAMESPACE,
+                                                             BUILD_SERVICE_ACCOUNT)}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "e2e-taskrun-writers", "namespace": BUILD_NAMESPACE},
+            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"], "resources": [
+                "taskruns", "taskruns/status", "customruns", "customruns/status"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "e2e-taskrun-writers", "namespace": BUILD_NAMESPACE},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": "e2e-taskrun-writers"},
+               "subjects": [
+                   *({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool}
+                     for tool in tools),
+                   {"kind": "ServiceAccount", "name": "default", "namespace": "tool-other"},
+                   {"kind": "ServiceAccount", "name": BUILD_SERVICE_ACCOUNT,
+                    "namespace": BUILD_NAMESPACE}]}
+    control_plane.apply([role, binding])
+    try:
+        for who, account in accounts.items():
+            wait_for(f"RBAC to let {who} write taskruns/status", lambda account=account: (
+                control_plane.kubectl("auth", "can-i", "patch", "taskruns.tekton.dev/status",
+                                      "-n", BUILD_NAMESPACE, user=account, check=False)
+                .stdout.strip() == "yes"), 30)
+        yield accounts
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role",
+                              "e2e-taskrun-writers", "--ignore-not-found")
+
+
+def test_only_tekton_the_run_managers_and_system_users_change_or_delete_taskruns(
+        control_plane: ControlPlane, live_suite: Suite,
+        taskrun_writers: dict[str, pathlib.Path]) -> None:
+    owner = TASKRUN_OWNER
+    owner_account = taskrun_writers[owner]
     run = unique(f"{owner}-buildpacks-pipelinerun")
     try:
         control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(run, owner)),
                               user=owner_account)
+        # The controller's own writes pass: it makes the pod and reports it in the TaskRun's
+        # status, through taskruns/status, which the webhook now reviews.
+        pod = wait_pod(control_plane, run)
+        name = pod["metadata"]["ownerReferences"][0]["name"]
 
-        def taskrun() -> str | None:
-            control_plane.tekton.check_alive()
-            items = control_plane.get_json("-n", BUILD_NAMESPACE, "taskruns", "-l",
-                                           f"tekton.dev/pipelineRun={run}")["items"]
-            return str(items[0]["metadata"]["name"]) if items else None
+        def pod_in_status() -> bool:
+            stored = control_plane.get_json("-n", BUILD_NAMESPACE, "taskrun", name)
+            return stored.get("status", {}).get("podName") == pod["metadata"]["name"]
 
-        name = wait_for(f"Tekton to make the TaskRun of {run}", taskrun, 60)
-        for verb in (("label", "taskrun", name, "stolen=yes"), ("delete", "taskrun", name)):
-            refused = control_plane.kubectl("-n", BUILD_NAMESPACE, *verb, user=intruder_account,
-                                            check=False)
-            assert refused.returncode != 0, verb
-            assert TASKRUNS_WEBHOOK in refused.stderr, refused.stderr
-            assert f"tools may not {'delete' if verb[0] == 'delete' else 'change'} TaskRuns" \
-                in refused.stderr, refused.stderr
+        wait_for(f"Tekton to record the pod in the status of {name}", pod_in_status, 60)
+        status_writes = live_suite.wait_review(endpoint="validate-taskruns", name=name,
+                                               sub_resource="status", operation="UPDATE")
+        assert status_writes["user"] == TEKTON_CONTROLLER_USER, status_writes
+        assert {r["decision"] for r in live_suite.reviews(
+            endpoint="validate-taskruns", name=name, user=TEKTON_CONTROLLER_USER)} == {"allowed"}
+
+        finished = {"status": {"conditions": [{"type": "Succeeded", "status": "False",
+                                               "reason": "Stolen", "message": "stolen"}]}}
+        changes = {
+            "change TaskRuns": ("label", "taskrun", name, "stolen=yes"),
+            "write taskruns/status": ("patch", "taskrun", name, "--subresource=status",
+                                      "--type=merge", "-p", json.dumps(finished)),
+            "delete TaskRuns": ("delete", "taskrun", name),
+        }
+        for who, account in taskrun_writers.items():
+            for what, verb in changes.items():
+                refused = control_plane.kubectl("-n", BUILD_NAMESPACE, *verb, user=account,
+                                                check=False)
+                assert refused.returncode != 0, (who, verb)
+                assert TASKRUNS_WEBHOOK in refused.stderr, (who, refused.stderr)
+                assert f"only the Tekton controller, the run managers and the system users may " \
+                    f"{what} in the build namespace {BUILD_NAMESPACE}" in refused.stderr, \
+                    (who, refused.stderr)
         stored = control_plane.get_json("-n", BUILD_NAMESPACE, "taskrun", name)
         assert "stolen" not in stored["metadata"].get("labels", {})
+        assert all(c.get("reason") != "Stolen"
+                   for c in stored.get("status", {}).get("conditions", [])), stored["status"]
+        # The harness's admin is a run manager in the test policy.
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "label", "taskrun", name, "checked=yes")
     finally:
         delete_runs(control_plane, owner)
+
+
+@pytest.fixture
+def definition_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathlib.Path]]:
+    """Identities a tenant can act as, with RBAC (which a real install should not give) to
+    write every Task, Pipeline and StepAction of the build namespace: a tool, a tool
+    namespace's ServiceAccount and the build ServiceAccount."""
+    tool = "defwriter"
+    accounts = {tool: tool_account(control_plane, tool),
+                "tool-other:default": control_plane.service_account_kubeconfig(
+                    "tool-other", "default"),
+                f"{BUILD_NAMESPACE}:{BUILD_SERVICE_ACCOUNT}":
+                    control_plane.service_account_kubeconfig(BUILD_NAMESPACE,
+                                                             BUILD_SERVICE_ACCOUNT)}
+    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
+            "metadata": {"name": "e2e-definition-writers", "namespace": BUILD_NAMESPACE},
+            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"],
+                       "resources": ["tasks", "pipelines", "stepactions"]}]}
+    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+               "metadata": {"name": "e2e-definition-writers", "namespace": BUILD_NAMESPACE},
+               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                           "name": "e2e-definition-writers"},
+               "subjects": [
+                   {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool},
+                   {"kind": "ServiceAccount", "name": "default", "namespace": "tool-other"},
+                   {"kind": "ServiceAccount", "name": BUILD_SERVICE_ACCOUNT,
+                    "namespace": BUILD_NAMESPACE}]}
+    control_plane.apply([role, binding])
+    try:
+        for who, account in accounts.items():
+            wait_for(f"RBAC to let {who} write stepactions", lambda account=account: (
+                control_plane.kubectl("auth", "can-i", "create", "stepactions.tekton.dev",
+                                      "-n", BUILD_NAMESPACE, user=account, check=False)
+                .stdout.strip() == "yes"), 30)
+        yield accounts
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role",
+                              "e2e-definition-writers", "--ignore-not-found")
+
+
+def test_no_tenant_identity_edits_the_tasks_pipelines_or_stepactions_builds_run(
+        control_plane: ControlPlane, live_suite: Suite,
+        definition_writers: dict[str, pathlib.Path]) -> None:
+    step_action = unique("stolen-step")
+    changes = {
+        "change them": ("label", "pipeline", "buildpacks", "stolen=yes"),
+        "delete them": ("delete", "task", "buildpacks-phases"),
+        "create them": ("create", "-f", "-"),
+    }
+    manifest = json.dumps({
+        "apiVersion": "tekton.dev/v1beta1", "kind": "StepAction",
+        "metadata": {"name": step_action, "namespace": BUILD_NAMESPACE},
+        "spec": {"image": SHELL_IMAGE, "script": "cat /tekton/creds/.docker/config.json"}})
+    for who, account in definition_writers.items():
+        for what, verb in changes.items():
+            refused = control_plane.kubectl(
+                "-n", BUILD_NAMESPACE, *verb, user=account, check=False,
+                input=manifest if verb[0] == "create" else None)
+            assert refused.returncode != 0, (who, verb)
+            assert TASKRUNS_WEBHOOK in refused.stderr, (who, refused.stderr)
+            assert f"may not {what}: the platform admins manage them" in refused.stderr, \
+                (who, refused.stderr)
+    review = live_suite.wait_review(endpoint="validate-taskruns", name=step_action)
+    assert (review["decision"], review["reason"]) == ("denied", "BuildDefinitionChangeRefused")
+    assert control_plane.get_json("-n", BUILD_NAMESPACE, "task", "buildpacks-phases")
+    pipeline = control_plane.get_json("-n", BUILD_NAMESPACE, "pipeline", "buildpacks")
+    assert "stolen" not in pipeline["metadata"].get("labels", {})
+    assert control_plane.kubectl("-n", BUILD_NAMESPACE, "get", "stepaction", step_action,
+                                 check=False).returncode != 0
+    # The platform admins' tooling writes them (the harness's admin, left to RBAC).
+    control_plane.kubectl("-n", BUILD_NAMESPACE, "label", "pipeline", "buildpacks", "checked=yes")
+    control_plane.kubectl("-n", BUILD_NAMESPACE, "label", "pipeline", "buildpacks", "checked-")
 
 
 # --- what a trusted step does -------------------------------------------------------------------
@@ -443,6 +589,60 @@ def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
         own = f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"
         assert (f'trusted step step-export would use the registry credentials on image '
                 f'"{VICTIM_IMAGE}"; its PipelineRun\'s APP_IMAGE is "{own}"') in denied["detail"]
+        assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
+                                      f"tekton.dev/pipelineRun={run}")["items"] == []
+    finally:
+        delete_runs(control_plane, tool)
+
+
+NO_RUN_IMAGE = "buildpacks-no-run-image"
+
+
+@pytest.fixture
+def pipeline_dropping_the_run_image(control_plane: ControlPlane,
+                                    default_policy: Suite) -> Iterator[Suite]:
+    """An approved pipeline that does not hand RUN_IMAGE to its task (an admin's mistake): the
+    run names an approved run image, but buildpacks-phases 0.2 then gives its export step
+    `-run-image=` and `-stack=/layers/stack.toml`, and the exporter would pull whatever image
+    that file names (the tool's build step can rewrite it) with the robot account."""
+    pipeline = next(document for document in yaml.safe_load_all(
+        (TEST_MANIFESTS / "image-build.yaml").read_text()) if document["kind"] == "Pipeline")
+    pipeline["metadata"]["name"] = NO_RUN_IMAGE
+    task = pipeline["spec"]["tasks"][0]
+    task["params"] = [p for p in task["params"] if p["name"] != "RUN_IMAGE"]
+    control_plane.apply([pipeline])
+    default_policy.set_policy(default_policy.default_policy.replace(
+        "  pipelines: [buildpacks]\n", f"  pipelines: [buildpacks, {NO_RUN_IMAGE}]\n"))
+    try:
+        yield default_policy
+    finally:
+        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipeline", NO_RUN_IMAGE,
+                              "--ignore-not-found")
+
+
+def test_an_export_step_that_would_read_its_run_image_from_the_layers_is_refused(
+        control_plane: ControlPlane, pipeline_dropping_the_run_image: Suite) -> None:
+    suite = pipeline_dropping_the_run_image
+    tool = "credstack"
+    account = tool_account(control_plane, tool)
+    run = unique(f"{tool}-buildpacks-pipelinerun")
+    manifest = pipelinerun(run, tool)
+    manifest["spec"]["pipelineRef"]["name"] = NO_RUN_IMAGE
+    try:
+        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
+        pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
+        denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
+                                   operation="CREATE")
+        assert denied["user"] == TEKTON_CONTROLLER_USER
+        assert (denied["decision"], denied["reason"]) == ("denied", "TrustedStepTarget"), denied
+        assert denied["detail"] == (
+            "trusted step step-export names no run image, so the lifecycle would pull the one "
+            'named in "/layers/stack.toml", which is on volume layers-dir, where the build\'s '
+            "other steps can write it; set the run's RUN_IMAGE (the task passes it as "
+            "-run-image)"), denied
+        # The mutation did its part; the pod would have been coherent but for the run image.
+        assert [m["decision"] for m in suite.reviews(endpoint="mutate-build-pods",
+                                                     name=pod_name)][:1] == ["mutated"]
         assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
                                       f"tekton.dev/pipelineRun={run}")["items"] == []
     finally:
@@ -499,6 +699,17 @@ def test_updates_that_would_hand_a_container_the_credentials_are_refused(
         assert refused.returncode != 0
         assert ('admission webhook "build-pod-access.toolforge-admission.toolforge.org" '
                 "denied the request") in refused.stderr, refused.stderr
+        # Nor a connection proxied to it through the API server (pods/proxy, a CONNECT too).
+        refused = control_plane.kubectl(
+            "get", "--raw", f"/api/v1/namespaces/{BUILD_NAMESPACE}/pods/{name}/proxy/",
+            check=False)
+        assert refused.returncode != 0
+        assert ('admission webhook "build-pod-access.toolforge-admission.toolforge.org" '
+                "denied the request") in refused.stderr, refused.stderr
+        review = live_suite.wait_review(endpoint="validate-build-pod-access", name=name,
+                                        sub_resource="proxy")
+        assert (review["operation"], review["decision"], review["reason"]) == (
+            "CONNECT", "denied", "BuildPodAccessRefused"), review
         stored = control_plane.get_json("-n", BUILD_NAMESPACE, "pod", name)
         images = {c["name"]: c["image"] for c in stored["spec"]["containers"]}
         assert images["step-export"] == next(c["image"] for c in pod["spec"]["containers"]

@@ -36,6 +36,7 @@ from tests.e2e.cluster import (
     free_port,
     wait_for,
 )
+from tests.e2e.objects import build_token_automounted
 
 FIXTURES = pathlib.Path(__file__).resolve().parent.parent / "fixtures" / "tekton"
 REGENERATE = os.environ.get("TOOLFORGE_ADMISSION_REGENERATE_FIXTURES") == "1"
@@ -149,29 +150,31 @@ def captures(control_plane: ControlPlane, suite: Suite,
     recorder = Recorder(e2e_workdir)
     name = "e2e-capture-admission-reviews"
     # The only webhook configuration while capturing, as in the original capture: the objects
-    # are then exactly what any webhook sees (no other webhook's patch).
+    # are then exactly what any webhook sees (no other webhook's patch). The build
+    # ServiceAccount automounts its API token, as Kubernetes' default (and the capture) has it.
     suite.unregister()
     control_plane.apply([recorder.configuration(name)])
     results: dict[str, tuple[bytes, dict[str, Any]]] = {}
     try:
-        for scenario, run in SCENARIOS.items():
-            kind = run["kind"].lower()
-            control_plane.kubectl("delete", kind, run["metadata"]["name"], "-n",
-                                  BUILD_NAMESPACE, "--ignore-not-found", "--wait=true")
-            control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(run))
-            label = f"tekton.dev/{'pipelineRun' if kind == 'pipelinerun' else 'taskRun'}"
+        with build_token_automounted(control_plane):
+            for scenario, run in SCENARIOS.items():
+                kind = run["kind"].lower()
+                control_plane.kubectl("delete", kind, run["metadata"]["name"], "-n",
+                                      BUILD_NAMESPACE, "--ignore-not-found", "--wait=true")
+                control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(run))
+                label = f"tekton.dev/{'pipelineRun' if kind == 'pipelinerun' else 'taskRun'}"
 
-            def stored(label: str = label, run_name: str = run["metadata"]["name"]) -> Any:
-                control_plane.tekton.check_alive()
-                items = control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
-                                               f"{label}={run_name}")["items"]
-                return items[0] if items else None
+                def stored(label: str = label, run_name: str = run["metadata"]["name"]) -> Any:
+                    control_plane.tekton.check_alive()
+                    items = control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
+                                                   f"{label}={run_name}")["items"]
+                    return items[0] if items else None
 
-            pod = wait_for(f"the pod of {scenario}", stored, timeout=120)
-            body = wait_for(f"the review of {scenario}'s pod",
-                            lambda pod=pod: recorder.pod_review(pod["metadata"]["name"]), 30)
-            results[scenario] = (body, pod)
-            (e2e_workdir / f"{scenario}.pod.json").write_text(json.dumps(pod, indent=2))
+                pod = wait_for(f"the pod of {scenario}", stored, timeout=120)
+                body = wait_for(f"the review of {scenario}'s pod",
+                                lambda pod=pod: recorder.pod_review(pod["metadata"]["name"]), 30)
+                results[scenario] = (body, pod)
+                (e2e_workdir / f"{scenario}.pod.json").write_text(json.dumps(pod, indent=2))
         yield results
     finally:
         control_plane.kubectl("delete", "mutatingwebhookconfiguration", name,

@@ -5,8 +5,10 @@ PipelineRun there (`ControlPlane.grant`: verbs `*` on pipelineruns, namespace-wi
 old `tool-tekton-access` Role did), and one of them may also write `pipelineruns/status`. The
 suite alone keeps each tool to its own runs: cancelling, releasing, relabelling, annotating or
 deleting another tool's run is refused, while its own tool, the system users (the builds API)
-and Tekton's controller keep working. PipelineRuns are refused outside the build namespace, a
-tool's own namespace included.
+and Tekton's controller keep working. Not even its own tool may orphan a run's TaskRuns (delete
+options, the `orphan` finalizer), which would free its active-run slot while the build runs on,
+nor give it labels or annotations the policy does not list (Tekton copies them onto the pods).
+PipelineRuns are refused outside the build namespace, a tool's own namespace included.
 """
 
 from __future__ import annotations
@@ -99,8 +101,15 @@ def test_another_tool_cannot_cancel_release_relabel_or_delete_a_run(
     assert after["metadata"].get("labels", {}).get("extra") is None
     assert "note" not in (after["metadata"].get("annotations") or {})
 
-    # Its own tool may do all of it.
-    for args in (attempts["annotate"], attempts["release"], attempts["cancel"]):
+    # Its own tool may do all of it, but for labels and annotations the policy does not list,
+    # which Tekton would copy onto the build's pods.
+    for what in ("relabel", "annotate"):
+        result = control_plane.kubectl("-n", BUILD_NAMESPACE, *attempts[what],
+                                       user=owner_account, check=False)
+        assert result.returncode != 0, (what, result.stdout)
+        assert "a tool may not set this on a PipelineRun, since Tekton copies a run's" \
+            in result.stderr, (what, result.stderr)
+    for args in (attempts["release"], attempts["cancel"]):
         result = control_plane.kubectl("-n", BUILD_NAMESPACE, *args, user=owner_account,
                                        check=False)
         assert result.returncode == 0, (args, result.stderr)
@@ -122,6 +131,126 @@ def test_delete_all_by_another_tool_deletes_none_of_the_owners_runs(
     assert DENIED in result.stderr, result.stderr
     assert stored(control_plane, name)["metadata"]["name"] == name
     assert "deletionTimestamp" not in stored(control_plane, name)["metadata"]
+
+
+def taskruns_of(cp: ControlPlane, run: str) -> list[dict[str, Any]]:
+    items: list[dict[str, Any]] = cp.get_json("-n", BUILD_NAMESPACE, "taskruns", "-l",
+                                              f"tekton.dev/pipelineRun={run}")["items"]
+    return items
+
+
+def test_a_tool_cannot_orphan_its_builds_to_escape_the_active_run_limit(
+        control_plane: ControlPlane, live_suite: Suite, two_tools: Any) -> None:
+    # The red-team repro: delete the run with --cascade=orphan, its TaskRun (and pod) would run
+    # on uncounted, and the next run would be admitted beside it.
+    from kubernetes import client, config
+
+    owner, owner_account, _, _ = two_tools
+    name = unique(f"{owner}-buildpacks-pipelinerun")
+    control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(pipelinerun(name, owner)),
+                          user=owner_account)
+    (taskrun,) = wait_for(f"the TaskRun of {name}", lambda: taskruns_of(control_plane, name), 60)
+    api = client.CustomObjectsApi(config.new_client_from_config(str(owner_account)))
+    run_api = ("tekton.dev", "v1", BUILD_NAMESPACE, "pipelineruns")
+
+    refusals = []
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelinerun", name,
+                                   "--cascade=orphan", "--wait=false", user=owner_account,
+                                   check=False)
+    assert result.returncode != 0
+    refusals.append(result.stderr)
+    # A DELETE with a body, in the legacy spelling and the current one.
+    for body in (client.V1DeleteOptions(orphan_dependents=True),
+                 client.V1DeleteOptions(propagation_policy="Orphan")):
+        with pytest.raises(client.ApiException) as caught:
+            api.delete_namespaced_custom_object(*run_api, name, body=body)
+        assert caught.value.status == 403
+        refusals.append(json.loads(caught.value.body or "{}")["message"])
+    # Collections are reviewed object by object: kubectl's (one DELETE per run it lists) and the
+    # API's own deletecollection.
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelineruns", "-l",
+                                   f"toolforge.org/tool={owner}", "--cascade=orphan",
+                                   "--wait=false", user=owner_account, check=False)
+    assert result.returncode != 0
+    refusals.append(result.stderr)
+    with pytest.raises(client.ApiException) as caught:
+        api.delete_collection_namespaced_custom_object(
+            *run_api, label_selector=f"toolforge.org/tool={owner}", propagation_policy="Orphan")
+    assert caught.value.status == 403
+    refusals.append(json.loads(caught.value.body or "{}")["message"])
+    for text in refusals:
+        assert DENIED in text, text
+        assert f"deleting the PipelineRun {name} with " in text, text
+        assert ("would leave its TaskRuns and build pods running with no PipelineRun to count "
+                "against the tool's active-run limit") in text, text
+    entries = live_suite.reviews(endpoint="validate-pipelineruns", operation="DELETE",
+                                 user=owner)
+    assert len(entries) == len(refusals)
+    assert {(e["decision"], e["reason"]) for e in entries} == {("denied", "OrphaningNotAllowed")}
+    assert "deletionTimestamp" not in stored(control_plane, name)["metadata"]
+    assert taskruns_of(control_plane, name)[0]["metadata"]["ownerReferences"] == \
+        taskrun["metadata"]["ownerReferences"]
+
+    # The second route: the orphan finalizer, added later or set at creation.
+    result = control_plane.kubectl(
+        "-n", BUILD_NAMESPACE, "patch", "pipelinerun", name, "--type=merge",
+        "-p", json.dumps({"metadata": {"finalizers": ["orphan"]}}), user=owner_account,
+        check=False)
+    assert result.returncode != 0
+    assert "metadata.finalizers may not contain orphan" in result.stderr, result.stderr
+    with_finalizer = pipelinerun(unique(f"{owner}-buildpacks-pipelinerun"), owner)
+    with_finalizer["metadata"]["finalizers"] = ["orphan"]
+    result = control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(with_finalizer),
+                                   user=owner_account, check=False)
+    assert result.returncode != 0
+    assert "metadata.finalizers may not contain orphan" in result.stderr, result.stderr
+    assert stored(control_plane, name)["metadata"].get("finalizers") is None
+
+    # Deleted as kubectl does by default, the run takes its TaskRun with it.
+    control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipelinerun", name, "--wait=false",
+                          user=owner_account)
+    wait_for(f"the garbage collector to delete the TaskRun of {name}",
+             lambda: not taskruns_of(control_plane, name), 60)
+
+
+APPARMOR = "container.apparmor.security.beta.kubernetes.io/step-build"
+
+
+def test_a_run_may_not_carry_annotations_that_would_unconfine_its_build_pod(
+        control_plane: ControlPlane, live_suite: Suite, two_tools: Any) -> None:
+    # The red-team repro: Tekton copies the run's annotations onto the build pod, where this one
+    # gave the step running the tool's code an unconfined AppArmor profile.
+    owner, owner_account, _, _ = two_tools
+    run = pipelinerun(unique(f"{owner}-buildpacks-pipelinerun"), owner)
+    name = run["metadata"]["name"]
+    run["metadata"]["annotations"] = {APPARMOR: "unconfined"}
+    result = control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(run),
+                                   user=owner_account, check=False)
+    assert result.returncode != 0
+    assert DENIED in result.stderr, result.stderr
+    assert f'metadata.annotations "{APPARMOR}": a tool may not set this on a PipelineRun' \
+        in result.stderr, result.stderr
+    entry = live_suite.wait_review(endpoint="validate-pipelineruns", name=name, user=owner)
+    assert (entry["decision"], entry["reason"]) == ("denied", "MetadataNotAllowed")
+
+    # kubectl apply works: its last-applied annotation is allowed, and what Tekton's controller
+    # then writes onto the run (its labels) goes back unchanged with the next apply.
+    del run["metadata"]["annotations"]
+    control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(run), user=owner_account)
+    wait_for(f"Tekton to label {name}", lambda: "tekton.dev/pipeline" in stored(
+        control_plane, name)["metadata"].get("labels", {}), 60)
+    run["spec"]["status"] = "Cancelled"
+    result = control_plane.kubectl("apply", "-f", "-", input=yaml.safe_dump(run),
+                                   user=owner_account, check=False)
+    assert result.returncode == 0, result.stderr
+    assert stored(control_plane, name)["spec"]["status"] == "Cancelled"
+
+    # Nor may the annotation be added later.
+    result = control_plane.kubectl("-n", BUILD_NAMESPACE, "annotate", "pipelinerun", name,
+                                   f"{APPARMOR}=unconfined", user=owner_account, check=False)
+    assert result.returncode != 0
+    assert f'metadata.annotations "{APPARMOR}"' in result.stderr, result.stderr
+    assert APPARMOR not in stored(control_plane, name)["metadata"].get("annotations", {})
 
 
 def test_only_tekton_writes_a_runs_status_not_even_its_own_tool(

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from tests.e2e.cluster import BUILD_NAMESPACE, ControlPlane, json_lines
+from tests.e2e.cluster import BUILD_NAMESPACE, BUILDS_ROLE, ControlPlane, json_lines
 
 BUILDS_API = "builds-api"
 """The builds API's ServiceAccount in the build namespace: a system user of the test policy
@@ -166,13 +166,13 @@ def builds_api_client(cp: ControlPlane) -> Client:
     namespace."""
     cp.apply([{"apiVersion": "v1", "kind": "ServiceAccount",
                "metadata": {"name": BUILDS_API, "namespace": BUILD_NAMESPACE}}])
-    # A grant in no namespace only makes sure the ClusterRole e2e-workloads exists.
+    # A grant in no namespace only makes sure the ClusterRole of the build namespace exists.
     cp.grant(BUILDS_API, [])
     cp.apply([{
         "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
         "metadata": {"name": f"e2e-{BUILDS_API}", "namespace": BUILD_NAMESPACE},
         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
-                    "name": "e2e-workloads"},
+                    "name": BUILDS_ROLE},
         "subjects": [{"kind": "ServiceAccount", "name": BUILDS_API,
                       "namespace": BUILD_NAMESPACE}],
     }])

@@ -1,4 +1,5 @@
-"""The server and the certificate job write one log schema, though they share no code.
+"""The server (gunicorn's own lines included) and the certificate job write one log schema,
+though the server and the job share no code.
 
 certs stands alone (an import-linter contract), so the job cannot use the server's formatter.
 Both write `time`, `level`, `logger` and `message` first, in that order and format, then their
@@ -8,15 +9,25 @@ own fields: one log pipeline reads both.
 from __future__ import annotations
 
 import datetime
+import http.client
 import io
 import json
 import logging
+import os
 import re
+import signal
+import ssl
+import time
+from pathlib import Path
 from typing import Any
+
+import pytest
 
 from certs.cli import main as certs_main
 from certs.state import Secret
+from tests.builders import make_review
 from tests.unit.certs.fakes import FakeClock, make_store
+from tests.unit.webhooks.dev_server import post_review, start_dev_server
 from webhooks.logs import JsonFormatter
 
 SCHEMA = ("time", "level", "logger", "message")
@@ -80,3 +91,41 @@ def test_a_failed_rotation_logs_at_error_level() -> None:
     assert [entry["level"] for entry in lines] == ["error", "error"]
     assert "not issued by toolforge-admission" in lines[-1]["message"]
 
+
+
+@pytest.mark.slow  # starts a server
+def test_every_line_a_serve_run_writes_is_json_in_the_schema(tmp_path: Path) -> None:
+    # gunicorn's own lines too: the master's and the workers', at start, stop and a crash.
+    log = tmp_path / "server.log"
+    dev = start_dev_server("--workers=1", log=log)
+    try:
+        context = ssl.create_default_context(cafile=dev.ca_file)
+        connection = http.client.HTTPSConnection("127.0.0.1", dev.port, context=context,
+                                                 timeout=10)
+        answer: Any = post_review(connection, make_review(), "/validate/pods")
+        assert answer["response"]["allowed"] is True
+        connection.close()
+        worker = int(Path(f"/proc/{dev.process.pid}/task/{dev.process.pid}/children")
+                     .read_text().split()[0])
+        os.kill(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 30
+        while log.read_text().count("Booting worker") < 2:
+            assert time.monotonic() < deadline, "the master did not replace the worker"
+            time.sleep(0.1)
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
+    lines = log.read_text().splitlines()
+    entries = [json.loads(line) for line in lines]
+    for entry in entries:
+        assert_schema(entry)
+    gunicorn = [(entry["level"], entry["message"]) for entry in entries
+                if entry["logger"] == "gunicorn.error"]
+    messages = " / ".join(message for _, message in gunicorn)
+    for expected in ("Starting gunicorn", "Booting worker with pid", "Worker exiting",
+                     "Shutting down: Master"):
+        assert expected in messages, messages
+    assert ("error", f"Worker (pid:{worker}) was sent SIGKILL! Perhaps out of memory?") \
+        in gunicorn
+    assert any(entry["logger"] == "webhooks.app" and entry["message"] == "review"
+               for entry in entries)

@@ -244,9 +244,17 @@ def test_rules(docs: tuple[Doc, ...]) -> None:
     assert _rules(docs, "/mutate/build-pods") == {("", "v1", "pods", "CREATE")}
     assert _rules(docs, "/validate/taskruns") == {
         ("tekton.dev", version, resource, operation) for version in ("v1", "v1beta1")
-        for resource in ("taskruns", "customruns") for operation in ("CREATE", "UPDATE", "DELETE")}
+        for resource, operations in (("taskruns", ("CREATE", "UPDATE", "DELETE")),
+                                     ("customruns", ("CREATE", "UPDATE", "DELETE")),
+                                     ("taskruns/status", ("UPDATE",)),
+                                     ("customruns/status", ("UPDATE",)))
+        for operation in operations} | {
+        ("tekton.dev", version, resource, operation) for version in ("v1", "v1beta1", "v1alpha1")
+        for resource in ("tasks", "pipelines", "stepactions")
+        for operation in ("CREATE", "UPDATE", "DELETE")}
     assert _rules(docs, "/validate/build-pod-access") == {
-        ("", "v1", f"pods/{sub}", "CONNECT") for sub in ("exec", "attach", "portforward")}
+        ("", "v1", f"pods/{sub}", "CONNECT")
+        for sub in ("exec", "attach", "portforward", "proxy")}
     assert _rules(docs, "/validate/policy") == {("", "v1", "configmaps", operation)
                                                 for operation in ("CREATE", "UPDATE")}
 

@@ -30,6 +30,7 @@ from tests.buildruns import (
     APP_IMAGE,
     CONTROLLER,
     PIPELINERUN_POD,
+    RUN_IMAGE,
     TASKRUN_POD,
     captured_pod,
     captured_review,
@@ -43,9 +44,10 @@ TOOL = User("mytool", ("toolforge", "system:authenticated"))
 VICTIM_IMAGE = "tools-harbor.wmcloud.org/tool-victim/victim:latest"
 
 
-def stored(scenario: str = PIPELINERUN_POD, policy: Policy = POLICY) -> dict[str, Any]:
+def stored(scenario: str = PIPELINERUN_POD, policy: Policy = POLICY,
+           run_image: str | None = RUN_IMAGE) -> dict[str, Any]:
     """The captured pod, with the build-pod mutation applied (as the validator sees it)."""
-    pod = captured_pod(scenario)
+    pod = captured_pod(scenario, run_image=run_image)
     decision = strip_build_credentials(pod, policy.builds.namespace, policy)
     assert decision.allowed
     assert decision.patched is not None
@@ -126,7 +128,7 @@ def test_an_export_step_with_a_second_target_is_refused() -> None:
 @pytest.mark.parametrize(("flag", "what"), [
     (f"-cache-image={VICTIM_IMAGE}", "a build may not write a cache image"),
     ("-insecure-registry=tools-harbor.wmcloud.org", "registries are reached over TLS only"),
-    (f"-run-image={VICTIM_IMAGE}", "its PipelineRun's RUN_IMAGE is unset"),
+    (f"-run-image={VICTIM_IMAGE}", f'its PipelineRun\'s RUN_IMAGE is "{RUN_IMAGE}"'),
     (f"-previous-image={VICTIM_IMAGE}", "its PipelineRun's APP_IMAGE is"),
     (f"-tag={VICTIM_IMAGE}", "its PipelineRun's APP_IMAGE is"),
 ], ids=["cache-image", "insecure-registry", "run-image", "previous-image", "tag"])
@@ -142,11 +144,104 @@ def test_every_other_image_the_export_step_names_is_checked(flag: str, what: str
 
 def test_the_run_image_of_the_run_is_allowed() -> None:
     pod = stored()
-    run_image = "tools-harbor.wmcloud.org/toolforge/heroku-run:22"
+    assert f"-run-image={RUN_IMAGE}" in step(pod, "step-export")["args"]
+    assert check(pod, found(pod, RUN_IMAGE=RUN_IMAGE)).allowed
+    other = check(pod, found(pod, RUN_IMAGE="tools-harbor.wmcloud.org/toolforge/heroku-run:24"))
+    assert not other.allowed
+    unset = check(pod, found(pod, RUN_IMAGE=None))
+    assert f'run image "{RUN_IMAGE}"; its PipelineRun\'s RUN_IMAGE is unset' in unset.message
+
+
+# --- the run image from a file the build's steps can write ------------------------------------
+
+STACK_FILE_REFUSED = (
+    'trusted step step-export names no run image, so the lifecycle would pull the one named in '
+    '"/layers/stack.toml", which is on volume layers-dir, where the build\'s other steps can '
+    "write it; set the run's RUN_IMAGE (the task passes it as -run-image)")
+
+
+@pytest.mark.parametrize("scenario", [
+    "a-taskrun-phases-0.2-basic-auth", "c-pipelinerun-phases-0.2-basic-auth",
+    "d-taskrun-phases-0.2-dockerconfigjson"])
+def test_an_export_of_phases_02_without_a_run_image_is_refused(scenario: str) -> None:
+    """buildpacks-phases 0.2 passes `-stack=/layers/stack.toml` and `-run-image=` when the run
+    leaves RUN_IMAGE out (the captures did): lifecycle 0.10.2 then pulls the run image named in
+    the stack file, which copy-stack-toml wrote and the tool's build step can rewrite, with the
+    robot account, and builds the tool's image on it (another tool's private image, say)."""
+    policy = POLICY.model_copy(update={"builds": POLICY.builds.model_copy(
+        update={"namespace": captured_review(scenario)["request"]["namespace"]})})
+    pod = stored(scenario, policy, run_image=None)
+    for run in (found(pod, RUN_IMAGE=None), None):  # with the run looked up, or none
+        assert [f.message for f in trusted_step_findings(pod, policy, run)] == [
+            STACK_FILE_REFUSED]
+    # The same pod for a run with RUN_IMAGE: the exporter never reads the stack file's run image.
+    assert trusted_step_findings(stored(scenario, policy), policy, found(pod)) == []
+
+
+def test_without_a_cluster_an_export_without_a_run_image_is_still_refused() -> None:
+    pod = stored()
     args = step(pod, "step-export")["args"]
-    args[args.index("-run-image=")] = f"-run-image={run_image}"
-    assert check(pod, found(pod, RUN_IMAGE=run_image)).allowed
-    assert not check(pod, found(pod)).allowed
+    args[args.index(f"-run-image={RUN_IMAGE}")] = "-run-image="
+    decision = check(pod, None)
+    assert (decision.allowed, decision.reason) == (False, TRUSTED_STEP_TARGET)
+    assert decision.message == STACK_FILE_REFUSED
+
+
+def test_the_0_3_task_reads_run_images_only_from_its_image() -> None:
+    """buildpacks-phases 0.3's analyze gets `-run-image=` (the capture's run left RUN_IMAGE out)
+    and no `-run`, so it reads the builder's own /cnb/run.toml; its export (platform 0.13) has no
+    such flag at all (it reads analyzed.toml: docs/security.md)."""
+    scenario = "b-taskrun-phases-0.3-basic-auth"
+    policy = POLICY.model_copy(update={"builds": POLICY.builds.model_copy(
+        update={"namespace": captured_review(scenario)["request"]["namespace"]})})
+    pod = stored(scenario, policy, run_image=None)
+    assert "-run-image=" in step(pod, "step-analyze")["args"]
+    assert trusted_step_findings(pod, policy, None) == []
+    # The same analyze told to read a run file the tool's code can write is refused.
+    step(pod, "step-analyze")["args"].insert(-1, "-run=/layers/run.toml")
+    assert [f.message for f in trusted_step_findings(pod, policy, None)] == [
+        'trusted step step-analyze names no run image, so the lifecycle would pull the one named '
+        'in "/layers/run.toml", which is on volume layers-dir, where the build\'s other steps can '
+        "write it; set the run's RUN_IMAGE (the task passes it as -run-image)"]
+
+
+def without_run_image() -> dict[str, Any]:
+    pod = stored()
+    args = step(pod, "step-export")["args"]
+    args.remove(f"-run-image={RUN_IMAGE}")
+    return pod
+
+
+@pytest.mark.parametrize(("change", "refused"), [
+    # The environment names the run image: the stack file is not read.
+    (lambda c: c["env"].append({"name": "CNB_RUN_IMAGE", "value": RUN_IMAGE}), False),
+    # The deprecated -image flag is a run image too.
+    (lambda c: c["args"].insert(-1, f"-image={RUN_IMAGE}"), False),
+    # No stack file: the lifecycle stops ("-run-image is required").
+    (lambda c: c["args"].__setitem__(c["args"].index("-stack=/layers/stack.toml"), "-stack="),
+     False),
+    # The lifecycle image's own default file (/cnb/stack.toml), on no volume.
+    (lambda c: c["args"].remove("-stack=/layers/stack.toml"), False),
+    # ... unless a volume is mounted over /cnb.
+    (lambda c: (c["args"].remove("-stack=/layers/stack.toml"),
+                c["volumeMounts"].append({"name": "empty-dir", "mountPath": "/cnb"})), True),
+    # The stack path from the environment, or one the pod does not fix.
+    (lambda c: (c["args"].remove("-stack=/layers/stack.toml"),
+                c["env"].append({"name": "CNB_STACK_PATH", "value": "/layers/x/stack.toml"})),
+     True),
+    (lambda c: c["args"].insert(-1, "-stack=stack.toml"), True),
+    (lambda c: c["args"].insert(-1, "-stack=/$(steps.prepare.results.path)"), True),
+    # An empty CNB_RUN_IMAGE names nothing.
+    (lambda c: c["env"].append({"name": "CNB_RUN_IMAGE", "value": ""}), True),
+], ids=["env-run-image", "deprecated-image-flag", "no-stack-file", "image-default",
+        "volume-over-cnb", "env-stack-path", "relative-stack-path", "step-result-stack-path",
+        "empty-env-run-image"])
+def test_where_an_export_without_a_run_image_would_read_one(change: Any, refused: bool) -> None:
+    pod = without_run_image()
+    change(step(pod, "step-export"))
+    findings = [f for f in trusted_step_findings(pod, POLICY, None)
+                if "names no run image" in f.message]
+    assert bool(findings) is refused, findings
 
 
 def test_a_registry_image_from_the_environment_counts_as_the_flag() -> None:

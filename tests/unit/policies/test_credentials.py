@@ -117,6 +117,13 @@ def secret_volumes(pod: dict[str, Any]) -> set[str]:
     return names
 
 
+def token_volumes(pod: dict[str, Any]) -> set[str]:
+    """Projected volumes with a ServiceAccount token (Kubernetes' kube-api-access-*)."""
+    return {volume["name"] for volume in pod["spec"].get("volumes", [])
+            if any("serviceAccountToken" in source
+                   for source in volume.get("projected", {}).get("sources", []))}
+
+
 def home_volumes(pod: dict[str, Any], trusted: set[str]) -> set[str]:
     """The volumes trusted steps have mounted at their HOME."""
     found = set()
@@ -133,6 +140,7 @@ def credential_channels(pod: dict[str, Any], container: dict[str, Any],
     """Every way this container could read a registry credential, checked independently."""
     found = []
     secret_backed = secret_volumes(pod)
+    tokens = token_volumes(pod)
     homes = home_volumes(pod, trusted)
     for mount in container.get("volumeMounts", []):
         path = mount["mountPath"]
@@ -142,6 +150,8 @@ def credential_channels(pod: dict[str, Any], container: dict[str, Any],
             found.append(f"secret volume {mount['name']}")
         if mount["name"] in homes:
             found.append(f"trusted home {mount['name']}")
+        if mount["name"] in tokens:
+            found.append(f"API token {mount['name']}")
     for token in flags_of(container):
         if token.lstrip("-").split("=")[0] in CREDENTIAL_FLAG_NAMES:
             found.append(f"flag {token}")
@@ -658,20 +668,78 @@ def test_any_secret_volume_in_an_untrusted_container_is_a_credential(
     assert "/opt/x" not in [m["mountPath"] for m in again["step-detect"]["volumeMounts"]]
 
 
-def test_a_service_account_token_volume_is_not_a_credential() -> None:
+API_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_the_api_token_kubernetes_mounts_stays_only_in_trusted_steps(scenario: str) -> None:
+    # Tekton's pods as captured, from a ServiceAccount that automounts its token: Kubernetes
+    # mounted kube-api-access-* into every container, init containers included.
+    pod, namespace = load(scenario)
+    (token,) = token_volumes(pod)
+    assert token.startswith("kube-api-access-")
+    assert all(mounts_of(c).get(API_TOKEN_PATH) == token for c in containers(pod))
+    patched = mutate(pod, namespace)
+    kept = {c["name"] for c in containers(patched) if API_TOKEN_PATH in mounts_of(c)}
+    assert kept == TRUSTED[scenario]
+    assert token in {v["name"] for v in patched["spec"]["volumes"]}  # trusted steps still use it
+
+
+def mounts_of(container: dict[str, Any]) -> dict[str, str]:
+    return {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+
+
+def test_the_mutation_names_the_api_token_it_removes() -> None:
+    pod, namespace = load(PIPELINERUN_02)
+    policy = policy_for(namespace, mode="warn")
+    decision = strip_build_credentials(pod, namespace, policy)
+    build = next(w for w in decision.warnings if "from step-build: " in w)
+    assert f"mount {API_TOKEN_PATH} (Kubernetes API token)" in build
+    assert "mount /tekton/creds-secrets/basic-user-pass," in build  # not called a token
+
+
+def test_a_pod_without_the_api_token_is_stripped_as_before() -> None:
+    """A build ServiceAccount with `automountServiceAccountToken: false` (the recommended
+    setup): no token volume, and the rest of the patch is the same."""
+    pod, namespace = load(PIPELINERUN_02)
+    (token,) = token_volumes(pod)
+    without = copy.deepcopy(pod)
+    without["spec"]["volumes"] = [v for v in without["spec"]["volumes"] if v["name"] != token]
+    for container in containers(without):
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != token]
+    patched, patched_without = mutate(pod, namespace), mutate(without, namespace)
+    for container in containers(patched):
+        container["volumeMounts"] = [m for m in container["volumeMounts"] if m["name"] != token]
+    patched["spec"]["volumes"] = [v for v in patched["spec"]["volumes"] if v["name"] != token]
+    assert patched_without == patched
+    assert find_credential_leaks(patched_without, namespace, policy_for(namespace)).allowed
+
+
+@pytest.mark.parametrize("sources", [
+    [{"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}}],
+    [{"serviceAccountToken": {"path": "t", "audience": "vault"}},
+     {"configMap": {"name": "kube-root-ca.crt"}}],
+], ids=["token-only", "token-for-another-audience"])
+def test_a_service_account_token_volume_is_a_credential_of_untrusted_containers(
+        sources: list[dict[str, Any]]) -> None:
     pod, namespace = load(PHASES_02)
     patched = mutate(pod, namespace)
-    token = {"name": "kube-api-access-x", "projected": {"sources": [
-        {"serviceAccountToken": {"path": "token", "expirationSeconds": 3607}},
-        {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt",
-                                                               "path": "ca.crt"}]}},
-        {"downwardAPI": {"items": [{"path": "namespace",
-                                    "fieldRef": {"fieldPath": "metadata.namespace"}}]}}]}}
-    patched["spec"]["volumes"].append(token)
+    patched["spec"]["volumes"].append({"name": "my-token", "projected": {"sources": sources}})
     by_name(patched)["step-build"]["volumeMounts"].append(
-        {"name": "kube-api-access-x", "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount",
-         "readOnly": True})
-    assert find_credential_leaks(patched, namespace, policy_for(namespace)).allowed
+        {"name": "my-token", "mountPath": "/opt/token", "readOnly": True})
+    refused = find_credential_leaks(patched, namespace, policy_for(namespace))
+    assert not refused.allowed
+    assert refused.reason == CREDENTIAL_LEAK
+    assert refused.message.startswith("untrusted container step-build: mount /opt/token "
+                                      "(Kubernetes API token) can read registry credentials")
+    again = by_name(mutate(patched, namespace))
+    assert "/opt/token" not in mounts_of(again["step-build"])
+    # A projected volume without a token source is no credential.
+    harmless = copy.deepcopy(pod)
+    harmless["spec"]["volumes"].append({"name": "ca", "projected": {"sources": [
+        {"configMap": {"name": "kube-root-ca.crt"}}, {"downwardAPI": {"items": []}}]}})
+    by_name(harmless)["step-build"]["volumeMounts"].append({"name": "ca", "mountPath": "/ca"})
+    assert "/ca" in mounts_of(by_name(mutate(harmless, namespace))["step-build"])
 
 
 def test_a_pod_tekton_did_not_make_trusts_no_step() -> None:

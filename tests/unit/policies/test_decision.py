@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import codecs
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -68,6 +69,7 @@ def test_combine_takes_the_first_denial_and_all_warnings() -> None:
     assert combine(allow(), warned).allowed
 
 
+@pytest.mark.slow
 @settings(max_examples=300, derandomize=True)
 @given(text=TENANT_TEXT, limit=st.integers(40, 400))
 def test_quoted_tenant_text_is_one_printable_bounded_line_that_reads_back(text: str,
@@ -83,6 +85,7 @@ def test_quoted_tenant_text_is_one_printable_bounded_line_that_reads_back(text: 
         assert codecs.decode(inner.replace('\\"', '"'), "unicode_escape") == text
 
 
+@pytest.mark.slow
 @settings(max_examples=300, derandomize=True)
 @given(text=TENANT_TEXT, limit=st.integers(40, 2000))
 def test_cap_bounds_the_length_and_says_what_was_left_out(text: str, limit: int) -> None:
@@ -96,6 +99,7 @@ def test_cap_bounds_the_length_and_says_what_was_left_out(text: str, limit: int)
         assert note == f"{len(text) - len(kept)} more characters)"
 
 
+@pytest.mark.slow
 @settings(max_examples=200, derandomize=True)
 @given(messages=st.lists(TENANT_TEXT, min_size=1, max_size=5))
 def test_every_decision_message_and_warning_is_capped(messages: list[str]) -> None:

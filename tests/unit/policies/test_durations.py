@@ -187,6 +187,7 @@ def go_like(draw: st.DrawFn) -> str:
     return text
 
 
+@pytest.mark.slow  # a property test, and it builds and runs Go
 @settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.one_of(go_like(), st.text(max_size=12),
                  st.text("0123456789.+-nsuµμmh", max_size=16)))

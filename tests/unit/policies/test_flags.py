@@ -161,6 +161,7 @@ def random_cases(count: int) -> list[list[str]]:
             for _ in range(count)]
 
 
+@pytest.mark.slow  # builds and runs Go
 @pytest.mark.skipif(shutil.which("go") is None, reason="needs the Go toolchain (as tests/e2e)")
 def test_the_parser_agrees_with_go_on_thousands_of_command_lines(tmp_path: Path) -> None:
     booleans = sorted(ENTRYPOINT_BOOLEANS)

@@ -35,6 +35,7 @@ def test_names_that_are_no_tools_project_map_to_no_tool(project: str) -> None:
     assert tool_of_project(PROJECTS, project) is None
 
 
+@pytest.mark.slow
 @given(st.from_regex(r"[a-z](?:[-_a-z0-9]{0,20}[a-z0-9])?", fullmatch=True))
 def test_every_tool_name_maps_to_a_harbor_name_and_back(tool: str) -> None:
     assert is_tool_name(tool)

@@ -199,6 +199,7 @@ _PATHS = st.lists(st.from_regex(r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+){0,2}", fu
 _TAGS = st.one_of(st.none(), st.from_regex(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,20}", fullmatch=True))
 
 
+@pytest.mark.slow
 @given(host=_HOSTS, path=_PATHS, tag=_TAGS)
 def test_a_parsed_reference_reads_back_as_itself(host: str, path: str, tag: str | None) -> None:
     image = parse_image(f"{host}/{path}" + (f":{tag}" if tag else ""))
@@ -206,6 +207,7 @@ def test_a_parsed_reference_reads_back_as_itself(host: str, path: str, tag: str 
     assert parse_image(str(image)) == image
 
 
+@pytest.mark.slow
 @given(labels=st.lists(_LABEL, min_size=2, max_size=4),
        extra=st.one_of(_LABEL, _LABEL.map(lambda label: f".{label}")), path=_PATHS)
 def test_a_host_prefix_never_covers_a_longer_host(labels: list[str], extra: str,

@@ -211,3 +211,47 @@ def test_durations_and_exception_dates_are_parsed() -> None:
     first, second = policy.registries.exceptions["tool-a"]
     assert (first.prefix, first.expires) == ("quay.io/a", None)
     assert second.expires == datetime.date(2027, 1, 2)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    pytest.param("builds:\n  mode: warn\n  maxActiveRuns: 2\n  mode: enforce\n",
+                 "not valid YAML (line 4, column 3): the key 'mode' is given twice in one mapping "
+                 "(first at line 2); YAML would keep only the last", id="in-a-section"),
+    pytest.param("builds: {}\ntools: {}\nbuilds: {mode: warn}\n",
+                 "not valid YAML (line 3, column 1): the key 'builds' is given twice in one "
+                 "mapping (first at line 1)", id="a-whole-section"),
+    pytest.param("registries:\n  exceptions:\n    tool-a: [quay.io/a]\n    'tool-a': [quay.io/b]\n",
+                 "not valid YAML (line 4, column 5): the key 'tool-a' is given twice in one "
+                 "mapping (first at line 3)", id="spelled-two-ways"),
+    pytest.param("builds: {params: {optional: [{name: A, pattern: '[a-z]+', pattern: '.*'}]}}",
+                 "not valid YAML (line 1, column 59): the key 'pattern' is given twice",
+                 id="in-a-flow-mapping-in-a-list"),
+])
+def test_a_key_given_twice_is_refused_with_both_lines(text: str, expected: str) -> None:
+    # PyYAML keeps the last silently: the first would look in force and not be.
+    (problem,) = problems_of(text)
+    assert problem.startswith(expected)
+
+
+def test_a_merged_key_may_be_overridden() -> None:
+    # `<<: *anchor` brings in defaults that a mapping overrides: that is not a key given twice.
+    policy = parse_policy("tools: &tools {groups: [a], systemUsers: [x]}\n"
+                          "builds: {mode: warn}\n"
+                          "registries: {mode: enforce}\n"
+                          "credentials:\n  <<: {mode: warn}\n  mode: enforce\n")
+    assert policy.credentials.mode == "enforce"
+
+
+def test_the_build_namespace_cannot_be_exempt() -> None:
+    # Exempt, it would lose the PipelineRun rule while runs are still made there.
+    assert problems_of("builds: {namespace: builds}\nexemptNamespaces: [kube-system, builds]\n") == (
+        "policy: exemptNamespaces lists the build namespace builds (builds.namespace), which "
+        "would leave its PipelineRuns unchecked; remove it from exemptNamespaces",)
+    assert problems_of("exemptNamespaces: [image-build]\n")  # the default build namespace
+    assert parse_policy("exemptNamespaces: [tekton-pipelines]\n").builds.namespace == "image-build"
+
+
+def test_the_keys_in_warn_mode_are_listed() -> None:
+    assert parse_policy("{}").warn_modes == ()
+    assert parse_policy("builds: {mode: warn}\ncredentials: {mode: warn}\n").warn_modes == (
+        "builds.mode", "credentials.mode")

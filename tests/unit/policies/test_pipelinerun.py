@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from policies.decision import Finding
 from policies.identity import User
 from policies.model import Policy, parse_policy
 from policies.pipelinerun import (
@@ -40,6 +42,10 @@ BUILDS = POLICY.builds
 TOOL_USER = User("mytool", ("toolforge", "system:authenticated"))
 SYSTEM_USER = User("system:serviceaccount:image-build:builds-api", ("system:serviceaccounts",))
 SHAPES = ("v1", "v1beta1")
+ROOT = Path(__file__).resolve().parents[3]
+SHIPPED_POLICIES = ("policies/example-policy.yaml", "manifests/base/policy.yaml",
+                    "manifests/overlays/toolforge/policy.yaml", "tests/e2e/policy.yaml")
+"""The policies the project ships, each tested for what it must refuse."""
 
 
 def reasons(run: dict[str, Any], tool: str = "mytool") -> list[str]:
@@ -200,7 +206,8 @@ def test_builder_image_must_be_an_approved_builder(shape: str, builder: str,
 @pytest.mark.parametrize(("run_image", "allowed"), [
     pytest.param(RUN, True, id="approved"),
     pytest.param(f"{HARBOR.upper()}/toolforge/heroku-run:22", True, id="approved-host-case"),
-    pytest.param("", True, id="empty-is-the-builders-own"),
+    # Empty, the exporter would read the run image from /layers, which the build steps write.
+    pytest.param("", False, id="empty"),
     pytest.param(f"{HARBOR}/tool-mytool/base:1", True, id="own-project"),
     pytest.param(f"{HARBOR}/tool-victim/private:latest", False, id="another-tools-project"),
     pytest.param(f"{HARBOR}/toolforge/heroku-run", False, id="approved-without-tag"),
@@ -217,6 +224,30 @@ def test_run_image_must_be_approved_or_the_tools_own(shape: str, run_image: str,
     if not allowed:
         assert f"an approved run image ({RUN}) or an image in <harbor host>/tool-mytool/" \
                in messages(run)
+
+
+def test_an_empty_run_image_is_refused_saying_where_the_build_would_take_one() -> None:
+    found = check_new_run("mytool", make_run(params={"RUN_IMAGE": ""}), BUILDS)
+    assert found == (Finding(RUN_IMAGE_NOT_ALLOWED, (
+        "RUN_IMAGE is empty, so the build would take its run image from files the build steps "
+        f"can write; use an approved run image ({RUN}) or an image in <harbor host>/tool-mytool/"
+        f"<repository>[:tag], harbor host one of {HARBOR}")),)
+
+
+@pytest.mark.parametrize("path", SHIPPED_POLICIES)
+def test_the_shipped_policies_require_an_approved_run_image(path: str) -> None:
+    builds = parse_policy((ROOT / path).read_text()).builds
+    run = make_run(params={"APP_IMAGE": "tools-harbor.wmcloud.org/tool-mytool/app:latest",
+                           "BUILDER_IMAGE": "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"})
+    run["metadata"]["labels"] = {builds.tool_label: "mytool"}
+    run["spec"]["taskRunTemplate"] = {"serviceAccountName": builds.service_account}
+    assert [f.message for f in check_new_run("mytool", run, builds)] == [
+        "parameter RUN_IMAGE is required"]
+    approved = str(builds.run_images[0])
+    run["spec"]["params"].append({"name": "RUN_IMAGE", "value": approved})
+    assert check_new_run("mytool", run, builds) == ()
+    run["spec"]["params"][-1]["value"] = "tools-harbor.wmcloud.org/tool-victim/private:1"
+    assert [f.reason for f in check_new_run("mytool", run, builds)] == [RUN_IMAGE_NOT_ALLOWED]
 
 
 def test_a_double_dash_tools_own_run_image_is_in_its_harbor_project() -> None:
@@ -263,7 +294,7 @@ def test_params_are_exactly_the_policys_with_their_types(
 @pytest.mark.parametrize(("params", "allowed", "text"), [
     pytest.param({"USER_ID": "1000"}, True, "", id="pattern-matches"),
     pytest.param({"USER_ID": "0"}, False,
-                 'parameter USER_ID "0" does not match the pattern "[1-9][0-9]{0,9}"', id="root"),
+                 'parameter USER_ID "0" does not match the pattern "[1-9][0-9]{0,8}"', id="root"),
     pytest.param({"USER_ID": "00"}, False, "does not match", id="root-spelled-twice"),
     pytest.param({"USER_ID": "1000\n"}, False, "does not match", id="anchored-at-the-end"),
     pytest.param({"USER_ID": "x1000"}, False, "does not match", id="anchored-at-the-start"),
@@ -281,6 +312,28 @@ def test_a_param_value_must_match_its_pattern_or_values(
     run = make_run(shape, params=params)
     assert reasons(run) == ([] if allowed else [PARAM_INVALID])
     assert text in messages(run)
+
+
+@pytest.mark.parametrize("path", SHIPPED_POLICIES)
+@pytest.mark.parametrize("param", ["USER_ID", "GROUP_ID"])
+@pytest.mark.parametrize(("value", "allowed"), [
+    pytest.param("1000", True, id="an-ordinary-id"),
+    pytest.param("999999999", True, id="nine-digits"),
+    pytest.param("0", False, id="root"),
+    # setresuid(2) takes 32 bits: -1 (4294967295) leaves the id unchanged, and larger values
+    # wrap around, 2**32 and 2**33 to root.
+    pytest.param("4294967295", False, id="minus-one-leaves-root-unchanged"),
+    pytest.param("4294967296", False, id="2-to-the-32-wraps-to-root"),
+    pytest.param("8589934592", False, id="2-to-the-33-wraps-to-root"),
+])
+def test_the_shipped_policies_allow_no_build_id_that_is_or_becomes_root(
+        path: str, param: str, value: str, allowed: bool) -> None:
+    builds = parse_policy((ROOT / path).read_text()).builds
+    # The run is for another install (its images are refused too): only the ids are looked at.
+    found = [f for f in check_new_run("mytool", make_run(params={param: value}), builds)
+             if f.reason == PARAM_INVALID]
+    assert found == ([] if allowed else [Finding(PARAM_INVALID, (
+        f'parameter {param} "{value}" does not match the pattern "[1-9][0-9]{{0,8}}"'))])
 
 
 @pytest.mark.timeout(60)

@@ -151,6 +151,40 @@ def test_validate_policy_admits_a_valid_policy_and_other_configmaps(client: Flas
         assert client.post("/validate/policy", json=review).json["response"]["allowed"]  # type: ignore[index]
 
 
+@pytest.mark.parametrize(("text", "warning"), [
+    pytest.param("builds: {mode: warn}\n",
+                 "builds.mode is warn: that rule admits what it would refuse and only warns; set "
+                 "enforce once its warnings are understood", id="one"),
+    pytest.param("registries: {mode: warn}\ncredentials: {mode: warn}\n",
+                 "registries.mode, credentials.mode are warn: those rules admit what they would "
+                 "refuse and only warn; set enforce once their warnings are understood", id="two"),
+])
+def test_validate_policy_admits_warn_mode_saying_which_rules_only_warn(
+        client: FlaskClient, text: str, warning: str) -> None:
+    configmap = {"metadata": {"name": "toolforge-admission-policy"}, "data": {"policy.yaml": text}}
+    review = make_review(configmap, resource="configmaps", namespace="toolforge-admission")
+    result = client.post("/validate/policy", json=review).json["response"]  # type: ignore[index]
+    assert result["allowed"] is True
+    assert result["warnings"] == [warning]
+
+
+def test_validate_policy_refuses_keys_given_twice_and_an_exempt_build_namespace(
+        client: FlaskClient) -> None:
+    text = "builds:\n  mode: enforce\n  mode: warn\nexemptNamespaces: [image-build]\n"
+    configmap = {"metadata": {"name": "toolforge-admission-policy"}, "data": {"policy.yaml": text}}
+    review = make_review(configmap, resource="configmaps", namespace="toolforge-admission")
+    result = client.post("/validate/policy", json=review).json["response"]  # type: ignore[index]
+    assert result["allowed"] is False
+    assert result["status"]["message"] == (
+        "policy.yaml is not a valid policy: not valid YAML (line 3, column 3): the key 'mode' is "
+        "given twice in one mapping (first at line 2); YAML would keep only the last")
+    configmap["data"]["policy.yaml"] = "exemptNamespaces: [image-build]\n"
+    result = client.post("/validate/policy", json=review | {"request": review["request"] | {
+        "object": configmap}}).json["response"]  # type: ignore[index]
+    assert result["allowed"] is False
+    assert "exemptNamespaces lists the build namespace image-build" in result["status"]["message"]
+
+
 def test_validate_policy_refuses_a_configmap_without_the_policy_key(client: FlaskClient) -> None:
     review = make_review({"metadata": {"name": "toolforge-admission-policy"}, "data": {}},
                          resource="configmaps", namespace="toolforge-admission")

@@ -121,6 +121,8 @@ def run(name: str, tool: str, builder: str = BUILDER) -> dict[str, Any]:
                          {"name": "APP_IMAGE",
                           "value": f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"},
                          {"name": "BUILDER_IMAGE", "value": builder},
+                         {"name": "RUN_IMAGE",
+                          "value": "tools-harbor.wmcloud.org/toolforge/heroku-run:22"},
                          {"name": "SOURCE_URL", "value": "https://example.org/x.git"}]},
             "status": {"conditions": [{"type": "Succeeded", "status": "Unknown"}]}}
 

@@ -12,6 +12,8 @@ import yaml
 
 from tests.builders import EXAMPLE_POLICY, make_review
 from webhooks.cli import EXIT_BAD_INPUT, EXIT_DENIED, EXIT_OK, main
+from webhooks.server import ServerOptions, WebhookServer
+from webhooks.worker import Limits
 
 
 def write(tmp_path: Path, name: str, document: object) -> str:
@@ -169,6 +171,8 @@ def test_review_as_a_tool_defaults_to_the_first_tool_group(
                         {"name": "APP_IMAGE", "value": "tools-harbor.wmcloud.org/tool-mytool/a"},
                         {"name": "BUILDER_IMAGE",
                          "value": "tools-harbor.wmcloud.org/toolforge/heroku-builder:22"},
+                        {"name": "RUN_IMAGE",
+                         "value": "tools-harbor.wmcloud.org/toolforge/heroku-run:22"},
                         {"name": "SOURCE_URL", "value": "https://example.org/a.git"}]}}
     code = main(["review", "--policy", str(EXAMPLE_POLICY), "--user", "mytool",
                  write(tmp_path, "run.yaml", run)])
@@ -201,3 +205,34 @@ def test_an_unforeseen_failure_is_one_line_and_never_exit_1(
     assert main(["review", "--policy", str(EXAMPLE_POLICY), pod]) == EXIT_BAD_INPUT
     (line,) = capsys.readouterr().err.splitlines()
     assert line.startswith("error: KeyError: 'spec'")
+
+
+def serve_options(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                  *flags: str) -> ServerOptions:
+    """The ServerOptions `serve --dev` with these flags would run (the server is not started)."""
+    started: list[ServerOptions] = []
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    monkeypatch.setattr(WebhookServer, "run", lambda server: started.append(server.options))
+    assert main(["serve", "--dev", *flags]) == EXIT_OK
+    return started[0]
+
+
+def test_serve_sets_every_deadline_and_bound_of_a_worker(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    options = serve_options(monkeypatch, tmp_path, "--header-timeout=1", "--body-timeout=2",
+                            "--idle-timeout=95", "--write-timeout=4", "--body-budget=8",
+                            "--max-connections=64", "--workers=3", "--threads=5")
+    assert options.limits == Limits(
+        header_seconds=1, body_seconds=2, idle_seconds=95, write_seconds=4,
+        buffered_bytes=8 * 1024 * 1024, max_connections=64)
+    assert (options.workers, options.threads) == (3, 5)
+    # Without flags, the worker's own defaults.
+    assert serve_options(monkeypatch, tmp_path).limits == Limits()
+
+
+@pytest.mark.parametrize("flag", ["--idle-timeout=0", "--write-timeout=-1", "--body-budget=2",
+                                  "--threads=0", "--workers=0", "--max-connections=0"])
+def test_serve_refuses_a_bound_that_cannot_work(
+        flag: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["serve", "--dev", flag]) == EXIT_BAD_INPUT
+    assert capsys.readouterr().err.startswith("error: ")

@@ -16,10 +16,16 @@ import pytest
 import yaml
 
 from tests.builders import EXAMPLE_POLICY, make_review
+from tests.buildruns import PIPELINERUN_POD, captured_review
 from webhooks.cli import EXIT_BAD_INPUT, EXIT_DENIED, EXIT_OK, main
 
-FIXTURES = Path(__file__).parent.parent.parent / "fixtures" / "tekton"
-BUILD_POD_REVIEW = FIXTURES / "c-pipelinerun-phases-0.2-basic-auth" / "pod.create.admissionreview.json"
+# The sample: the captured review of scenario c, its run with RUN_IMAGE (tests/buildruns.py).
+BUILD_POD_REVIEW = (Path(__file__).resolve().parents[3] / "examples" / "objects"
+                    / "build-pod.admissionreview.json")
+
+
+def test_the_sample_build_pod_is_the_captured_one_of_a_run_with_run_image() -> None:
+    assert json.loads(BUILD_POD_REVIEW.read_text()) == captured_review(PIPELINERUN_POD)
 OWN = "tools-harbor.wmcloud.org/tool-mytool/web:1"
 
 

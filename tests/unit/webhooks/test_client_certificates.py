@@ -23,16 +23,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from flask import Flask
 from flask.testing import FlaskClient
 
 from certs.issue import KeyPair, new_ca
 from tests.builders import EXAMPLE_POLICY, make_review
 from tests.pipelineruns import POLICY_YAML, run_for
+from tests.unit.webhooks.certificates import client_certificate
 from tests.unit.webhooks.dev_server import free_port, start_dev_server
 from tests.unit.webhooks.fakes import FakeCluster
 from webhooks import metrics
@@ -156,31 +153,6 @@ def test_probes_and_metrics_need_no_certificate(mtls_app: Flask, path: str) -> N
 # --- the real server over TLS --------------------------------------------------------------------
 
 
-def client_certificate(ca: KeyPair, common_name: str, directory: Path) -> tuple[Path, Path]:
-    """A TLS client certificate for `common_name`, signed by `ca`; the paths of cert and key."""
-    ca_key = serialization.load_pem_private_key(ca.key_pem, password=None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
-    key = ec.generate_private_key(ec.SECP256R1())
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
-        .issuer_name(ca.certificate.subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(NOW - datetime.timedelta(hours=1))
-        .not_valid_after(NOW + datetime.timedelta(days=1))
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file = directory / f"{common_name}-{ca.certificate.serial_number}.crt"
-    key_file = cert_file.with_suffix(".key")
-    cert_file.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(key.private_bytes(serialization.Encoding.PEM,
-                                           serialization.PrivateFormat.PKCS8,
-                                           serialization.NoEncryption()))
-    return cert_file, key_file
-
-
 @dataclass
 class Server:
     host: str
@@ -254,7 +226,9 @@ def test_over_tls_the_status_port_serves_no_review(server: Server) -> None:
     status, body = server.request("POST", "/validate/pods", server.context(), make_review(),
                                   port=server.status_port)
     assert status == 404
-    assert "this port serves /healthz, /readyz and /metrics only" in body
+    assert body["kind"] == "Status"
+    assert (body["code"], body["reason"]) == (404, "NotFound")
+    assert "the status port: it serves /healthz, /readyz and /metrics only" in body["message"]
 
 
 @pytest.mark.slow

@@ -8,8 +8,10 @@ outlives a slow one that was opened with it).
 
 from __future__ import annotations
 
+import fcntl
 import http.client
 import json
+import os
 import signal
 import socket
 import ssl
@@ -193,6 +195,58 @@ def test_a_full_worker_closes_the_connection_idle_longest(server: DevServer) -> 
         sock.close()
 
 
+def test_a_full_worker_closes_a_flood_before_a_kept_alive_connection(tmp_path: Path) -> None:
+    # Its own server: connections left by other tests would take part in the eviction.
+    dev = start_dev_server("--workers=1", "--max-connections=4", log=tmp_path / "server.log")
+    try:
+        # The API server's connection: it has served, then waits idle, longer than any other.
+        kept = tls(dev)
+        assert answered(kept)
+        # A flood that never carries a request, started after it: idle and slow from the start.
+        flood = [tls(dev) for _ in range(6)]
+        flood[4].sendall(SLOW_HEADER)
+        flood[5].sendall(SLOW_BODY)
+        # The worker is full from the fourth on: the flood's oldest go, the kept one stays.
+        assert read_until_closed(flood[0]) == b""
+        assert read_until_closed(flood[1]) == b""
+        assert answered(kept)
+        assert closed_for(dev, "evicted") >= 3
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
+
+
+def test_the_idle_and_write_deadlines_are_set_on_serve(tmp_path: Path) -> None:
+    dev = start_dev_server("--workers=1", "--idle-timeout=1", "--write-timeout=1",
+                           log=tmp_path / "server.log")
+    try:
+        # Idle: a kept-alive connection with no request after its answer is closed, silently.
+        kept = tls(dev)
+        assert answered(kept)
+        assert read_until_closed(kept) == b""
+        assert closed_for(dev, "idle_timeout") >= 1
+        # Write: a client that asks and never reads. Its answers fill the socket buffers on
+        # both sides (twice the most the kernel gives a send buffer, to be sure); what the
+        # server could not write is given a second, then closed.
+        context = ssl.create_default_context(cafile=dev.ca_file)
+        most_buffered = int(Path("/proc/sys/net/ipv4/tcp_wmem").read_text().split()[2])
+        answers = 2 * most_buffered // len(scrape(dev.port, context)) + 100
+        raw = socket.socket()
+        raw.settimeout(WAIT)
+        raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        raw.connect(("127.0.0.1", dev.port))
+        reader = context.wrap_socket(raw, server_hostname="127.0.0.1")
+        reader.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * answers)
+        deadline = time.monotonic() + WAIT
+        while closed_for(dev, "write_timeout") < 1:
+            assert time.monotonic() < deadline, "the server kept writing to a client not reading"
+            time.sleep(0.2)
+        reader.close()
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
+
+
 def server_has_read(port: int, *, connections: int) -> bool:
     """The server's side of exactly `connections` connections on `port` is established, with
     nothing left unread in its receive queue (/proc/net/tcp: local port, state 01, tx:rx)."""
@@ -295,6 +349,70 @@ def test_bodies_being_read_share_a_budget_and_the_slowest_makes_room(tmp_path: P
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def server_read_all(port: int, client: socket.socket) -> bool:
+    """Everything `client` sent has reached the server, and the server has read it (the
+    client's send queue and the server's receive queue of the connection are empty)."""
+    mine = client.getsockname()[1]
+    queues = {}
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote = (int(end.rsplit(":", 1)[1], 16) for end in fields[1:3])
+            transmit, receive = (int(queue, 16) for queue in fields[4].split(":"))
+            if (local, remote) == (mine, port):
+                queues["client"] = transmit
+            elif (local, remote) == (port, mine):
+                queues["server"] = receive
+    return queues == {"client": 0, "server": 0}
+
+
+def lock_waiters(lock_file: Path) -> int:
+    """How many processes wait for the flock on `lock_file` (/proc/locks: `->` lines)."""
+    inode = f":{lock_file.stat().st_ino} "
+    return sum(1 for line in Path("/proc/locks").read_text().splitlines()
+               if " -> FLOCK " in line and inode in line)
+
+
+def large_request() -> bytes:
+    # Over the worker's LARGE_BODY; not JSON, so the answer is a quick 400 once it is parsed.
+    return (b"POST /validate/pods HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 300000\r\n\r\n" + b" " * 300_000)
+
+
+def test_large_bodies_are_parsed_one_at_a_time_and_leave_a_thread_free(tmp_path: Path) -> None:
+    dev = start_dev_server("--workers=1", "--threads=2", log=tmp_path / "server.log")
+    try:
+        worker = int(Path(f"/proc/{dev.process.pid}/task/{dev.process.pid}/children")
+                     .read_text().split()[0])
+        lock_file = next(Path(os.readlink(link)) for link in Path(f"/proc/{worker}/fd").iterdir()
+                         if os.readlink(link).endswith("/large-body.lock"))
+        # The test holds the pod's lock, as another worker parsing a large body would.
+        held = os.open(lock_file, os.O_RDWR)
+        fcntl.flock(held, fcntl.LOCK_EX)
+        first, second, small = tls(dev), tls(dev), tls(dev)
+        first.sendall(large_request())
+        deadline = time.monotonic() + WAIT
+        while lock_waiters(lock_file) < 1:
+            assert time.monotonic() < deadline, "no thread waits for the pod's large-body lock"
+            time.sleep(0.1)
+        # A second large body waits in the worker, not in a thread: the other thread answers
+        # a review of ordinary size at once.
+        second.sendall(large_request())
+        deadline = time.monotonic() + WAIT
+        while not server_read_all(dev.port, second):
+            assert time.monotonic() < deadline, "the server does not read the second body"
+            time.sleep(0.1)
+        assert answered(small)
+        assert lock_waiters(lock_file) == 1
+        fcntl.flock(held, fcntl.LOCK_UN)
+        os.close(held)
+        assert read_status(first) == 400
+        assert read_status(second) == 400
+    finally:
+        dev.process.send_signal(signal.SIGTERM)
+        dev.process.wait(timeout=30)
 
 
 def wait_for_readiness(server: DevServer) -> None:

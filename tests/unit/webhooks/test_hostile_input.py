@@ -461,6 +461,7 @@ def test_invalid_utf8_inside_a_review_is_a_bad_review(
     assert answer["reason"] == "BadReview"
 
 
+@pytest.mark.slow
 @settings(HOSTILE, max_examples=6)
 @given(base=st.sampled_from(BASES), over=st.integers(1, 64 * 1024))
 def test_a_body_over_the_cap_is_refused(client: FlaskClient,

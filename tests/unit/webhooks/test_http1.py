@@ -3,6 +3,8 @@ refused with the status that says why (webhooks.http1)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from webhooks import http1
@@ -113,13 +115,21 @@ def test_refused(data: bytes, status: int) -> None:
     assert str(refused.value)
 
 
-def test_a_refusal_closes_and_says_why() -> None:
-    answer = http1.refusal(411, "a POST needs a Content-Length", date="Wed, 02 Dec 2026 09:00:00 GMT")
+@pytest.mark.parametrize(("status", "reason"), [
+    (411, "LengthRequired"), (404, "NotFound"), (408, "RequestTimeout"), (413, "BodyTooLarge"),
+    (431, "RequestHeaderFieldsTooLarge"), (500, "InternalError"), (503, "ServiceUnavailable")])
+def test_a_refusal_is_a_kubernetes_status_and_closes(status: int, reason: str) -> None:
+    answer = http1.refusal(status, "a POST needs a Content-Length",
+                           date="Wed, 02 Dec 2026 09:00:00 GMT")
     head, _, body = answer.partition(b"\r\n\r\n")
     assert head.split(b"\r\n") == [
-        b"HTTP/1.1 411 Length Required", b"Content-Type: text/plain; charset=utf-8",
-        b"Content-Length: 30", b"Date: Wed, 02 Dec 2026 09:00:00 GMT", b"Connection: close"]
-    assert body == b"a POST needs a Content-Length\n"
+        f"HTTP/1.1 {status} {http1.REASONS[status]}".encode(),
+        b"Content-Type: application/json", f"Content-Length: {len(body)}".encode(),
+        b"Date: Wed, 02 Dec 2026 09:00:00 GMT", b"Connection: close"]
+    # As the application answers a bad request (webhooks.app): what the API server relays.
+    assert json.loads(body) == {"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                                "code": status, "reason": reason,
+                                "message": "a POST needs a Content-Length"}
 
 
 def test_a_response_carries_the_length_of_its_body() -> None:

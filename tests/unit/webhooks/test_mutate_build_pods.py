@@ -14,6 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from tests.builders import EXAMPLE_POLICY
+from tests.buildruns import RUN_IMAGE, captured_review
 from webhooks.app import EXTENSION, create_app
 
 FIXTURES = Path(__file__).parent.parent.parent / "fixtures" / "tekton"
@@ -167,15 +168,24 @@ def test_validate_pods_refuses_a_build_pod_the_mutation_did_not_reach(make_clien
     assert response["response"]["auditAnnotations"]["reason"] == "BuildCredentialLeak"
 
 
-def test_validate_pods_admits_the_build_pod_once_mutated(make_client: Any) -> None:
-    body = body_of("a-taskrun-phases-0.2-basic-auth")
-    review = json.loads(body)
+@pytest.mark.parametrize("run_image", [RUN_IMAGE, None], ids=["run-image", "no-run-image"])
+def test_validate_pods_admits_the_build_pod_once_mutated(make_client: Any,
+                                                         run_image: str | None) -> None:
+    """The pod of a run with RUN_IMAGE; without it (as captured) the export step would take
+    its run image from /layers/stack.toml, which the tool's code can write, and is refused."""
+    review = captured_review("a-taskrun-phases-0.2-basic-auth", run_image=run_image)
     client = make_client(review["request"]["namespace"], registries_mode="warn")
-    patch = json.loads(base64.b64decode(post(client, body)["patch"]))
+    patch = json.loads(base64.b64decode(post(client, json.dumps(review).encode())["patch"]))
     review["request"]["object"] = jsonpatch.apply_patch(review["request"]["object"], patch)
     response = client.post("/validate/pods", json=review).json
     assert response is not None
-    assert response["response"]["allowed"] is True
+    if run_image is not None:
+        assert response["response"]["allowed"] is True
+        return
+    assert response["response"]["allowed"] is False
+    assert response["response"]["status"]["message"].startswith(
+        "trusted step step-export names no run image, so the lifecycle would pull the one named "
+        'in "/layers/stack.toml", which is on volume layers-dir')
 
 
 @pytest.mark.parametrize("sub_resource", ["", "ephemeralcontainers"])

@@ -23,6 +23,7 @@ documents = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4)
                          | st.dictionaries(keys, inner, max_size=4), max_leaves=20)
 
 
+@pytest.mark.slow
 @given(old=st.dictionaries(keys, documents, max_size=4),
        new=st.dictionaries(keys, documents, max_size=4))
 @settings(max_examples=300, deadline=None)
@@ -58,6 +59,7 @@ def test_a_stripped_tekton_pod_round_trips(review: Path) -> None:
     assert jsonpatch.apply_patch(pod, make_patch(pod, stripped)) == stripped
 
 
+@pytest.mark.slow
 @given(old=st.lists(documents, max_size=8), keep=st.lists(st.booleans(), min_size=8, max_size=8))
 @settings(max_examples=200, deadline=None)
 def test_a_list_that_only_lost_items_is_patched_with_removals(old: list[Any],
@@ -86,6 +88,7 @@ def test_items_added_to_the_end_are_additions_only() -> None:
                      {"op": "add", "path": "/v/31", "value": {"name": "y"}}]
 
 
+@pytest.mark.slow
 @given(old=st.lists(st.integers(0, 6), max_size=10), new=st.lists(st.integers(0, 6), max_size=10))
 @settings(max_examples=300, deadline=None)
 def test_lists_with_repeated_and_moved_items_round_trip(old: list[int], new: list[int]) -> None:

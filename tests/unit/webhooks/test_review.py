@@ -10,6 +10,7 @@ import orjson
 import pytest
 
 from policies.decision import Decision, Finding, allow, decide, deny
+from policies.rule import NO_DELETE_OPTIONS, DeleteOptions
 from tests.builders import make_review
 from webhooks.errors import BadReviewError
 from webhooks.review import GroupVersionKind, build_response, parse_review, read_review
@@ -27,6 +28,47 @@ def test_a_review_from_the_api_server_is_read_into_snake_case_fields() -> None:
     assert request.user.groups == ("toolforge", "system:authenticated")
     assert request.dry_run is True
     assert request.old_object == {"metadata": {}}
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    # As the API server sends them (tests/e2e/test_run_owners.py sees each through kubectl and
+    # the Python client): kubectl always names a propagationPolicy.
+    pytest.param({"propagationPolicy": "Orphan"}, DeleteOptions("Orphan"), id="cascade-orphan"),
+    pytest.param({"propagationPolicy": "Background"}, DeleteOptions("Background"),
+                 id="kubectl-default"),
+    pytest.param({"orphanDependents": True}, DeleteOptions(orphan_dependents=True),
+                 id="legacy-orphan"),
+    pytest.param({"orphanDependents": False, "propagationPolicy": None},
+                 DeleteOptions(orphan_dependents=False), id="legacy-not-orphan"),
+    pytest.param({}, NO_DELETE_OPTIONS, id="none-given"),
+])
+def test_a_deletes_options_are_read_into_the_review(options: dict[str, Any],
+                                                    expected: DeleteOptions) -> None:
+    review = make_review(None, operation="DELETE", old={"metadata": {"name": "r"}},
+                         options=options)
+    assert read_review(review).delete_options == expected
+    del review["request"]["options"]
+    assert read_review(review).delete_options == NO_DELETE_OPTIONS
+
+
+def test_only_a_delete_has_delete_options() -> None:
+    # An UPDATE's options are UpdateOptions: nothing in them decides what is orphaned.
+    review = make_review(operation="UPDATE", old={"metadata": {}},
+                         options={"propagationPolicy": "Orphan"})
+    assert read_review(review).delete_options == NO_DELETE_OPTIONS
+
+
+@pytest.mark.parametrize(("options", "reason"), [
+    pytest.param("Orphan", "request.options must be an object or null", id="string"),
+    pytest.param({"propagationPolicy": 1}, "propagationPolicy must be a string", id="policy-int"),
+    pytest.param({"orphanDependents": "true"}, "orphanDependents must be a boolean",
+                 id="legacy-string"),
+])
+def test_unreadable_delete_options_are_a_bad_review(options: Any, reason: str) -> None:
+    review = make_review(None, operation="DELETE", old={"metadata": {}})
+    review["request"]["options"] = options
+    with pytest.raises(BadReviewError, match=reason):
+        read_review(review)
 
 
 def broken(path: str, value: Any) -> dict[str, Any]:

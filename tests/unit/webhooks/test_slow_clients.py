@@ -2,7 +2,7 @@
 
 The proof of issue 14, against `serve` as it runs (2 workers x 2 threads, TLS): 256 connections
 that send a body slowly, 256 that send headers slowly and 256 that send nothing, held while 1,000
-normal reviews are sent. Every review is answered, none in more than a second: a review that had
+normal reviews are sent: a tool's pod to /validate/pods, the review the API server sends most. Every review is answered, none in more than a second: a review that had
 to wait for a thread held by a slow client would wait for that client's deadline. The server's
 deadlines are set to a minute here, so the attack holds for the whole test (with the defaults of
 5 and 10 s it would be shed part way); shedding is tested in test_deadlines.py.
@@ -33,8 +33,8 @@ import pytest
 from certs.issue import new_ca
 from tests.builders import make_review
 from tests.slow_clients import SlowClients
+from tests.unit.webhooks.certificates import client_certificate
 from tests.unit.webhooks.dev_server import DevServer, free_port, metric, scrape, start_dev_server
-from tests.unit.webhooks.test_client_certificates import client_certificate
 
 # They start real servers (`serve`): `make test-unit` leaves them out.
 pytestmark = pytest.mark.slow
@@ -45,6 +45,20 @@ CLIENTS = 4
 PROMPT = 1.0
 HOLD = ("--header-timeout=60", "--body-timeout=60", "--max-connections=1024")
 API_SERVER = "kube-apiserver-webhook-client"
+TOOL_POD = {
+    "apiVersion": "v1", "kind": "Pod",
+    "metadata": {"name": "web-7d9f8c-x2k4q", "namespace": "tool-mytool",
+                 "labels": {"app.kubernetes.io/name": "web", "toolforge": "tool"}},
+    "spec": {"containers": [
+        {"name": "web", "image": "tools-harbor.wmcloud.org/tool-mytool/web:1",
+         "env": [{"name": "PORT", "value": "8000"}],
+         "resources": {"limits": {"cpu": "500m", "memory": "512Mi"}}},
+        {"name": "cron", "image": "docker-registry.tools.wmflabs.org/toolforge-python311-sssd-base"
+                                  ":latest"}],
+        "restartPolicy": "Always"},
+}
+"""Admitted by the example policy: its images come from the tool's Harbor project and the
+Toolforge registry."""
 
 
 @dataclass
@@ -62,10 +76,10 @@ def send_reviews(port: int, context: ssl.SSLContext) -> Outcome:
     def client(_: int) -> None:
         connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=30)
         for _ in range(REVIEWS // CLIENTS):
-            review = make_review({"metadata": {"name": "x"}}, resource="configmaps")
+            review = make_review(TOOL_POD)
             started = time.monotonic()
             try:
-                connection.request("POST", "/validate/policy", body=json.dumps(review),
+                connection.request("POST", "/validate/pods", body=json.dumps(review),
                                    headers={"Content-Type": "application/json"})
                 response = connection.getresponse()
                 answer = json.loads(response.read())

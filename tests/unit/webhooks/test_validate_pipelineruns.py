@@ -209,7 +209,7 @@ def cancelled(run: dict[str, Any]) -> dict[str, Any]:
 
 def relabelled(run: dict[str, Any]) -> dict[str, Any]:
     new = copy.deepcopy(run)
-    new["metadata"]["annotations"] = {"note": "mine now"}
+    new["metadata"]["annotations"] = {"example.org/note": "mine now"}
     return new
 
 
@@ -249,6 +249,27 @@ def test_only_the_owner_the_system_users_and_the_run_managers_change_or_delete_a
         assert (f'user "{username}" may not {verb} the PipelineRun '
                 "mytool-buildpacks-pipelinerun-u1: it belongs to the tool mytool, and only its "
                 "tool, the system users and the run managers may") in answer["status"]["message"]
+
+
+@pytest.mark.parametrize(("options", "allowed"), [
+    pytest.param({"propagationPolicy": "Orphan"}, False, id="kubectl-cascade-orphan"),
+    pytest.param({"orphanDependents": True}, False, id="legacy-orphan-dependents"),
+    pytest.param({"propagationPolicy": "Background"}, True, id="kubectl-default"),
+    pytest.param({"propagationPolicy": "Foreground"}, True, id="foreground"),
+])
+def test_a_tool_deleting_its_run_may_not_orphan_its_builds(
+        client: FlaskClient, options: dict[str, Any], allowed: bool) -> None:
+    old = run_for()
+    answer = post(client, None, operation="DELETE", old=old, options=options)
+    assert answer["allowed"] is allowed, answer
+    if not allowed:
+        assert answer["auditAnnotations"]["reason"] == "OrphaningNotAllowed"
+        assert answer["status"]["message"].startswith(
+            "deleting the PipelineRun mytool-buildpacks-pipelinerun-u1 with ")
+    builds_api = post(client, None, operation="DELETE", old=old, options=options,
+                      username="system:serviceaccount:image-build:builds-api",
+                      groups=("system:serviceaccounts",))
+    assert builds_api["allowed"]
 
 
 def test_a_run_without_a_tool_label_belongs_to_no_tool(client: FlaskClient) -> None:
