@@ -165,6 +165,8 @@ def judge(obj: dict[str, Any], policy: Policy, now: datetime.datetime) -> Judged
     assert isinstance(metadata, dict)
     # Large, and read by no rule; the copy each review makes need not carry it.
     metadata.pop("managedFields", None)
+    if obj.get("kind") in BUILD_KINDS:
+        _as_its_tool_made_it(metadata, policy)
     namespace = _namespace(obj)
     base = Judged(uid=str(metadata.get("uid") or f"{namespace}/{metadata.get('name')}"),
                   api_version=str(obj.get("apiVersion")), kind=str(obj.get("kind")),
@@ -180,6 +182,21 @@ def judge(obj: dict[str, Any], policy: Policy, now: datetime.datetime) -> Judged
     decision = outcome.decision
     return dataclasses.replace(base, allowed=decision.allowed, reason=decision.reason,
                                message=decision.message, endpoints=outcome.endpoints)
+
+
+def _as_its_tool_made_it(metadata: dict[str, Any], policy: Policy) -> None:
+    """Only the tool label of a stored run's labels and annotations.
+
+    After admitting a run, Tekton's controller writes its own keys onto it (`tekton.dev/pipeline`,
+    and the labels and annotations of the pipeline it runs), and nothing in the stored object
+    tells those from what the tool set. The tool's own keys were judged when it set them
+    (`builds.runMetadata`); judging the stored ones would report every run Tekton has touched.
+    """
+    labels = metadata.get("labels") if isinstance(metadata.get("labels"), dict) else {}
+    assert isinstance(labels, dict)
+    tool_label = policy.builds.tool_label
+    metadata["labels"] = {tool_label: labels[tool_label]} if tool_label in labels else {}
+    metadata.pop("annotations", None)
 
 
 def collapse(judged: Sequence[Judged]) -> tuple[list[Finding], Counter[str]]:

@@ -206,6 +206,20 @@ def test_in_the_build_namespace_only_the_builds_are_audited(policy: Policy) -> N
     assert result.judged == 2
 
 
+def test_a_run_is_judged_without_what_tekton_wrote_onto_it(policy: Policy) -> None:
+    # The controller labels a run with its pipeline and copies the pipeline's own labels and
+    # annotations onto it: none of that is the tool's doing.
+    touched = run("touched", "mytool")
+    touched["metadata"]["labels"].update({"tekton.dev/pipeline": "buildpacks",
+                                          "app.kubernetes.io/version": "0.2"})
+    touched["metadata"]["annotations"] = {"tekton.dev/pipelines.minVersion": "0.50.0"}
+    old = run("old-builder", "other", builder="tools-harbor.wmcloud.org/toolforge/old:1")
+    old["metadata"]["labels"]["tekton.dev/pipeline"] = "buildpacks"
+    result = audit(FakeApi([touched, old]), policy, now=NOW, namespace="image-build")
+    assert [(f.name, f.reason) for f in result.findings] == [("old-builder", "BuilderNotAllowed")]
+    assert "tools-harbor.wmcloud.org/toolforge/old:1" in result.findings[0].message
+
+
 def test_what_the_cluster_does_not_serve_is_noted_not_fatal(policy: Policy) -> None:
     served = {r.plural for r in audited_resources()} - {"pipelineruns"}
     result = audit(FakeApi(cluster(), served=served), policy, now=NOW)
