@@ -82,3 +82,39 @@ def run_for(tool: str = "mytool", uid: str = "u1", shape: str = "v1", **spec: An
     run["metadata"]["uid"] = uid
     run["metadata"]["name"] = f"{tool}-buildpacks-pipelinerun-{uid}"
     return run
+
+
+TOOLFORGE_HARBOR = "tools-harbor.wmcloud.org"
+
+
+def builds_api_run(tool: str, *, shape: str = "v1", name: str | None = None) -> dict[str, Any]:
+    """A run exactly as Toolforge's builds API creates it (its internal/build.go `Start`), for
+    the Toolforge overlay's policy: named by the API server from `generateName` unless `name`
+    is given; `shape` "v1beta1" names the task's ServiceAccount as v1beta1 runs do."""
+    account = "serviceAccountName" if shape == "v1" else "taskServiceAccountName"
+    metadata: dict[str, Any] = {"generateName": f"{tool}-buildpacks-pipelinerun-",
+                                "namespace": "image-build", "labels": {"user": tool}}
+    if name is not None:
+        metadata.update(name=name, uid=f"uid-{name}")
+    harbor = TOOLFORGE_HARBOR
+    return {
+        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
+        "metadata": metadata,
+        "spec": {
+            "pipelineRef": {"name": "buildpacks"},
+            "taskRunSpecs": [{"pipelineTaskName": "build-from-git",
+                              account: "buildpacks-service-account"}],
+            "params": [
+                {"name": "BUILDER_IMAGE", "value": f"{harbor}/toolforge/heroku-builder:22"},
+                {"name": "RUN_IMAGE", "value": f"{harbor}/toolforge/heroku-run:22"},
+                {"name": "APP_IMAGE", "value": f"{harbor}/tool-{tool}/tool-{tool}:latest"},
+                {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}"},
+                {"name": "SOURCE_REFERENCE", "value": "5f1b2c3d4e5f60718293a4b5c6d7e8f901234567"},
+                {"name": "UNRESOLVED_SOURCE_REFERENCE", "value": "main"},
+                {"name": "ENV_VARS", "value": ["PYTHON_VERSION=3.11", "EMPTY="]},
+            ],
+            "workspaces": [{"name": "source-ws", "emptyDir": {}},
+                           {"name": "cache-ws", "emptyDir": {}},
+                           {"name": "aptbuildpack-ws", "emptyDir": {}}],
+        },
+    }

@@ -30,37 +30,11 @@ from tests.e2e.build_pods import (
     wait_pod,
 )
 from tests.e2e.cluster import BUILD_NAMESPACE, REPO, TEKTON_CONTROLLER_USER, ControlPlane, Suite
+from tests.pipelineruns import builds_api_run
 
 OVERLAY_POLICY = REPO / "manifests" / "overlays" / "toolforge" / "policy.yaml"
 BUILDS_API = "system:serviceaccount:image-build:builds-api"
-HARBOR = "tools-harbor.wmcloud.org"
 DENIED = 'admission webhook "pipelineruns.toolforge-admission.toolforge.org" denied the request'
-
-
-def builds_api_run(tool: str) -> dict[str, Any]:
-    """The run the builds API creates for `toolforge build start` (v1, as it writes it now)."""
-    return {
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"generateName": f"{tool}-buildpacks-pipelinerun-",
-                     "namespace": BUILD_NAMESPACE, "labels": {"user": tool}},
-        "spec": {
-            "pipelineRef": {"name": "buildpacks"},
-            "taskRunSpecs": [{"pipelineTaskName": "build-from-git",
-                              "serviceAccountName": "buildpacks-service-account"}],
-            "params": [
-                {"name": "BUILDER_IMAGE", "value": f"{HARBOR}/toolforge/heroku-builder:22"},
-                {"name": "RUN_IMAGE", "value": f"{HARBOR}/toolforge/heroku-run:22"},
-                {"name": "APP_IMAGE", "value": f"{HARBOR}/tool-{tool}/tool-{tool}:latest"},
-                {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}"},
-                {"name": "SOURCE_REFERENCE", "value": "5f1b2c3d4e5f60718293a4b5c6d7e8f901234567"},
-                {"name": "UNRESOLVED_SOURCE_REFERENCE", "value": "main"},
-                {"name": "ENV_VARS", "value": ["PYTHON_VERSION=3.11"]},
-            ],
-            "workspaces": [{"name": "source-ws", "emptyDir": {}},
-                           {"name": "cache-ws", "emptyDir": {}},
-                           {"name": "aptbuildpack-ws", "emptyDir": {}}],
-        },
-    }
 
 
 def create(cp: ControlPlane, run: dict[str, Any], account: pathlib.Path) -> Any:

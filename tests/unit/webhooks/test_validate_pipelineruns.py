@@ -14,7 +14,7 @@ from flask.testing import FlaskClient
 
 from policies.slots import Claim, Reservation
 from tests.builders import make_review
-from tests.pipelineruns import POLICY_YAML, run_for
+from tests.pipelineruns import POLICY_YAML, builds_api_run, run_for
 from tests.unit.webhooks.fakes import FakeCluster
 from webhooks.app import EXTENSION, create_app
 from webhooks.slots import LeaseSlots, SlotsUnavailableError
@@ -335,34 +335,6 @@ def test_a_wrong_active_runs_object_fails_closed(tmp_path: Path) -> None:
 OVERLAY_POLICY = (Path(__file__).resolve().parents[3] / "manifests" / "overlays" / "toolforge"
                   / "policy.yaml")
 BUILDS_API = "system:serviceaccount:image-build:builds-api"
-HARBOR = "tools-harbor.wmcloud.org"
-
-
-def builds_api_run(tool: str, shape: str, name: str) -> dict[str, Any]:
-    """A run exactly as the builds API creates it (its internal/build.go `Start`)."""
-    account = "serviceAccountName" if shape == "v1" else "taskServiceAccountName"
-    return {
-        "apiVersion": "tekton.dev/v1", "kind": "PipelineRun",
-        "metadata": {"name": name, "generateName": f"{tool}-buildpacks-pipelinerun-",
-                     "namespace": "image-build", "uid": f"uid-{name}", "labels": {"user": tool}},
-        "spec": {
-            "pipelineRef": {"name": "buildpacks"},
-            "taskRunSpecs": [{"pipelineTaskName": "build-from-git",
-                              account: "buildpacks-service-account"}],
-            "params": [
-                {"name": "BUILDER_IMAGE", "value": f"{HARBOR}/toolforge/heroku-builder:22"},
-                {"name": "RUN_IMAGE", "value": f"{HARBOR}/toolforge/heroku-run:22"},
-                {"name": "APP_IMAGE", "value": f"{HARBOR}/tool-{tool}/tool-{tool}:latest"},
-                {"name": "SOURCE_URL", "value": f"https://gitlab.wikimedia.org/toolforge/{tool}"},
-                {"name": "SOURCE_REFERENCE", "value": "5f1b2c3d4e5f60718293a4b5c6d7e8f901234567"},
-                {"name": "UNRESOLVED_SOURCE_REFERENCE", "value": "main"},
-                {"name": "ENV_VARS", "value": ["PYTHON_VERSION=3.11", "EMPTY="]},
-            ],
-            "workspaces": [{"name": "source-ws", "emptyDir": {}},
-                           {"name": "cache-ws", "emptyDir": {}},
-                           {"name": "aptbuildpack-ws", "emptyDir": {}}],
-        },
-    }
 
 
 @pytest.mark.parametrize("shape", ["v1", "v1beta1"])
@@ -371,18 +343,21 @@ def test_the_builds_apis_run_passes_the_toolforge_overlay_and_takes_the_tools_sl
     app = make_app(tmp_path, LeaseSlots(cluster, cluster), policy=OVERLAY_POLICY.read_text())
     client = app.test_client()
     try:
-        first = builds_api_run("mytool", shape, "mytool-buildpacks-pipelinerun-abcde")
+        first = builds_api_run(
+            "mytool", shape=shape, name="mytool-buildpacks-pipelinerun-abcde")
         admitted = post(client, first, username=BUILDS_API,
                         groups=("system:serviceaccounts", "system:authenticated"))
         assert admitted["allowed"], admitted
-        second = builds_api_run("mytool", shape, "mytool-buildpacks-pipelinerun-fghij")
+        second = builds_api_run(
+            "mytool", shape=shape, name="mytool-buildpacks-pipelinerun-fghij")
         refused = post(client, second, username=BUILDS_API,
                        groups=("system:serviceaccounts", "system:authenticated"))
         assert not refused["allowed"]
         assert refused["auditAnnotations"]["reason"] == "TooManyActiveRuns"
         assert "image-build/mytool-buildpacks-pipelinerun-abcde" in refused["status"]["message"]
         # Another tool's run is its own business.
-        other = builds_api_run("other", shape, "other-buildpacks-pipelinerun-abcde")
+        other = builds_api_run(
+            "other", shape=shape, name="other-buildpacks-pipelinerun-abcde")
         assert post(client, other, username=BUILDS_API)["allowed"]
     finally:
         app.extensions[EXTENSION].source.stop()
@@ -392,7 +367,8 @@ def test_the_builds_apis_run_for_another_tools_label_is_refused(tmp_path: Path,
                                                                 cluster: FakeCluster) -> None:
     app = make_app(tmp_path, LeaseSlots(cluster, cluster), policy=OVERLAY_POLICY.read_text())
     try:
-        run = builds_api_run("mytool", "v1", "mytool-buildpacks-pipelinerun-abcde")
+        run = builds_api_run(
+            "mytool", shape="v1", name="mytool-buildpacks-pipelinerun-abcde")
         run["metadata"]["labels"]["user"] = "other"
         refused = post(app.test_client(), run, username=BUILDS_API)
         assert not refused["allowed"]
