@@ -38,7 +38,7 @@ BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.unit.webhooks.dev_server import free_port  # noqa: E402
+from tests.unit.webhooks.dev_server import free_port, is_ready  # noqa: E402
 
 MIB = 1024 * 1024
 BODY = 3 * MIB
@@ -86,7 +86,7 @@ def main() -> None:
                        if (found := re.search(r"CA certificate: (\S+)", line)))
         context = ssl.create_default_context(cafile=ca_file)
         deadline = time.monotonic() + 30
-        while len(workers := _children(server.pid)) < args.workers or not _ready(port, context):
+        while len(workers := _children(server.pid)) < args.workers or not is_ready(port, context):
             assert time.monotonic() < deadline, "the server did not start"
             time.sleep(0.2)
         pids = [server.pid, *workers]
@@ -135,17 +135,6 @@ def _children(pid: int) -> list[int]:
                 Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
     except OSError:
         return []
-
-
-def _ready(port: int, context: ssl.SSLContext) -> bool:
-    connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
-    try:
-        connection.request("GET", "/readyz")
-        return connection.getresponse().status == 200
-    except OSError:
-        return False
-    finally:
-        connection.close()
 
 
 def _hold(port: int, context: ssl.SSLContext) -> ssl.SSLSocket:

@@ -15,10 +15,11 @@ make the order of the tests matter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import pathlib
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -547,93 +548,80 @@ def test_no_tenant_identity_edits_the_tasks_pipelines_or_stepactions_builds_run(
 # --- what a trusted step does -------------------------------------------------------------------
 
 ELSEWHERE = "buildpacks-elsewhere"
+NO_RUN_IMAGE = "buildpacks-no-run-image"
 
 
-@pytest.fixture
-def pipeline_pushing_elsewhere(control_plane: ControlPlane,
-                               default_policy: Suite) -> Iterator[Suite]:
-    """An approved pipeline that hands its task a fixed APP_IMAGE: another tool's. An admin's
-    mistake, or a compromised pipeline; a run admitted for its own APP_IMAGE then has an export
-    step that would push to the other tool's project with the robot account."""
+@contextlib.contextmanager
+def approved_variant(cp: ControlPlane, suite: Suite, name: str,
+                     change: Callable[[dict[str, Any]], None]) -> Iterator[Suite]:
+    """The harness's buildpacks Pipeline under another name, changed by `change`, approved."""
     pipeline = next(document for document in yaml.safe_load_all(
         (TEST_MANIFESTS / "image-build.yaml").read_text()) if document["kind"] == "Pipeline")
-    pipeline["metadata"]["name"] = ELSEWHERE
-    for param in pipeline["spec"]["tasks"][0]["params"]:
-        if param["name"] == "APP_IMAGE":
-            param["value"] = VICTIM_IMAGE
-    control_plane.apply([pipeline])
-    default_policy.set_policy(default_policy.default_policy.replace(
-        "  pipelines: [buildpacks]\n", f"  pipelines: [buildpacks, {ELSEWHERE}]\n"))
+    pipeline["metadata"]["name"] = name
+    change(pipeline)
+    cp.apply([pipeline])
+    suite.set_policy(suite.default_policy.replace(
+        "  pipelines: [buildpacks]\n", f"  pipelines: [buildpacks, {name}]\n"))
     try:
-        yield default_policy
+        yield suite
     finally:
-        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipeline", ELSEWHERE,
-                              "--ignore-not-found")
+        cp.kubectl("-n", BUILD_NAMESPACE, "delete", "pipeline", name, "--ignore-not-found")
 
 
-def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
-        control_plane: ControlPlane, pipeline_pushing_elsewhere: Suite) -> None:
-    suite = pipeline_pushing_elsewhere
-    tool = "credtarget"
-    account = tool_account(control_plane, tool)
+def refused_build_pod(cp: ControlPlane, suite: Suite, tool: str,
+                      pipeline: str) -> dict[str, Any]:
+    """A run of `pipeline` by `tool`: the review that refused its pod to the Tekton controller
+    (no pod of the run exists), and the run deleted again."""
+    account = tool_account(cp, tool)
     run = unique(f"{tool}-buildpacks-pipelinerun")
     manifest = pipelinerun(run, tool)
-    manifest["spec"]["pipelineRef"]["name"] = ELSEWHERE
+    manifest["spec"]["pipelineRef"]["name"] = pipeline
     try:
-        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
+        cp.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
         pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
         denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
                                    operation="CREATE")
         assert denied["user"] == TEKTON_CONTROLLER_USER
-        assert (denied["decision"], denied["reason"]) == ("denied", "TrustedStepTarget"), denied
-        own = f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"
-        assert (f'trusted step step-export would use the registry credentials on image '
-                f'"{VICTIM_IMAGE}"; its PipelineRun\'s APP_IMAGE is "{own}"') in denied["detail"]
-        assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
-                                      f"tekton.dev/pipelineRun={run}")["items"] == []
+        assert cp.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
+                           f"tekton.dev/pipelineRun={run}")["items"] == []
+        return denied
     finally:
-        delete_runs(control_plane, tool)
+        delete_runs(cp, tool)
 
 
-NO_RUN_IMAGE = "buildpacks-no-run-image"
+def push_to_victim(pipeline: dict[str, Any]) -> None:
+    for param in pipeline["spec"]["tasks"][0]["params"]:
+        if param["name"] == "APP_IMAGE":
+            param["value"] = VICTIM_IMAGE
 
 
-@pytest.fixture
-def pipeline_dropping_the_run_image(control_plane: ControlPlane,
-                                    default_policy: Suite) -> Iterator[Suite]:
+def drop_run_image(pipeline: dict[str, Any]) -> None:
+    task = pipeline["spec"]["tasks"][0]
+    task["params"] = [p for p in task["params"] if p["name"] != "RUN_IMAGE"]
+
+
+def test_an_export_step_pushing_elsewhere_than_the_runs_app_image_is_refused(
+        control_plane: ControlPlane, default_policy: Suite) -> None:
+    """An approved pipeline that hands its task a fixed APP_IMAGE: another tool's. An admin's
+    mistake, or a compromised pipeline; a run admitted for its own APP_IMAGE then has an export
+    step that would push to the other tool's project with the robot account."""
+    tool = "credtarget"
+    with approved_variant(control_plane, default_policy, ELSEWHERE, push_to_victim) as suite:
+        denied = refused_build_pod(control_plane, suite, tool, ELSEWHERE)
+    assert (denied["decision"], denied["reason"]) == ("denied", "TrustedStepTarget"), denied
+    own = f"tools-harbor.wmcloud.org/tool-{tool}/{tool}:latest"
+    assert (f'trusted step step-export would use the registry credentials on image '
+            f'"{VICTIM_IMAGE}"; its PipelineRun\'s APP_IMAGE is "{own}"') in denied["detail"]
+
+
+def test_an_export_step_that_would_read_its_run_image_from_the_layers_is_refused(
+        control_plane: ControlPlane, default_policy: Suite) -> None:
     """An approved pipeline that does not hand RUN_IMAGE to its task (an admin's mistake): the
     run names an approved run image, but buildpacks-phases 0.2 then gives its export step
     `-run-image=` and `-stack=/layers/stack.toml`, and the exporter would pull whatever image
     that file names (the tool's build step can rewrite it) with the robot account."""
-    pipeline = next(document for document in yaml.safe_load_all(
-        (TEST_MANIFESTS / "image-build.yaml").read_text()) if document["kind"] == "Pipeline")
-    pipeline["metadata"]["name"] = NO_RUN_IMAGE
-    task = pipeline["spec"]["tasks"][0]
-    task["params"] = [p for p in task["params"] if p["name"] != "RUN_IMAGE"]
-    control_plane.apply([pipeline])
-    default_policy.set_policy(default_policy.default_policy.replace(
-        "  pipelines: [buildpacks]\n", f"  pipelines: [buildpacks, {NO_RUN_IMAGE}]\n"))
-    try:
-        yield default_policy
-    finally:
-        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "pipeline", NO_RUN_IMAGE,
-                              "--ignore-not-found")
-
-
-def test_an_export_step_that_would_read_its_run_image_from_the_layers_is_refused(
-        control_plane: ControlPlane, pipeline_dropping_the_run_image: Suite) -> None:
-    suite = pipeline_dropping_the_run_image
-    tool = "credstack"
-    account = tool_account(control_plane, tool)
-    run = unique(f"{tool}-buildpacks-pipelinerun")
-    manifest = pipelinerun(run, tool)
-    manifest["spec"]["pipelineRef"]["name"] = NO_RUN_IMAGE
-    try:
-        control_plane.kubectl("create", "-f", "-", input=yaml.safe_dump(manifest), user=account)
-        pod_name = f"{run}-build-from-git-pod"  # <run>-<pipeline task>-pod
-        denied = suite.wait_review(timeout=120, endpoint="validate-pods", name=pod_name,
-                                   operation="CREATE")
-        assert denied["user"] == TEKTON_CONTROLLER_USER
+    with approved_variant(control_plane, default_policy, NO_RUN_IMAGE, drop_run_image) as suite:
+        denied = refused_build_pod(control_plane, suite, "credstack", NO_RUN_IMAGE)
         assert (denied["decision"], denied["reason"]) == ("denied", "TrustedStepTarget"), denied
         assert denied["detail"] == (
             "trusted step step-export names no run image, so the lifecycle would pull the one "
@@ -642,11 +630,7 @@ def test_an_export_step_that_would_read_its_run_image_from_the_layers_is_refused
             "-run-image)"), denied
         # The mutation did its part; the pod would have been coherent but for the run image.
         assert [m["decision"] for m in suite.reviews(endpoint="mutate-build-pods",
-                                                     name=pod_name)][:1] == ["mutated"]
-        assert control_plane.get_json("-n", BUILD_NAMESPACE, "pods", "-l",
-                                      f"tekton.dev/pipelineRun={run}")["items"] == []
-    finally:
-        delete_runs(control_plane, tool)
+                                                     name=denied["name"])][:1] == ["mutated"]
 
 
 # --- updates of a stored build pod ----------------------------------------------------------------

@@ -54,13 +54,14 @@ def start_dev_server(*args: str, log: Path | None = None, timeout: float = 20) -
     deadline = time.monotonic() + timeout
     status = next((int(arg.rpartition(":")[2]) for arg in args
                    if arg.startswith("--status-bind=")), port)
-    while not _ready(status, context):
+    while not is_ready(status, context):
         assert time.monotonic() < deadline, f"serve --dev was not ready in {timeout:g} s"
         time.sleep(0.1)
     return DevServer(process, port, ca_file)
 
 
-def _ready(port: int, context: ssl.SSLContext) -> bool:
+def is_ready(port: int, context: ssl.SSLContext) -> bool:
+    """Whether the server on this local port answers /readyz with 200."""
     connection = http.client.HTTPSConnection("127.0.0.1", port, context=context, timeout=5)
     try:
         connection.request("GET", "/readyz")
