@@ -71,8 +71,12 @@ class AllowList:
 
         policy = parse_policy(policy_file.read_bytes())
         pattern = policy.tools.namespace_pattern
+        # `{harborProject}` as the project pattern in the tool's terms: the peers skip Harbor's
+        # rule for adjacent separators (policies/harbor.py), which no benchmark tool name meets.
+        project = policy.builds.harbor_project.expand("{tool}")
         return cls(pattern.prefix, pattern.suffix,
-                   tuple(str(e) for e in policy.registries.allowed))
+                   tuple(str(e).replace("{harborProject}", project)
+                         for e in policy.registries.allowed))
 
 
 def _cel_string(text: str) -> str:
