@@ -381,44 +381,53 @@ def test_even_the_controller_makes_taskruns_only_for_pipelineruns_that_exist(
 TASKRUN_OWNER = "trowner"
 
 
-@pytest.fixture
-def taskrun_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathlib.Path]]:
-    """Identities with RBAC to change, delete and write the status of every TaskRun in the
-    build namespace, none of them the controller, a run manager or a system user: two tools
-    (TASKRUN_OWNER starts the run), a tool namespace's ServiceAccount, and the build
-    ServiceAccount (whose token a build step would hold if the ServiceAccount automounted it)."""
-    tools = (TASKRUN_OWNER, "trintruder")
-    accounts = {**{tool: tool_account(control_plane, tool) for tool in tools},
-                "tool-other:default": control_plane.service_account_kubeconfig(
-                    "tool-other", "default"),
+@contextlib.contextmanager
+def tenants_granted(cp: ControlPlane, role_name: str, tools: tuple[str, ...],
+                    resources: list[str], check: tuple[str, str],
+                    ) -> Iterator[dict[str, pathlib.Path]]:
+    """The tool accounts `tools`, a tool namespace's ServiceAccount and the build ServiceAccount,
+    each with RBAC for every verb on `resources` in the build namespace (which a real install
+    should not give), waited for until `kubectl auth can-i <check>` says yes to each."""
+    accounts = {**{tool: tool_account(cp, tool) for tool in tools},
+                "tool-other:default": cp.service_account_kubeconfig("tool-other", "default"),
                 f"{BUILD_NAMESPACE}:{BUILD_SERVICE_ACCOUNT}":
-                    control_plane.service_account_kubeconfig(BUILD_NAMESPACE,
-                                                             BUILD_SERVICE_ACCOUNT)}
+                    cp.service_account_kubeconfig(BUILD_NAMESPACE, BUILD_SERVICE_ACCOUNT)}
     role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "e2e-taskrun-writers", "namespace": BUILD_NAMESPACE},
-            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"], "resources": [
-                "taskruns", "taskruns/status", "customruns", "customruns/status"]}]}
+            "metadata": {"name": role_name, "namespace": BUILD_NAMESPACE},
+            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"], "resources": resources}]}
     binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "e2e-taskrun-writers", "namespace": BUILD_NAMESPACE},
+               "metadata": {"name": role_name, "namespace": BUILD_NAMESPACE},
                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                           "name": "e2e-taskrun-writers"},
+                           "name": role_name},
                "subjects": [
                    *({"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool}
                      for tool in tools),
                    {"kind": "ServiceAccount", "name": "default", "namespace": "tool-other"},
                    {"kind": "ServiceAccount", "name": BUILD_SERVICE_ACCOUNT,
                     "namespace": BUILD_NAMESPACE}]}
-    control_plane.apply([role, binding])
+    cp.apply([role, binding])
+    verb, resource = check
     try:
         for who, account in accounts.items():
-            wait_for(f"RBAC to let {who} write taskruns/status", lambda account=account: (
-                control_plane.kubectl("auth", "can-i", "patch", "taskruns.tekton.dev/status",
-                                      "-n", BUILD_NAMESPACE, user=account, check=False)
-                .stdout.strip() == "yes"), 30)
+            wait_for(f"RBAC to let {who} {verb} {resource}", lambda account=account: (
+                cp.kubectl("auth", "can-i", verb, resource, "-n", BUILD_NAMESPACE,
+                           user=account, check=False).stdout.strip() == "yes"), 30)
         yield accounts
     finally:
-        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role",
-                              "e2e-taskrun-writers", "--ignore-not-found")
+        cp.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role", role_name,
+                   "--ignore-not-found")
+
+
+@pytest.fixture
+def taskrun_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathlib.Path]]:
+    """Identities with RBAC to change, delete and write the status of every TaskRun in the
+    build namespace, none of them the controller, a run manager or a system user: two tools
+    (TASKRUN_OWNER starts the run), a tool namespace's ServiceAccount, and the build
+    ServiceAccount (whose token a build step would hold if the ServiceAccount automounted it)."""
+    with tenants_granted(control_plane, "e2e-taskrun-writers", (TASKRUN_OWNER, "trintruder"),
+                         ["taskruns", "taskruns/status", "customruns", "customruns/status"],
+                         ("patch", "taskruns.tekton.dev/status")) as accounts:
+        yield accounts
 
 
 def test_only_tekton_the_run_managers_and_system_users_change_or_delete_taskruns(
@@ -478,37 +487,10 @@ def definition_writers(control_plane: ControlPlane) -> Iterator[dict[str, pathli
     """Identities a tenant can act as, with RBAC (which a real install should not give) to
     write every Task, Pipeline and StepAction of the build namespace: a tool, a tool
     namespace's ServiceAccount and the build ServiceAccount."""
-    tool = "defwriter"
-    accounts = {tool: tool_account(control_plane, tool),
-                "tool-other:default": control_plane.service_account_kubeconfig(
-                    "tool-other", "default"),
-                f"{BUILD_NAMESPACE}:{BUILD_SERVICE_ACCOUNT}":
-                    control_plane.service_account_kubeconfig(BUILD_NAMESPACE,
-                                                             BUILD_SERVICE_ACCOUNT)}
-    role = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-            "metadata": {"name": "e2e-definition-writers", "namespace": BUILD_NAMESPACE},
-            "rules": [{"apiGroups": ["tekton.dev"], "verbs": ["*"],
-                       "resources": ["tasks", "pipelines", "stepactions"]}]}
-    binding = {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-               "metadata": {"name": "e2e-definition-writers", "namespace": BUILD_NAMESPACE},
-               "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
-                           "name": "e2e-definition-writers"},
-               "subjects": [
-                   {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": tool},
-                   {"kind": "ServiceAccount", "name": "default", "namespace": "tool-other"},
-                   {"kind": "ServiceAccount", "name": BUILD_SERVICE_ACCOUNT,
-                    "namespace": BUILD_NAMESPACE}]}
-    control_plane.apply([role, binding])
-    try:
-        for who, account in accounts.items():
-            wait_for(f"RBAC to let {who} write stepactions", lambda account=account: (
-                control_plane.kubectl("auth", "can-i", "create", "stepactions.tekton.dev",
-                                      "-n", BUILD_NAMESPACE, user=account, check=False)
-                .stdout.strip() == "yes"), 30)
+    with tenants_granted(control_plane, "e2e-definition-writers", ("defwriter",),
+                         ["tasks", "pipelines", "stepactions"],
+                         ("create", "stepactions.tekton.dev")) as accounts:
         yield accounts
-    finally:
-        control_plane.kubectl("-n", BUILD_NAMESPACE, "delete", "rolebinding,role",
-                              "e2e-definition-writers", "--ignore-not-found")
 
 
 def test_no_tenant_identity_edits_the_tasks_pipelines_or_stepactions_builds_run(
