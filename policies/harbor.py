@@ -10,6 +10,7 @@ this module, so a tool can run what it built whatever its name.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from policies.identity import ToolPattern
@@ -26,11 +27,16 @@ _BETWEEN_SEPARATORS = re.compile(f"(?<={_SEPARATOR_CLASS})(?={_SEPARATOR_CLASS})
 _FILLED = re.compile(f"(?<={_SEPARATOR_CLASS}){re.escape(_FILLER)}(?={_SEPARATOR_CLASS})")
 
 
+# A pure function of a policy's pattern and a tool, asked several times by every PipelineRun
+# review and by the registry rule for every tool pod; a platform's tools are bounded, and so is
+# the cache.
+@functools.lru_cache(maxsize=4096)
 def harbor_project(pattern: ToolPattern, tool: str) -> str:
     """The tool's Harbor project: the pattern expanded, with Harbor's separator rule applied."""
     return _BETWEEN_SEPARATORS.sub(_FILLER, pattern.expand(tool))
 
 
+@functools.lru_cache(maxsize=4096)
 def tool_of_project(pattern: ToolPattern, project: str) -> str | None:
     """The tool whose Harbor project this is, or None."""
     if not _PROJECT_NAME.fullmatch(project):

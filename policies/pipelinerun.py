@@ -26,7 +26,6 @@ conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/R
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
@@ -844,7 +843,10 @@ def not_checked_warning(tool: str) -> str:
 def merge_warnings(decision: Decision, warnings: Iterable[str]) -> Decision:
     """The decision with more warnings after its own."""
     extra = tuple(cap(w, MAX_WARNING_CHARS) for w in warnings)
-    return dataclasses.replace(decision, warnings=(*decision.warnings, *extra))
+    # Not `replace` from dataclasses, which reads the fields on every call: every review
+    # made without a cluster connection comes here.
+    return Decision(decision.allowed, decision.reason, decision.message,
+                    (*decision.warnings, *extra), decision.audit, decision.patched)
 
 
 # --- Reading the object ---------------------------------------------------------------------

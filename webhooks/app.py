@@ -16,7 +16,7 @@ from werkzeug.wsgi import get_input_stream
 
 from policies.decision import Decision
 from policies.rule import Facts
-from webhooks import metrics
+from webhooks import logs, metrics
 from webhooks.admission import ENDPOINTS, ActiveRuns, BuildRunReader, Cluster, Endpoint, answer
 from webhooks.errors import (
     BadReviewError,
@@ -191,7 +191,7 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
         outcome = "allowed"
     metrics.reviews(endpoint, review.operation, outcome, decision.reason).inc()
     metrics.review_seconds(endpoint).observe(seconds)
-    logger.info("review", extra={"fields": {
+    logs.info_fields(logger, "review", {
         "uid": review.uid,
         "endpoint": endpoint,
         "operation": review.operation,
@@ -205,7 +205,7 @@ def _record(endpoint: str, review: AdmissionRequest, decision: Decision, seconds
         "reason": decision.reason,
         "detail": decision.message,
         "duration_ms": round(seconds * 1000, 3),
-    }})
+    })
 
 
 def _refusal(endpoint: str, error: WebhookError) -> tuple[bytes, int]:
