@@ -236,9 +236,9 @@ BUILD_POD_ACCESS = Rule(check_build_pod_access, operations=frozenset({"CONNECT"}
 
 def param(run: Mapping[str, Any] | None, name: str) -> object:
     """A PipelineRun parameter's value (the first entry of that name), or None."""
-    spec = run.get("spec") if isinstance(run, Mapping) else None
-    params = spec.get("params") if isinstance(spec, Mapping) else None
+    spec = run.get("spec") if isinstance(run, dict) else None
+    params = spec.get("params") if isinstance(spec, dict) else None
     for entry in params if isinstance(params, list) else ():
-        if isinstance(entry, Mapping) and entry.get("name") == name:
+        if isinstance(entry, dict) and entry.get("name") == name:
             return entry.get("value")
     return None

@@ -26,10 +26,10 @@ class OwnerRef:
 
 def controller_owner(obj: Mapping[str, Any] | None, kind: str) -> OwnerRef | None:
     """The object's controlling owner reference, if it is a tekton.dev object of `kind`."""
-    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
-    owners = metadata.get("ownerReferences") if isinstance(metadata, Mapping) else None
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    owners = metadata.get("ownerReferences") if isinstance(metadata, dict) else None
     for owner in owners if isinstance(owners, list) else ():
-        if not isinstance(owner, Mapping) or owner.get("controller") is not True:
+        if not isinstance(owner, dict) or owner.get("controller") is not True:
             continue
         group = str(owner.get("apiVersion", "")).partition("/")[0]
         name, uid = owner.get("name"), owner.get("uid")
@@ -41,6 +41,6 @@ def controller_owner(obj: Mapping[str, Any] | None, kind: str) -> OwnerRef | Non
 
 def matches(obj: Mapping[str, Any] | None, owner: OwnerRef) -> bool:
     """Whether a looked-up object is the one the reference names (same name, same uid)."""
-    metadata = obj.get("metadata") if isinstance(obj, Mapping) else None
-    return (isinstance(metadata, Mapping) and metadata.get("name") == owner.name
+    metadata = obj.get("metadata") if isinstance(obj, dict) else None
+    return (isinstance(metadata, dict) and metadata.get("name") == owner.name
             and metadata.get("uid") == owner.uid)

@@ -26,10 +26,9 @@ conversion webhook, a v1beta1 body arrives labelled `tekton.dev/v1` (tests/e2e/R
 
 from __future__ import annotations
 
-import functools
 import re
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, decide, escape, quote
@@ -196,16 +195,16 @@ class RunInput:
     tool: str
     run: Mapping[str, Any]
     builds: BuildsPolicy
+    # Read once per review, not once per check (bench/HISTORY.md, entry 19), and at once: every
+    # check reads them (a cached_property takes a lock on each first read).
+    spec: Mapping[str, Any] = field(init=False)
+    params: dict[str, Any] = field(init=False)
+    """The params by name (the first of each name), as Tekton reads them."""
 
-    # Read once per review, not once per check (bench/HISTORY.md, entry 19).
-    @functools.cached_property
-    def spec(self) -> Mapping[str, Any]:
-        return _spec(self.run)
-
-    @functools.cached_property
-    def params(self) -> dict[str, Any]:
-        """The params by name (the first of each name), as Tekton reads them."""
-        return _params(self.spec)
+    def __post_init__(self) -> None:
+        spec = _spec(self.run)
+        object.__setattr__(self, "spec", spec)
+        object.__setattr__(self, "params", _params(spec))
 
     @property
     def labels(self) -> Mapping[str, Any]:
@@ -226,7 +225,7 @@ def tool_label_is_wrong(run: RunInput) -> Iterator[Finding]:
 
 
 def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
-    if not isinstance(run.run.get("spec"), Mapping):
+    if not isinstance(run.run.get("spec"), dict):
         yield Finding(SPEC_INVALID, "spec must be an object")
         return
     for key, value in run.spec.items():
@@ -235,7 +234,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
         hint = _FIELD_HINTS.get(key, "this field is not allowed")
         yield Finding(FIELD_NOT_ALLOWED, f"spec.{escape(key)}: {hint}")
     template = run.spec.get("taskRunTemplate")
-    if not _is_empty(template) and not isinstance(template, Mapping):
+    if not _is_empty(template) and not isinstance(template, dict):
         yield Finding(SPEC_INVALID, "spec.taskRunTemplate must be an object")
         return
     for key, value in mapping(template).items():
@@ -246,7 +245,7 @@ def spec_has_forbidden_fields(run: RunInput) -> Iterator[Finding]:
 
 def pipeline_is_not_approved(run: RunInput) -> Iterator[Finding]:
     ref = run.spec.get("pipelineRef")
-    if not isinstance(ref, Mapping):
+    if not isinstance(ref, dict):
         yield Finding(PIPELINE_NOT_ALLOWED, f"spec.pipelineRef must name one of the approved "
                                             f"pipelines: {', '.join(run.builds.pipeline_names)}")
         return
@@ -288,7 +287,7 @@ def task_run_specs_are_not_allowed(run: RunInput) -> Iterator[Finding]:
     seen: set[object] = set()
     for index, entry in enumerate(specs):
         where = f"spec.taskRunSpecs[{index}]"
-        if not isinstance(entry, Mapping):
+        if not isinstance(entry, dict):
             yield Finding(SPEC_INVALID, f"{where} must be an object")
             continue
         task = entry.get("pipelineTaskName")
@@ -320,7 +319,7 @@ def workspace_is_not_allowed(run: RunInput) -> Iterator[Finding]:
         yield Finding(SPEC_INVALID, "spec.workspaces must be a list")
         return
     for index, workspace in enumerate(workspaces):
-        if not isinstance(workspace, Mapping):
+        if not isinstance(workspace, dict):
             yield Finding(SPEC_INVALID, f"spec.workspaces[{index}] must be an object")
             continue
         for problem in _workspace_problems(workspace, run.builds.workspaces):
@@ -354,7 +353,7 @@ def _workspace_refusal(kind: str, source: object, allowed: WorkspacesPolicy) -> 
     """Why a workspace's volume is not allowed, or "" when it is."""
     if kind == "emptyDir":
         return ""
-    if not isinstance(source, Mapping):
+    if not isinstance(source, dict):
         return f"{kind} must be an object"
     ask = "; use an emptyDir, or ask the platform admins to allow it"
     if kind == "persistentVolumeClaim":
@@ -384,7 +383,7 @@ def _workspace_refusal(kind: str, source: object, allowed: WorkspacesPolicy) -> 
 
 def timeout_is_not_allowed(run: RunInput) -> Iterator[Finding]:
     timeouts = run.spec.get("timeouts")
-    if not _is_empty(timeouts) and not isinstance(timeouts, Mapping):
+    if not _is_empty(timeouts) and not isinstance(timeouts, dict):
         yield Finding(SPEC_INVALID, "spec.timeouts must be an object")
         return
     places: list[tuple[str, object]] = [("spec.timeout", run.spec.get("timeout"))]
@@ -426,7 +425,7 @@ def params_are_not_allowed(run: RunInput) -> Iterator[Finding]:
         return
     seen: set[str] = set()
     for index, param in enumerate(params or ()):
-        name = param.get("name") if isinstance(param, Mapping) else None
+        name = param.get("name") if isinstance(param, dict) else None
         if not isinstance(name, str):
             yield Finding(SPEC_INVALID, f"spec.params[{index}] must have a string name")
             continue
@@ -713,7 +712,7 @@ def _without_tekton_defaults(spec: Mapping[str, Any], builds: BuildsPolicy,
     default = builds.tekton_default_service_account
     trimmed = dict(spec)
     template = spec.get("taskRunTemplate")
-    if isinstance(template, Mapping) and template.get("serviceAccountName") == default:
+    if isinstance(template, dict) and template.get("serviceAccountName") == default:
         rest = {k: v for k, v in template.items() if k != "serviceAccountName"}
         if rest:
             trimmed["taskRunTemplate"] = rest
@@ -742,7 +741,7 @@ def _comparable(key: str, value: object) -> object:
         return None
     if key == "timeout":
         return length(value)
-    if key == "timeouts" and isinstance(value, Mapping):
+    if key == "timeouts" and isinstance(value, dict):
         return {k: length(v) for k, v in value.items()}
     return value
 
@@ -869,7 +868,7 @@ def _params(spec: Mapping[str, Any]) -> dict[str, Any]:
     found: dict[str, Any] = {}
     if isinstance(params, list):
         for param in params:
-            if isinstance(param, Mapping) and isinstance(param.get("name"), str):
+            if isinstance(param, dict) and isinstance(param.get("name"), str):
                 found.setdefault(param["name"], param.get("value"))
     return found
 

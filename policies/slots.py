@@ -76,11 +76,11 @@ class Claim:
 def is_active(run: Mapping[str, Any]) -> bool:
     """Tekton's own test: active until the Succeeded condition is True or False."""
     status = run.get("status")
-    conditions = status.get("conditions") if isinstance(status, Mapping) else None
+    conditions = status.get("conditions") if isinstance(status, dict) else None
     if not isinstance(conditions, list):
         return True
     for condition in conditions:
-        if isinstance(condition, Mapping) and condition.get("type") == SUCCEEDED:
+        if isinstance(condition, dict) and condition.get("type") == SUCCEEDED:
             return condition.get("status") not in ("True", "False")
     return True
 
@@ -88,7 +88,7 @@ def is_active(run: Mapping[str, Any]) -> bool:
 def listed_run(run: Mapping[str, Any]) -> ListedRun:
     """The parts of a listed PipelineRun that slots need."""
     metadata = run.get("metadata")
-    metadata = metadata if isinstance(metadata, Mapping) else {}
+    metadata = metadata if isinstance(metadata, dict) else {}
     return ListedRun(namespace=str(metadata.get("namespace") or ""),
                      name=str(metadata.get("name") or ""),
                      uid=str(metadata.get("uid") or ""),
