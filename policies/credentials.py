@@ -59,6 +59,7 @@ from typing import Any
 
 from policies.buildruns import check_pod_requester, param, runs_unavailable
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
+from policies.flags import keepable
 from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
@@ -156,6 +157,16 @@ def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[s
     a flag this suite does not know still finds no credential flag.
     """
     flags, rest = split_args(args)
+    kept, removed = (_stripped_flags(tuple(flags)) if keepable(flags)
+                     else _stripped_flags.__wrapped__(flags))
+    return [*kept, *rest], list(removed)
+
+
+# The flags before `--` are the same in the same step of every pod of a task (see
+# policies.steps._entrypoint_flags): stripped once per distinct list.
+@functools.lru_cache(maxsize=256)
+def _stripped_flags(flags: Sequence[object]) -> tuple[tuple[object, ...], tuple[str, ...]]:
+    """The flags kept, and the credential flags removed (each as one string)."""
     kept: list[object] = []
     removed: list[str] = []
     i = 0
@@ -174,7 +185,7 @@ def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[s
             continue
         kept.append(token)
         i += 1
-    return kept + rest, removed
+    return tuple(kept), tuple(removed)
 
 
 def _flag(token: str) -> tuple[str, bool, str]:
