@@ -480,14 +480,16 @@ def _home_paths(container: Mapping[str, Any]) -> set[str]:
 
 def _covering_mount(container: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
     """The mount a path lies on: the longest mountPath equal to it or above it."""
+    target = _normal_path(path)
     best: Mapping[str, Any] | None = None
+    best_length = -1
     for mount in _list(container.get("volumeMounts")):
-        if not isinstance(mount, dict) or not isinstance(mount.get("mountPath"), str):
+        if not isinstance(mount, dict) or not isinstance(mount_path := mount.get("mountPath"), str):
             continue
-        mount_path = _normal_path(mount["mountPath"])
-        if _under(path, mount_path) and (
-                best is None or len(mount_path) > len(_normal_path(best["mountPath"]))):
-            best = mount
+        directory = _normal_path(mount_path)
+        if len(directory) > best_length and (
+                target == directory or target.startswith(directory.rstrip("/") + "/")):
+            best, best_length = mount, len(directory)
     return best
 
 
@@ -871,15 +873,6 @@ def _credential_dir_of(path: str) -> str | None:
         if normal == directory or normal.startswith(directory + "/"):
             return directory
     return None
-
-
-def _under(path: object, directory: str) -> bool:
-    """True when path is the directory or lies below it (on "/" boundaries)."""
-    if not isinstance(path, str):
-        return False
-    path = _normal_path(path)
-    directory = _normal_path(directory)
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 # A Tekton pod's mount paths are normalised thousands of times per review, and the same few
