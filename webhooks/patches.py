@@ -111,27 +111,29 @@ def _aligned(old: list[Any], new: list[Any], path: str,
     if (old_end - start) * (new_end - start) > ALIGNED_PAIRS_LIMIT:
         return [{"op": "replace", "path": path, "value": new}]
     a = [_canonical(item) for item in old[start:old_end]]
-    b = [_canonical(item) for item in new[start:new_end]]
+    # The mutation keeps most items as the original's own objects: each is written once.
+    written = {id(item): text for item, text in zip(old[start:old_end], a, strict=True)}
+    b = [written.get(id(item)) or _canonical(item) for item in new[start:new_end]]
     left_in_old, left_in_new = Counter(a), Counter(b)
     operations: list[dict[str, Any]] = []
     i = j = 0
     while i < len(a) and j < len(b):
-        index = f"{path}/{start + j}"
         if a[i] == b[j]:
             left_in_old[a[i]] -= 1
             left_in_new[b[j]] -= 1
             i, j = i + 1, j + 1
         elif left_in_old[b[j]] == 0 and left_in_new[a[i]] > 0:
-            operations.append({"op": "add", "path": index, "value": new[start + j]})
+            operations.append({"op": "add", "path": f"{path}/{start + j}",
+                               "value": new[start + j]})
             left_in_new[b[j]] -= 1
             j += 1
         elif left_in_new[a[i]] == 0 and left_in_old[b[j]] == 0:
-            operations += _changes(old[start + i], new[start + j], index)
+            operations += _changes(old[start + i], new[start + j], f"{path}/{start + j}")
             left_in_old[a[i]] -= 1
             left_in_new[b[j]] -= 1
             i, j = i + 1, j + 1
         else:  # old[i] is gone, or comes later (a move: removed here, added there)
-            operations.append({"op": "remove", "path": index})
+            operations.append({"op": "remove", "path": f"{path}/{start + j}"})
             left_in_old[a[i]] -= 1
             i += 1
     operations += [{"op": "remove", "path": f"{path}/{start + j}"} for _ in range(i, len(a))]
