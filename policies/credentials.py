@@ -59,6 +59,7 @@ from typing import Any
 
 from policies.buildruns import check_pod_requester, param, runs_unavailable
 from policies.decision import MAX_MESSAGE_CHARS, Decision, Finding, cap, decide, escape, quote
+from policies.flags import keepable
 from policies.identity import User
 from policies.images import ImageReference, ImageReferenceError, parse_image
 from policies.model import Policy, TrustedStep
@@ -156,6 +157,16 @@ def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[s
     a flag this suite does not know still finds no credential flag.
     """
     flags, rest = split_args(args)
+    kept, removed = (_stripped_flags(tuple(flags)) if keepable(flags)
+                     else _stripped_flags.__wrapped__(flags))
+    return [*kept, *rest], list(removed)
+
+
+# The flags before `--` are the same in the same step of every pod of a task (see
+# policies.steps._entrypoint_flags): stripped once per distinct list.
+@functools.lru_cache(maxsize=256)
+def _stripped_flags(flags: Sequence[object]) -> tuple[tuple[object, ...], tuple[str, ...]]:
+    """The flags kept, and the credential flags removed (each as one string)."""
     kept: list[object] = []
     removed: list[str] = []
     i = 0
@@ -174,7 +185,7 @@ def strip_credential_flags(args: Sequence[object]) -> tuple[list[object], list[s
             continue
         kept.append(token)
         i += 1
-    return kept + rest, removed
+    return tuple(kept), tuple(removed)
 
 
 def _flag(token: str) -> tuple[str, bool, str]:
@@ -469,14 +480,16 @@ def _home_paths(container: Mapping[str, Any]) -> set[str]:
 
 def _covering_mount(container: Mapping[str, Any], path: str) -> Mapping[str, Any] | None:
     """The mount a path lies on: the longest mountPath equal to it or above it."""
+    target = _normal_path(path)
     best: Mapping[str, Any] | None = None
+    best_length = -1
     for mount in _list(container.get("volumeMounts")):
-        if not isinstance(mount, dict) or not isinstance(mount.get("mountPath"), str):
+        if not isinstance(mount, dict) or not isinstance(mount_path := mount.get("mountPath"), str):
             continue
-        mount_path = _normal_path(mount["mountPath"])
-        if _under(path, mount_path) and (
-                best is None or len(mount_path) > len(_normal_path(best["mountPath"]))):
-            best = mount
+        directory = _normal_path(mount_path)
+        if len(directory) > best_length and (
+                target == directory or target.startswith(directory.rstrip("/") + "/")):
+            best, best_length = mount, len(directory)
     return best
 
 
@@ -860,15 +873,6 @@ def _credential_dir_of(path: str) -> str | None:
         if normal == directory or normal.startswith(directory + "/"):
             return directory
     return None
-
-
-def _under(path: object, directory: str) -> bool:
-    """True when path is the directory or lies below it (on "/" boundaries)."""
-    if not isinstance(path, str):
-        return False
-    path = _normal_path(path)
-    directory = _normal_path(directory)
-    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 # A Tekton pod's mount paths are normalised thousands of times per review, and the same few

@@ -31,6 +31,9 @@ TRUE_TEXT = frozenset({"1", "t", "T", "TRUE", "true", "True"})
 FALSE_TEXT = frozenset({"0", "f", "F", "FALSE", "false", "False"})
 """What `strconv.ParseBool` accepts, which a boolean flag's `=value` must be."""
 HELP = frozenset({"h", "help"})
+MAX_KEPT_TOKENS = 64
+MAX_KEPT_CHARS = 4096
+"""The largest command line whose reading a cache may keep (`keepable`)."""
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,20 @@ def parse(args: Sequence[object], *, booleans: Collection[str],
             index += 1
         flags.append(Flag(name=name, value=value, start=start, end=index))
     return ParsedArgs(flags=tuple(flags), positional=tuple(args[index:]))
+
+
+def keepable(tokens: Sequence[object]) -> bool:
+    """Whether what is read from these tokens may be kept in a cache under `tuple(tokens)`:
+    strings only (1, 1.0 and true are equal keys but different arguments), and few and short
+    enough that a full cache stays small whatever a pod holds."""
+    if len(tokens) > MAX_KEPT_TOKENS:
+        return False
+    chars = 0
+    for token in tokens:
+        if not isinstance(token, str):
+            return False
+        chars += len(token)
+    return chars <= MAX_KEPT_CHARS
 
 
 def _stop(flags: list[Flag], args: Sequence[object], index: int, error: str) -> ParsedArgs:

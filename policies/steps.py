@@ -22,6 +22,7 @@ platform/resolve_inputs.go reads.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -76,8 +77,17 @@ def step_command(args: Sequence[object]) -> StepCommand:
     items = list(args)
     at = items.index(flags.TERMINATOR) if flags.TERMINATOR in items else -1
     own, rest = (items[:at], items[at + 1:]) if at > 0 else (items, [])
-    parsed = flags.parse(own, booleans=ENTRYPOINT_BOOLEANS, known=ENTRYPOINT_FLAGS)
+    parsed = (_entrypoint_flags(tuple(own)) if flags.keepable(own)
+              else flags.parse(own, booleans=ENTRYPOINT_BOOLEANS, known=ENTRYPOINT_FLAGS))
     return StepCommand(entrypoint_flags=parsed, command_args=tuple(rest))
+
+
+# Tekton writes the same entrypoint flags into the same step of every pod of a task (the run
+# directories, the result names, the credential flags, the program); only the step's own args,
+# after `--`, name the tool. Parsed once per distinct list, the same few come back every build.
+@functools.lru_cache(maxsize=256)
+def _entrypoint_flags(own: tuple[str, ...]) -> flags.ParsedArgs:
+    return flags.parse(own, booleans=ENTRYPOINT_BOOLEANS, known=ENTRYPOINT_FLAGS)
 
 
 def runs_entrypoint(container: Mapping[str, Any]) -> bool:

@@ -44,13 +44,13 @@ def _changes(old: Any, new: Any, path: str) -> list[dict[str, Any]]:
             if key not in old:
                 operations.append({"op": "add", "path": f"{path}/{_escape(key)}",
                                    "value": value})
-            elif not _same_item(previous := old[key], value):
+            elif not ((previous := old[key]) is value or _same(previous, value)):
                 operations.extend(_changes(previous, value, f"{path}/{_escape(key)}"))
         return operations
     if isinstance(old, list) and isinstance(new, list):
         if len(old) == len(new):
             return [op for index, (a, b) in enumerate(zip(old, new, strict=True))
-                    if not _same_item(a, b) for op in _changes(a, b, f"{path}/{index}")]
+                    if not (a is b or _same(a, b)) for op in _changes(a, b, f"{path}/{index}")]
         # Only what lies between the common head and tail is compared: a mutation appends a
         # volume or drops a few mounts, and the items it keeps are the original's own objects.
         start, old_end, new_end = _common_ends(old, new)
@@ -73,10 +73,11 @@ def _common_ends(old: list[Any], new: list[Any]) -> tuple[int, int, int]:
     after new_end are equal too, each side as long as it goes."""
     limit = min(len(old), len(new))
     start = 0
-    while start < limit and _same_item(old[start], new[start]):
+    while start < limit and (old[start] is new[start] or _same(old[start], new[start])):
         start += 1
     tail = 0
-    while tail < limit - start and _same_item(old[-1 - tail], new[-1 - tail]):
+    while tail < limit - start and (old[-1 - tail] is new[-1 - tail]
+                                    or _same(old[-1 - tail], new[-1 - tail])):
         tail += 1
     return start, len(old) - tail, len(new) - tail
 
@@ -90,7 +91,7 @@ def _removed(old: list[Any], new: list[Any]) -> list[int] | None:
     removed: list[int] = []
     kept = 0
     for index, item in enumerate(old):
-        if kept < len(new) and _same_item(item, new[kept]):
+        if kept < len(new) and (item is new[kept] or _same(item, new[kept])):
             kept += 1
         else:
             removed.append(index)
@@ -111,27 +112,29 @@ def _aligned(old: list[Any], new: list[Any], path: str,
     if (old_end - start) * (new_end - start) > ALIGNED_PAIRS_LIMIT:
         return [{"op": "replace", "path": path, "value": new}]
     a = [_canonical(item) for item in old[start:old_end]]
-    b = [_canonical(item) for item in new[start:new_end]]
+    # The mutation keeps most items as the original's own objects: each is written once.
+    written = {id(item): text for item, text in zip(old[start:old_end], a, strict=True)}
+    b = [written.get(id(item)) or _canonical(item) for item in new[start:new_end]]
     left_in_old, left_in_new = Counter(a), Counter(b)
     operations: list[dict[str, Any]] = []
     i = j = 0
     while i < len(a) and j < len(b):
-        index = f"{path}/{start + j}"
         if a[i] == b[j]:
             left_in_old[a[i]] -= 1
             left_in_new[b[j]] -= 1
             i, j = i + 1, j + 1
         elif left_in_old[b[j]] == 0 and left_in_new[a[i]] > 0:
-            operations.append({"op": "add", "path": index, "value": new[start + j]})
+            operations.append({"op": "add", "path": f"{path}/{start + j}",
+                               "value": new[start + j]})
             left_in_new[b[j]] -= 1
             j += 1
         elif left_in_new[a[i]] == 0 and left_in_old[b[j]] == 0:
-            operations += _changes(old[start + i], new[start + j], index)
+            operations += _changes(old[start + i], new[start + j], f"{path}/{start + j}")
             left_in_old[a[i]] -= 1
             left_in_new[b[j]] -= 1
             i, j = i + 1, j + 1
         else:  # old[i] is gone, or comes later (a move: removed here, added there)
-            operations.append({"op": "remove", "path": index})
+            operations.append({"op": "remove", "path": f"{path}/{start + j}"})
             left_in_old[a[i]] -= 1
             i += 1
     operations += [{"op": "remove", "path": f"{path}/{start + j}"} for _ in range(i, len(a))]
@@ -150,6 +153,8 @@ def _canonical(item: Any) -> bytes:
         return b"id:%d" % id(item)
 
 
+# The loops above test identity themselves before calling _same, as this does: most items of a
+# mutated pod are the original's own objects, and a call per item would cost more than the test.
 def _same_item(old: Any, new: Any) -> bool:
     return old is new or _same(old, new)
 

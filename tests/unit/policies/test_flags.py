@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from policies.credentials import strip_credential_flags
 from policies.flags import parse
 from policies.steps import (
     ENTRYPOINT_BOOLEANS,
@@ -186,3 +187,28 @@ def test_the_parser_agrees_with_go_on_thousands_of_command_lines(tmp_path: Path)
         if ours != go:
             disagreements.append((args, ours, go))
     assert disagreements == []
+
+
+
+@pytest.mark.parametrize(("args", "kept", "removed"), [
+    (["-entrypoint", "/x", "-wait_file", "1", "--", "y"],
+     ["-entrypoint", "/x", "-wait_file", "1", "--", "y"], []),
+    (["-entrypoint", "/x", "-wait_file", 1, "--", "y"],
+     ["-entrypoint", "/x", "-wait_file", 1, "--", "y"], []),
+    (["-entrypoint", "/x", "-wait_file", True, "--", "y"],
+     ["-entrypoint", "/x", "-wait_file", True, "--", "y"], []),
+    (["-entrypoint", "/x", "-basic-docker", True, "--", "y"],
+     ["-entrypoint", "/x", "--", "y"], ["-basic-docker True"]),
+    (["-entrypoint", "/x", "-results", "r" * 5000, "-ssh-git=k", "--", "y"],
+     ["-entrypoint", "/x", "-results", "r" * 5000, "--", "y"], ["-ssh-git=k"]),
+])
+def test_entrypoint_flags_read_the_same_kept_or_not(args: list[Any], kept: list[Any],
+                                                    removed: list[str]) -> None:
+    # The readings of the flags before `--` are cached by their strings: an equal but different
+    # argument (1 or true for "1") and a command line too long to keep are read afresh.
+    for _ in range(2):
+        assert step_command(args).entrypoint_flags == parse(args[:args.index("--")],
+                                                            **ENTRYPOINT)
+        stripped = strip_credential_flags(args)
+        assert [(type(a), a) for a in stripped[0]] == [(type(a), a) for a in kept]
+        assert stripped[1] == removed
