@@ -60,7 +60,7 @@ def info_fields(logger: logging.Logger, message: str, fields: dict[str, Any]) ->
 
     Where the record would reach only the handler `configure` installed (a served worker), the
     line is written as that handler writes it, without a LogRecord: making one and passing it
-    down the handler chain cost twice what the line itself costs (bench/HISTORY.md, entry 28).
+    down the handler chain cost twice what the line itself costs (bench/HISTORY.md, entry 29).
     Anywhere else (a test capturing logs, another handler or a filter added, a write that
     fails) it is logger.info.
     """
