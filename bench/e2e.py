@@ -112,6 +112,9 @@ RESULTS = BENCH / "results"
 TOOL = payloads.TOOL
 NAMESPACE = payloads.NAMESPACE
 QUANTILES = (50, 90, 99, 99.9)
+ADMIN_TIMEOUT = 600
+"""Seconds the admin's requests may take: deleting a round's 2,200 pods at once took over 30 s
+on a slower 2-core machine (the API server deletes them one by one before it answers)."""
 MODES = {"none": "no policy", "suite": "suite (webhook)", "goref": "Go reference (webhook)",
          "vap": "ValidatingAdmissionPolicy (CEL, in the API server)",
          "kyverno": f"Kyverno {peers.KYVERNO_VERSION} (webhook)"}
@@ -553,7 +556,7 @@ def pods_stage(args: argparse.Namespace, env: dict[str, Any], regime: str,
                       f"closed {closed} ({closed_by_server} by the server; the suite's count by "
                       f"reason {dict(closes)}), open {held.summary()}", flush=True)
                 delete_all(admin, path, "bench=e2e")
-                wait_empty(admin, path, "bench=e2e")
+                wait_empty(admin, path, "bench=e2e", timeout=ADMIN_TIMEOUT)
     finally:
         pool.shutdown()
     return summarise_pods(rows, args, regime, rate)
@@ -902,7 +905,7 @@ def main() -> int:
                    "kyverno": kyverno_pids})
         pods_configuration = next(c for c in project_webhook_configurations()
                                   if c["metadata"]["name"] == PODS_CONFIGURATION)
-        env = {"cp": cp, "suite": suite, "cpu": cpu, "admin": admin(cp),
+        env = {"cp": cp, "suite": suite, "cpu": cpu, "admin": admin(cp, ADMIN_TIMEOUT),
                "tool": tool_client(cp, TOOL), "builds": builds_api_client(cp),
                "goref": goref, "registered": "none", "ports": ports,
                "serial": itertools.count(),

@@ -70,14 +70,15 @@ class Client:
         self._local = threading.local()
 
     @classmethod
-    def from_kubeconfig(cls, path: pathlib.Path) -> Client:
+    def from_kubeconfig(cls, path: pathlib.Path, timeout: float = 30) -> Client:
         config = yaml.safe_load(path.read_text())
         cluster = config["clusters"][0]["cluster"]
         user = config["users"][0]["user"]
         cert, key = user.get("client-certificate"), user.get("client-key")
         return cls(cluster["server"], pathlib.Path(cluster["certificate-authority"]),
                    cert=pathlib.Path(cert) if cert else None,
-                   key=pathlib.Path(key) if key else None, token=user.get("token"))
+                   key=pathlib.Path(key) if key else None, token=user.get("token"),
+                   timeout=timeout)
 
     def _connection(self) -> http.client.HTTPSConnection:
         connection: http.client.HTTPSConnection | None = getattr(self._local, "connection", None)
@@ -129,8 +130,8 @@ def runs_path(namespace: str = BUILD_NAMESPACE) -> str:
     return f"/apis/tekton.dev/v1/namespaces/{namespace}/pipelineruns"
 
 
-def admin(cp: ControlPlane) -> Client:
-    return Client.from_kubeconfig(cp.kubeconfig)
+def admin(cp: ControlPlane, timeout: float = 30) -> Client:
+    return Client.from_kubeconfig(cp.kubeconfig, timeout)
 
 
 def wait_authorized(client: Client, verb: str, resource: str, namespace: str,
