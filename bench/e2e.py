@@ -575,6 +575,7 @@ def clear(admin: Client, path: str, selector: str) -> None:
             raise TimeoutError(f"{path} ({selector}) not empty after {ADMIN_TIMEOUT} s")
         with contextlib.suppress(OSError):
             delete_all(admin, path, selector)
+        time.sleep(0.2)  # a refused delete is not repeated at once
 
 
 def summarise_pods(rows: list[dict[str, Any]], args: argparse.Namespace, regime: str,

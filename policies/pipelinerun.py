@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policies.buildruns import param as run_param
 from policies.decision import MAX_WARNING_CHARS, Decision, Finding, cap, decide, escape, quote
 from policies.durations import NANOSECONDS_PER_SECOND, DurationError, parse_duration
 from policies.harbor import harbor_project, tool_of_project
@@ -156,7 +157,7 @@ def tool_of_requester(policy: Policy, namespace: str, user: User,
 
 
 def _tool_from_app_image(builds: BuildsPolicy, run: Mapping[str, Any], user: User) -> Identity:
-    value = _first_param(_spec(run), APP_IMAGE)
+    value = run_param(run, APP_IMAGE)
     if not isinstance(value, str):
         return Identity(None, Finding(NOT_A_TOOL, f"{_acts_for(user)}, but the run has no "
                                                   f"string {APP_IMAGE} parameter"))
@@ -850,8 +851,9 @@ def merge_warnings(decision: Decision, warnings: Iterable[str]) -> Decision:
     extra = tuple(cap(w, MAX_WARNING_CHARS) for w in warnings)
     # Not `replace` from dataclasses, which reads the fields on every call: every review
     # made without a cluster connection comes here.
-    return Decision(decision.allowed, decision.reason, decision.message,
-                    (*decision.warnings, *extra), decision.audit, decision.patched)
+    return Decision(allowed=decision.allowed, reason=decision.reason, message=decision.message,
+                    warnings=(*decision.warnings, *extra), audit=decision.audit,
+                    patched=decision.patched)
 
 
 # --- Reading the object ---------------------------------------------------------------------
@@ -877,17 +879,6 @@ def _params(spec: Mapping[str, Any]) -> dict[str, Any]:
             if isinstance(param, dict) and isinstance(param.get("name"), str):
                 found.setdefault(param["name"], param.get("value"))
     return found
-
-
-def _first_param(spec: Mapping[str, Any], name: str) -> object:
-    """The value of the first param called `name` (None when there is none), as `_params` and
-    Tekton read it, without reading the others."""
-    params = spec.get("params")
-    if isinstance(params, list):
-        for param in params:
-            if isinstance(param, dict) and param.get("name") == name:
-                return param.get("value")
-    return None
 
 
 def _spec(run: Mapping[str, Any]) -> Mapping[str, Any]:

@@ -548,6 +548,8 @@ builds:
     pytest.param({"name": "w", "hostPath": {"path": "/"}}, False, False,
                  "hostPath is not allowed", id="not-a-workspace-kind"),
     pytest.param({"name": "w"}, False, False, "has no volume", id="no-volume"),
+    pytest.param({"name": "w", "emptyDir": None}, False, False, "has no volume",
+                 id="empty-dir-null"),
     pytest.param({"name": "w", "emptyDir": {}, "subPath": "../x"}, False, False, "without ..",
                  id="subpath-escapes"),
     pytest.param({"name": "w", "persistentVolumeClaim": "c"}, False, False,
