@@ -36,18 +36,18 @@ main loop, in order; smaller ones pass it), and that thread takes the pod's `lar
 (a file lock the workers share) before it answers: one large body is parsed at a time in the
 whole pod, and the other threads stay free for the reviews of ordinary size.
 
-A thread takes a complete request from a queue, runs the WSGI application, writes the answer
-without blocking and hands the connection back through a queue; only the main loop touches the
-poller and closes connections. The thread wakes the main loop (a byte in a pipe) only when the loop
-has something to do at once: an answer to finish, a connection to close, a large body waiting for
-the one just answered. A kept-alive connection whose answer is out stays in the poller, and the
-client's next request wakes the loop, which then takes the connection back first. The request is
-parsed by webhooks.http1, a small strict HTTP/1.1 reader for what the API server, probes and
-Prometheus send, rather than by gunicorn's parser: the request is in memory already, and
-gunicorn's parser (a socket reader, a message object, an environ builder and a response writer: a
-quarter of a review's time in the profile of bench/HISTORY.md) would only read it again.
-gunicorn remains the process manager: the master, forking and replacing workers, signals, the
-heartbeat (`base.Worker`; tests/unit/webhooks/test_gunicorn_contract.py fails if a release
+A thread is handed a complete request (`Handover`: only the thread that gets it is woken), runs the
+WSGI application, writes the answer without blocking and hands the connection back through a queue;
+only the main loop touches the poller and closes connections. The thread wakes the main loop (a
+byte in a pipe) only when the loop has something to do at once: an answer to finish, a connection
+to close, a large body waiting for the one just answered. A kept-alive connection whose answer is
+out stays in the poller, and the client's next request wakes the loop, which then takes the
+connection back first. The request is parsed by webhooks.http1, a small strict HTTP/1.1 reader for
+what the API server, probes and Prometheus send, rather than by gunicorn's parser: the request is
+in memory already, and gunicorn's parser (a socket reader, a message object, an environ builder and
+a response writer: a quarter of a review's time in the profile of bench/HISTORY.md) would only read
+it again. gunicorn remains the process manager: the master, forking and replacing workers, signals,
+the heartbeat (`base.Worker`; tests/unit/webhooks/test_gunicorn_contract.py fails if a release
 changes what this relies on). Nothing of gunicorn is patched.
 
 On SIGTERM the worker stops accepting, answers what it has read with `Connection: close`, lets
@@ -232,7 +232,7 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
         self.busy_seconds = 0.0
         self.stop_deadline = float("inf")
         self.date = http1.HttpDate()
-        self.ready: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        self.ready = Handover()
         self.threads = [threading.Thread(target=self._serve_requests, name=f"pool-{n}",
                                          daemon=True) for n in range(self.cfg.threads)]
         try:
@@ -681,7 +681,8 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
     # -- the threads ----------------------------------------------------------------------------
 
     def _serve_requests(self) -> None:
-        while (connection := self.ready.get()) is not None:
+        inbox: queue.SimpleQueue[Connection | None] = queue.SimpleQueue()
+        while (connection := self.ready.take(inbox)) is not None:
             connection.served_at = time.monotonic()
             try:
                 if len(connection.body) > LARGE_BODY:
@@ -806,6 +807,40 @@ class AdmissionWorker(Worker):  # type: ignore[misc]
             "closed": closed,
             "abandoned_in_progress": min(abandoned, self.in_flight)}})
         self._housekeeping()
+
+
+class Handover:
+    """Requests from the main loop to the threads: a request goes to one waiting thread, and
+    wakes only that one.
+
+    A queue.SimpleQueue shared by the threads wakes a waiting thread on a put, and that thread,
+    as it takes the request, wakes the next waiting one, which finds the queue empty and sleeps
+    again: with two threads, every review woke both, a thread switch and a GIL hand-over for
+    nothing (bench/HISTORY.md, entry 31). Here each waiting thread waits on its own inbox, and a
+    request that finds no thread waiting waits in order for the first that is done.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # held for a few list operations, never while waiting
+        self._waiting: deque[Connection | None] = deque()
+        self._idle: list[queue.SimpleQueue[Connection | None]] = []
+
+    def put(self, item: Connection | None) -> None:
+        """Hand a request (None: stop) to a thread, the one that waited last if any waits."""
+        with self._lock:
+            if not self._idle:
+                self._waiting.append(item)
+                return
+            inbox = self._idle.pop()  # the last to wait: its stack and caches are warm
+        inbox.put(item)
+
+    def take(self, inbox: queue.SimpleQueue[Connection | None]) -> Connection | None:
+        """In a thread: the next request, waiting on `inbox` (the thread's own) for one."""
+        with self._lock:
+            if self._waiting:
+                return self._waiting.popleft()
+            self._idle.append(inbox)
+        return inbox.get()
 
 
 class _Callback:

@@ -65,6 +65,23 @@ def test_header_values_are_trimmed_and_may_be_empty() -> None:
     assert head.headers[1:] == [("X_A", "a b"), ("X_B", "")]
 
 
+def test_a_header_line_seen_before_reads_the_same_and_is_judged_in_its_request() -> None:
+    assert parse_head(API_SERVER, MAX_BODY) == parse_head(API_SERVER, MAX_BODY)
+    # Its lines are known now; what they mean together is still judged per request.
+    with pytest.raises(RequestError) as refused:
+        parse_head(API_SERVER + b"\r\nContent-Length: 13452", MAX_BODY)
+    assert refused.value.status == 400
+
+
+def test_the_header_lines_kept_are_bounded() -> None:
+    for n in range(2 * http1._MAX_CHECKED_LINES):
+        head = parse_head(f"GET / HTTP/1.1\r\nHost: x\r\nX-Flood-{n}: {n}".encode(), MAX_BODY)
+        assert head.headers[-1] == (f"X_FLOOD_{n}", str(n))
+    assert len(http1._CHECKED_LINES) == http1._MAX_CHECKED_LINES
+    head = parse_head(b"GET / HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 300, MAX_BODY)
+    assert head.headers[-1] == ("X_LONG", "a" * 300)
+
+
 @pytest.mark.parametrize(("data", "status"), [
     # framing: Content-Length only
     (b"POST /validate/pods HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked", 411),

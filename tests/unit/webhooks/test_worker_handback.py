@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
-from webhooks.worker import LARGE_BODY, AdmissionWorker, Connection
+from webhooks.worker import LARGE_BODY, AdmissionWorker, Connection, Handover
 
 
 @pytest.fixture
 def worker(tmp_path: Path) -> Iterator[AdmissionWorker]:
     worker = AdmissionWorker.__new__(AdmissionWorker)
     worker.alive = True
-    worker.ready = queue.SimpleQueue()
+    worker.ready = Handover()
     worker.returned = queue.SimpleQueue()
     worker.handback = threading.Lock()
     worker.wake_read, worker.wake_write = os.pipe()
