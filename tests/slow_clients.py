@@ -63,6 +63,11 @@ class SlowClients:
         with self.lock:
             return Counter(key.data for key in self.selector.get_map().values())
 
+    def connections(self) -> set[object]:
+        """The connections open now (as far as this side knows), to follow them one by one."""
+        with self.lock:
+            return {key.fileobj for key in self.selector.get_map().values()}
+
     def stop(self) -> None:
         self.stopping.set()
         self.thread.join(10)
